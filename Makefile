@@ -1,0 +1,148 @@
+# The concurrency lab: reference servers, the load generator, the incrementor,
+# their tests, the bench and the lab.  `make help` lists the targets.
+
+CC      ?= cc
+OPT     ?= -O2
+V       ?= 0
+Q        = $(if $(filter 1,$(V)),,@)
+say      = $(if $(filter 1,$(V)),,@printf '  %-6s %s\n' $(1) $(2);)
+
+WARN     = -Wall -Wextra -Wstrict-prototypes -Wmissing-prototypes -Wshadow -Wpointer-arith
+CFLAGS  ?=
+CFLAGS  += -std=gnu11 $(OPT) -g $(WARN) -D_GNU_SOURCE -pthread -MMD -MP -Iservers
+LDLIBS  += -pthread -lm
+ifneq ($(CI),)
+CFLAGS  += -Werror
+endif
+
+ifneq ($(SANITIZE),)
+CFLAGS  += -fsanitize=$(SANITIZE) -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=$(SANITIZE)
+BUILD   := build/san
+BIN     := build/san/bin
+else
+BUILD   := build/obj
+BIN     := bin
+endif
+
+# Debian packages, found through pkg-config once scripts/deps.sh has run.
+pkg      = $(shell pkg-config --$(1) $(2) 2>/dev/null)
+LUA      = lua5.4
+CFLAGS  += $(call pkg,cflags,$(LUA) libcurl jansson sqlite3 cmocka)
+
+CORE_SRC    := $(wildcard servers/core/*.c)
+SERVER_SRC  := $(wildcard servers/*.c)
+LOADGEN_SRC := $(wildcard loadgen/*.c)
+INCR_SRC    := $(wildcard incrementor/*.c)
+TLIB_SRC    := $(wildcard tests/lib/*.c)
+UNIT_SRC    := $(wildcard tests/unit/test_*.c)
+INTEG_SRC   := $(wildcard tests/integration/test_*.c)
+
+obj      = $(patsubst %.c,$(BUILD)/%.o,$(1))
+CORE_LIB := $(BUILD)/libcore.a
+TLIB     := $(BUILD)/libtest.a
+SERVERS  := $(patsubst servers/%.c,$(BIN)/server-%,$(SERVER_SRC))
+LOADGEN  := $(if $(LOADGEN_SRC),$(BIN)/loadgen)
+INCR     := $(if $(INCR_SRC),$(BIN)/incrementor)
+UNITS    := $(patsubst tests/unit/%.c,$(BIN)/tests/unit-%,$(UNIT_SRC))
+INTEGS   := $(patsubst tests/integration/%.c,$(BIN)/tests/integration-%,$(INTEG_SRC))
+DEPS_OK  := build/.deps-ok
+
+.PHONY: all test test-unit test-integration bench bench-quick lab deps format clean help
+.DEFAULT_GOAL := all
+.SECONDARY:
+
+all: $(SERVERS) $(LOADGEN) $(INCR)
+
+help:
+	@echo "make              build every binary into bin/"
+	@echo "make test         build and run the whole test suite"
+	@echo "make bench        compare every design (results/)"
+	@echo "make bench-quick  the same, shorter"
+	@echo "make lab          run the teaching lab's experiments"
+	@echo "make SANITIZE=address,undefined test   the suite under ASan and UBSan"
+	@echo "make V=1          show the commands"
+
+# Install missing Debian packages once per checkout (see scripts/deps.sh).
+$(DEPS_OK): scripts/deps.sh
+	$(Q)scripts/deps.sh build
+	$(Q)mkdir -p $(@D) && touch $@
+
+deps:
+	$(Q)scripts/deps.sh all
+
+$(BUILD)/%.o: %.c | $(DEPS_OK)
+	$(call say,CC,$<)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(CORE_LIB): $(call obj,$(CORE_SRC))
+	$(call say,AR,$@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(TLIB): $(call obj,$(TLIB_SRC))
+	$(call say,AR,$@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BIN)/server-%: $(BUILD)/servers/%.o $(CORE_LIB)
+	$(call say,LINK,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(call pkg,libs,$(LUA)) $(LDLIBS)
+
+$(BIN)/loadgen: $(call obj,$(LOADGEN_SRC)) $(CORE_LIB)
+	$(call say,LINK,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(call pkg,libs,libcurl jansson) $(LDLIBS)
+
+$(BIN)/incrementor: $(call obj,$(INCR_SRC)) $(CORE_LIB)
+	$(call say,LINK,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(call pkg,libs,sqlite3 jansson) $(LDLIBS)
+
+# Unit tests link the core (and the loadgen's modules, minus its main).
+LOADGEN_LIB_OBJ = $(call obj,$(filter-out loadgen/main.c,$(LOADGEN_SRC)))
+INCR_LIB_OBJ    = $(call obj,$(filter-out incrementor/main.c,$(INCR_SRC)))
+TEST_LIBS       = $(call pkg,libs,cmocka $(LUA) libcurl jansson sqlite3) $(LDLIBS)
+
+$(BIN)/tests/unit-%: $(BUILD)/tests/unit/%.o $(LOADGEN_LIB_OBJ) $(INCR_LIB_OBJ) $(TLIB) $(CORE_LIB)
+	$(call say,LINK,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
+
+$(BIN)/tests/integration-%: $(BUILD)/tests/integration/%.o $(TLIB) $(CORE_LIB)
+	$(call say,LINK,$@)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(TEST_LIBS)
+
+tests: all $(UNITS) $(INTEGS)
+
+# The whole suite: unit, integration and script tests, each bounded in time.
+test: tests
+	$(Q)BIN=$(BIN) scripts/test
+
+test-unit: tests
+	$(Q)BIN=$(BIN) scripts/test unit
+
+test-integration: tests
+	$(Q)BIN=$(BIN) scripts/test integration
+
+bench: all
+	$(Q)scripts/deps.sh bench
+	$(Q)scripts/bench $(BENCH_ARGS)
+
+bench-quick: all
+	$(Q)scripts/deps.sh bench
+	$(Q)scripts/bench --quick $(BENCH_ARGS)
+
+lab: all
+	$(Q)scripts/deps.sh bench
+	$(Q)scripts/lab --all
+
+format:
+	$(Q)clang-format -i $(CORE_SRC) $(SERVER_SRC) $(LOADGEN_SRC) $(INCR_SRC) servers/core/*.h \
+	    $(wildcard loadgen/*.h incrementor/*.h tests/*/*.c tests/*/*.h)
+
+clean:
+	rm -rf build bin
+
+-include $(shell find build -name '*.d' 2>/dev/null)

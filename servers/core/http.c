@@ -1,0 +1,407 @@
+#include "http.h"
+
+#include <errno.h>
+#include <string.h>
+#include <strings.h>
+
+/* RFC 9110 tchar: the characters of a method or header name. */
+static const unsigned char tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
+/* Length of the head (through its blank line), 0 when not complete yet. A
+ * head ends at "\n\n" or "\n\r\n"; bare LF line ends are accepted. */
+static size_t head_end(const char *buf, size_t len)
+{
+    const char *p = buf, *end = buf + len;
+    while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        p++;
+        if (p < end && *p == '\n')
+            return (size_t)(p + 1 - buf);
+        if (p + 1 < end && p[0] == '\r' && p[1] == '\n')
+            return (size_t)(p + 2 - buf);
+        if (p + 1 >= end)
+            return 0;
+    }
+    return 0;
+}
+
+/* Consume a line end at *p (CRLF or LF). Returns 0 or HTTP_BAD. */
+static int eat_eol(const char **p)
+{
+    if (**p == '\r')
+        (*p)++;
+    if (**p != '\n')
+        return HTTP_BAD;
+    (*p)++;
+    return 0;
+}
+
+/* "HTTP/d.d" at *p. */
+static int parse_version(const char **p, int *major, int *minor)
+{
+    const char *s = *p;
+    /* Byte by byte, so nothing past a short line is ever read. */
+    for (int i = 0; i < 5; i++)
+        if (s[i] != "HTTP/"[i])
+            return HTTP_BAD;
+    if (s[5] < '0' || s[5] > '9' || s[6] != '.' || s[7] < '0' || s[7] > '9')
+        return HTTP_BAD;
+    *major = s[5] - '0';
+    *minor = s[7] - '0';
+    *p = s + 8;
+    return 0;
+}
+
+/* Header lines from *p up to and including the blank line. The head is known
+ * to be complete, so every scan stops at a '\n' before the end. */
+static int parse_headers(const char *p, http_header_t *h, size_t *num)
+{
+    size_t n = 0;
+    for (;;) {
+        if (*p == '\n' || (*p == '\r' && p[1] == '\n'))
+            break;
+        if (n == HTTP_MAX_HEADERS)
+            return HTTP_TOO_LARGE;
+        const char *name = p;
+        while (tchar[(unsigned char)*p])
+            p++;
+        /* An empty name, white space before the colon or a folded line
+         * (obsolete, and a request-smuggling vector) are all refused. */
+        if (p == name || *p != ':')
+            return HTTP_BAD;
+        h[n].name = name;
+        h[n].name_len = (size_t)(p - name);
+        p++;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        const char *value = p, *last = p;
+        for (;; p++) {
+            unsigned char c = (unsigned char)*p;
+            if (c == '\r' || c == '\n')
+                break;
+            if ((c < 0x20 && c != '\t') || c == 0x7f)
+                return HTTP_BAD;
+            if (c != ' ' && c != '\t')
+                last = p + 1;
+        }
+        h[n].value = value;
+        h[n].value_len = (size_t)(last - value);
+        if (eat_eol(&p) < 0)
+            return HTTP_BAD;
+        n++;
+    }
+    *num = n;
+    return 0;
+}
+
+int http_parse_request(const char *buf, size_t len, size_t max_head, http_request_t *req)
+{
+    size_t head = head_end(buf, len < max_head ? len : max_head);
+    if (head == 0)
+        return len >= max_head ? HTTP_TOO_LARGE : HTTP_PARTIAL;
+
+    const char *p = buf;
+    req->method = p;
+    while (tchar[(unsigned char)*p])
+        p++;
+    req->method_len = (size_t)(p - req->method);
+    if (req->method_len == 0 || *p++ != ' ')
+        return HTTP_BAD;
+
+    const char *target = p;
+    while ((unsigned char)*p > 0x20 && (unsigned char)*p < 0x7f)
+        p++;
+    if (p == target || *p != ' ')
+        return HTTP_BAD;
+    const char *tend = p++;
+    if (*target != '/' && *target != '*') {
+        /* absolute-form (http://host/path): keep the path part. */
+        const char *s = memchr(target, ':', (size_t)(tend - target));
+        if (!s || tend - s < 3 || s[1] != '/' || s[2] != '/')
+            return HTTP_BAD;
+        s += 3;
+        while (s < tend && *s != '/' && *s != '?')
+            s++;
+        target = s;
+    }
+    const char *q = memchr(target, '?', (size_t)(tend - target));
+    req->path = target == tend ? "/" : target;
+    req->path_len = target == tend ? 1 : (size_t)((q ? q : tend) - target);
+    if (*req->path == '?') { /* "http://host?x" */
+        req->path = "/";
+        req->path_len = 1;
+    }
+    req->query = q ? q + 1 : NULL;
+    req->query_len = q ? (size_t)(tend - q - 1) : 0;
+
+    if (parse_version(&p, &req->major, &req->minor) < 0 || eat_eol(&p) < 0)
+        return HTTP_BAD;
+    int rc = parse_headers(p, req->headers, &req->num_headers);
+    return rc < 0 ? rc : (int)head;
+}
+
+int http_parse_response(const char *buf, size_t len, size_t max_head, http_response_t *res)
+{
+    size_t head = head_end(buf, len < max_head ? len : max_head);
+    if (head == 0)
+        return len >= max_head ? HTTP_TOO_LARGE : HTTP_PARTIAL;
+    const char *p = buf;
+    if (parse_version(&p, &res->major, &res->minor) < 0 || *p++ != ' ')
+        return HTTP_BAD;
+    if (p[0] < '1' || p[0] > '5' || p[1] < '0' || p[1] > '9' || p[2] < '0' || p[2] > '9')
+        return HTTP_BAD;
+    res->status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+    p += 3;
+    if (*p == ' ') /* the reason phrase is optional and ignored */
+        while (*p != '\r' && *p != '\n')
+            p++;
+    if (eat_eol(&p) < 0)
+        return HTTP_BAD;
+    int rc = parse_headers(p, res->headers, &res->num_headers);
+    return rc < 0 ? rc : (int)head;
+}
+
+const http_header_t *http_find_header(const http_header_t *h, size_t n, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < n; i++)
+        if (h[i].name_len == len && strncasecmp(h[i].name, name, len) == 0)
+            return &h[i];
+    return NULL;
+}
+
+int http_has_token(const char *value, size_t len, const char *token)
+{
+    size_t tlen = strlen(token);
+    const char *p = value, *end = value + len;
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == '\t' || *p == ','))
+            p++;
+        const char *s = p;
+        while (p < end && *p != ',')
+            p++;
+        const char *e = p;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if ((size_t)(e - s) == tlen && strncasecmp(s, token, tlen) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+int http_body_framing(const http_header_t *h, size_t n, int64_t *content_length, int *chunked)
+{
+    int64_t cl = -1;
+    int te = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (h[i].name_len == 14 && strncasecmp(h[i].name, "content-length", 14) == 0) {
+            int64_t v = 0;
+            if (h[i].value_len == 0 || h[i].value_len > 18)
+                return 400;
+            for (size_t k = 0; k < h[i].value_len; k++) {
+                char c = h[i].value[k];
+                if (c < '0' || c > '9')
+                    return 400;
+                v = v * 10 + (c - '0');
+            }
+            if (cl >= 0 && cl != v)
+                return 400;
+            cl = v;
+        } else if (h[i].name_len == 17 && strncasecmp(h[i].name, "transfer-encoding", 17) == 0) {
+            /* Only "chunked" alone: anything else cannot be framed safely. */
+            if (te || h[i].value_len != 7 || strncasecmp(h[i].value, "chunked", 7) != 0)
+                return 501;
+            te = 1;
+        }
+    }
+    /* Both at once is how requests are smuggled past proxies (RFC 9112 6.1). */
+    if (te && cl >= 0)
+        return 400;
+    *content_length = cl;
+    *chunked = te;
+    return 0;
+}
+
+int http_keep_alive(const http_request_t *req)
+{
+    const http_header_t *c = http_find_header(req->headers, req->num_headers, "connection");
+    if (req->major == 1 && req->minor >= 1)
+        return !(c && http_has_token(c->value, c->value_len, "close"));
+    return c && http_has_token(c->value, c->value_len, "keep-alive");
+}
+
+enum { CH_SIZE, CH_EXT, CH_DATA, CH_DATA_CR, CH_DATA_LF, CH_TRAILER_START, CH_TRAILER, CH_DONE };
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int http_decode_chunked(http_chunked_t *d, char *buf, size_t len, size_t max_body)
+{
+    while (d->src < len) {
+        char c = buf[d->src];
+        switch (d->state) {
+        case CH_SIZE: {
+            int v = hexval(c);
+            if (v >= 0) {
+                if (++d->digits > 15)
+                    return HTTP_TOO_LARGE;
+                d->left = d->left * 16 + (uint64_t)v;
+                d->src++;
+                break;
+            }
+            if (d->digits == 0)
+                return HTTP_BAD;
+            if (d->dst + d->left > max_body)
+                return HTTP_TOO_LARGE;
+            d->state = CH_EXT;
+            break;
+        }
+        case CH_EXT: /* chunk extensions are ignored up to the line end */
+            d->src++;
+            if (c == '\n') {
+                d->digits = 0;
+                d->state = d->left ? CH_DATA : CH_TRAILER_START;
+            } else if ((unsigned char)c < 0x20 && c != '\t' && c != '\r') {
+                return HTTP_BAD;
+            }
+            break;
+        case CH_DATA: {
+            size_t n = len - d->src;
+            if (n > d->left)
+                n = (size_t)d->left;
+            memmove(buf + d->dst, buf + d->src, n);
+            d->dst += n;
+            d->src += n;
+            d->left -= n;
+            if (d->left == 0)
+                d->state = CH_DATA_CR;
+            break;
+        }
+        case CH_DATA_CR:
+            d->src++;
+            if (c == '\r')
+                d->state = CH_DATA_LF;
+            else if (c == '\n')
+                d->state = CH_SIZE;
+            else
+                return HTTP_BAD;
+            break;
+        case CH_DATA_LF:
+            d->src++;
+            if (c != '\n')
+                return HTTP_BAD;
+            d->state = CH_SIZE;
+            break;
+        case CH_TRAILER_START: /* an empty line ends the body */
+            d->src++;
+            if (c == '\n') {
+                d->state = CH_DONE;
+                return 1;
+            }
+            if (c != '\r')
+                d->state = CH_TRAILER;
+            break;
+        case CH_TRAILER: /* trailer fields are skipped */
+            d->src++;
+            if (c == '\n')
+                d->state = CH_TRAILER_START;
+            if (d->src > max_body + 8192)
+                return HTTP_TOO_LARGE;
+            break;
+        case CH_DONE:
+            return 1;
+        }
+    }
+    return d->state == CH_DONE;
+}
+
+int http_query_get(const char *query, size_t len, const char *name, const char **value,
+                   size_t *value_len)
+{
+    size_t nlen = strlen(name);
+    const char *p = query, *end = query + len;
+    if (!query)
+        return -ENOENT;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *e = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(e - p));
+        const char *kend = eq ? eq : e;
+        if ((size_t)(kend - p) == nlen && memcmp(p, name, nlen) == 0) {
+            *value = eq ? eq + 1 : e;
+            *value_len = eq ? (size_t)(e - eq - 1) : 0;
+            return 0;
+        }
+        p = amp ? amp + 1 : end;
+    }
+    return -ENOENT;
+}
+
+ssize_t http_url_decode(const char *src, size_t len, char *dst, int plus)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = src[i];
+        if (c == '%') {
+            int hi, lo;
+            if (i + 2 >= len)
+                return -EINVAL;
+            hi = hexval(src[i + 1]);
+            lo = hexval(src[i + 2]);
+            if (hi < 0 || lo < 0)
+                return -EINVAL;
+            dst[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else if (c == '+' && plus) {
+            dst[o++] = ' ';
+        } else {
+            dst[o++] = c;
+        }
+    }
+    return (ssize_t)o;
+}
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 204: return "No Content";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 411: return "Length Required";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}

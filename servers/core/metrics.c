@@ -1,0 +1,148 @@
+#include "metrics.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+static pthread_mutex_t blocks_lock = PTHREAD_MUTEX_INITIALIZER;
+static metrics_t *blocks;
+static __thread metrics_t *local;
+
+#define MAX_WRITERS 8
+static struct {
+    metrics_writer_fn fn;
+    void *ctx;
+} writers[MAX_WRITERS];
+static int nwriters;
+
+static const char *cmd_names[MC_N] = {"hello", "ping", "wait", "burn", "stream", "metrics",
+                                      "healthz", "ext", "other"};
+static const char *status_names[MS_N] = {"ok", "err", "200", "400", "404", "405", "408",
+                                         "413", "414", "415", "422", "431", "500", "501",
+                                         "503", "504", "505", "other"};
+static const int status_codes[MS_N] = {0, 0, 200, 400, 404, 405, 408, 413, 414, 415, 422,
+                                       431, 500, 501, 503, 504, 505, 0};
+static const char *error_names[ME_N] = {"read", "write", "header_timeout", "idle_timeout",
+                                        "line_too_long", "bad_request", "refused", "accept"};
+
+metrics_t *metrics_local(void)
+{
+    if (local)
+        return local;
+    /* Blocks are never freed: a thread that exits leaves its counts behind,
+     * which is what a counter should do. */
+    metrics_t *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    pthread_mutex_lock(&blocks_lock);
+    m->next = blocks;
+    blocks = m;
+    pthread_mutex_unlock(&blocks_lock);
+    local = m;
+    return m;
+}
+
+int metrics_status_slot(int code)
+{
+    for (int i = MS_200; i < MS_OTHER; i++)
+        if (status_codes[i] == code)
+            return i;
+    return MS_OTHER;
+}
+
+/* Relaxed atomics: one writer per block, readers from other threads may see
+ * a slightly old value but never a torn one. */
+static void bump(uint64_t *c)
+{
+    __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+}
+
+static uint64_t get(const uint64_t *c) { return __atomic_load_n(c, __ATOMIC_RELAXED); }
+
+void metrics_request(int cmd, int slot)
+{
+    metrics_t *m = metrics_local();
+    if (m)
+        bump(&m->requests[cmd][slot]);
+}
+
+void metrics_error(int kind)
+{
+    metrics_t *m = metrics_local();
+    if (m)
+        bump(&m->errors[kind]);
+}
+
+void metrics_conn(int opened)
+{
+    metrics_t *m = metrics_local();
+    if (m)
+        bump(opened ? &m->accepted : &m->closed);
+}
+
+static metrics_t *first_block(void)
+{
+    pthread_mutex_lock(&blocks_lock);
+    metrics_t *m = blocks;
+    pthread_mutex_unlock(&blocks_lock);
+    return m;
+}
+
+uint64_t metrics_open_conns(void)
+{
+    uint64_t acc = 0, closed = 0;
+    for (metrics_t *m = first_block(); m; m = m->next) {
+        acc += get(&m->accepted);
+        closed += get(&m->closed);
+    }
+    return acc > closed ? acc - closed : 0;
+}
+
+void metrics_add_writer(metrics_writer_fn fn, void *ctx)
+{
+    if (nwriters < MAX_WRITERS) {
+        writers[nwriters].fn = fn;
+        writers[nwriters].ctx = ctx;
+        nwriters++;
+    }
+}
+
+int metrics_render(buf_t *out)
+{
+    metrics_t sum = {0};
+    int rc = 0;
+    for (metrics_t *m = first_block(); m; m = m->next) {
+        for (int c = 0; c < MC_N; c++)
+            for (int s = 0; s < MS_N; s++)
+                sum.requests[c][s] += get(&m->requests[c][s]);
+        for (int e = 0; e < ME_N; e++)
+            sum.errors[e] += get(&m->errors[e]);
+        sum.accepted += get(&m->accepted);
+        sum.closed += get(&m->closed);
+    }
+    rc |= buf_printf(out, "# HELP requests_total Requests answered, by command and status.\n"
+                          "# TYPE requests_total counter\n");
+    for (int c = 0; c < MC_N; c++)
+        for (int s = 0; s < MS_N; s++)
+            if (sum.requests[c][s])
+                rc |= buf_printf(out, "requests_total{cmd=\"%s\",status=\"%s\"} %llu\n",
+                                 cmd_names[c], status_names[s],
+                                 (unsigned long long)sum.requests[c][s]);
+    rc |= buf_printf(out,
+                     "# HELP connections_open Connections open now.\n"
+                     "# TYPE connections_open gauge\n"
+                     "connections_open %llu\n"
+                     "# HELP connections_accepted_total Connections accepted.\n"
+                     "# TYPE connections_accepted_total counter\n"
+                     "connections_accepted_total %llu\n"
+                     "# HELP errors_total Errors, by kind.\n"
+                     "# TYPE errors_total counter\n",
+                     (unsigned long long)(sum.accepted - sum.closed),
+                     (unsigned long long)sum.accepted);
+    for (int e = 0; e < ME_N; e++)
+        rc |= buf_printf(out, "errors_total{kind=\"%s\"} %llu\n", error_names[e],
+                         (unsigned long long)sum.errors[e]);
+    for (int i = 0; i < nwriters; i++)
+        writers[i].fn(out, writers[i].ctx);
+    return rc ? -ENOMEM : 0;
+}

@@ -1,0 +1,55 @@
+/* metrics: counters every server keeps, rendered as Prometheus text.
+ *
+ * Each thread counts into its own block (no shared cache line, no atomic
+ * read-modify-write on the request path); /metrics sums the blocks. */
+#ifndef CORE_METRICS_H
+#define CORE_METRICS_H
+
+#include <stdint.h>
+
+#include "buf.h"
+
+enum metric_cmd { MC_HELLO, MC_PING, MC_WAIT, MC_BURN, MC_STREAM, MC_METRICS, MC_HEALTHZ,
+                  MC_EXT, MC_OTHER, MC_N };
+/* Status of a request: line protocol ok/err, or the HTTP status. */
+enum metric_status { MS_OK, MS_ERR, MS_200, MS_400, MS_404, MS_405, MS_408, MS_413, MS_414,
+                     MS_415, MS_422, MS_431, MS_500, MS_501, MS_503, MS_504, MS_505, MS_OTHER,
+                     MS_N };
+enum metric_error { ME_READ, ME_WRITE, ME_HEADER_TIMEOUT, ME_IDLE_TIMEOUT, ME_LINE_TOO_LONG,
+                    ME_BAD_REQUEST, ME_REFUSED, ME_ACCEPT, ME_N };
+
+typedef struct metrics {
+    uint64_t requests[MC_N][MS_N];
+    uint64_t accepted;      /* connections accepted */
+    uint64_t closed;        /* connections closed (open = accepted - closed) */
+    uint64_t errors[ME_N];
+    struct metrics *next;
+} metrics_t;
+
+/* This thread's block, created on first use (NULL only if out of memory, in
+ * which case counting is skipped). */
+metrics_t *metrics_local(void);
+
+/* Status code to its counter slot. */
+int metrics_status_slot(int http_status);
+
+/* Count one request. */
+void metrics_request(int cmd, int status_slot);
+/* Count one error of a kind. */
+void metrics_error(int kind);
+/* Count a connection opened or closed. */
+void metrics_conn(int opened);
+
+/* Connections open now, summed over every thread. */
+uint64_t metrics_open_conns(void);
+
+/* A function that appends more Prometheus text (a tenant table, say). */
+typedef void (*metrics_writer_fn)(buf_t *out, void *ctx);
+/* Add a writer called at the end of every metrics_render. Not thread-safe:
+ * call before the server starts its threads. */
+void metrics_add_writer(metrics_writer_fn fn, void *ctx);
+
+/* Append the Prometheus text format of every counter to out. 0 or -ENOMEM. */
+int metrics_render(buf_t *out);
+
+#endif
