@@ -7,6 +7,23 @@
 static pthread_mutex_t blocks_lock = PTHREAD_MUTEX_INITIALIZER;
 static metrics_t *blocks;
 static __thread metrics_t *local;
+static pthread_key_t owner_key;
+static pthread_once_t owner_once = PTHREAD_ONCE_INIT;
+
+/* A thread that exits hands its block back for the next thread to count
+ * into: the sums stay right and thread-per-connection doesn't leak. */
+static void release(void *p)
+{
+    metrics_t *m = p;
+    pthread_mutex_lock(&blocks_lock);
+    m->in_use = 0;
+    pthread_mutex_unlock(&blocks_lock);
+}
+
+static void make_key(void)
+{
+    pthread_key_create(&owner_key, release);
+}
 
 #define MAX_WRITERS 8
 static struct {
@@ -29,15 +46,20 @@ metrics_t *metrics_local(void)
 {
     if (local)
         return local;
-    /* Blocks are never freed: a thread that exits leaves its counts behind,
-     * which is what a counter should do. */
-    metrics_t *m = calloc(1, sizeof *m);
-    if (!m)
-        return NULL;
+    pthread_once(&owner_once, make_key);
     pthread_mutex_lock(&blocks_lock);
-    m->next = blocks;
-    blocks = m;
+    metrics_t *m = blocks;
+    while (m && m->in_use)
+        m = m->next;
+    if (!m && (m = calloc(1, sizeof *m)) != NULL) {
+        m->next = blocks;
+        blocks = m;
+    }
+    if (m)
+        m->in_use = 1;
     pthread_mutex_unlock(&blocks_lock);
+    if (m)
+        pthread_setspecific(owner_key, m);
     local = m;
     return m;
 }

@@ -23,6 +23,7 @@ typedef struct metrics {
     uint64_t accepted;      /* connections accepted */
     uint64_t closed;        /* connections closed (open = accepted - closed) */
     uint64_t errors[ME_N];
+    int in_use;             /* owned by a live thread */
     struct metrics *next;
 } metrics_t;
 

@@ -234,7 +234,8 @@ int server_accept(int lfd, const server_cfg_t *cfg)
     }
     if (spare_fd < 0)
         spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    if (cfg->max_conns && metrics_open_conns() >= (uint64_t)cfg->max_conns) {
+    if ((cfg->max_fd && fd >= cfg->max_fd) ||
+        (cfg->max_conns && metrics_open_conns() >= (uint64_t)cfg->max_conns)) {
         server_refuse(fd, "too many connections");
         return -ECONNREFUSED;
     }
@@ -245,6 +246,21 @@ int server_accept(int lfd, const server_cfg_t *cfg)
 
 static session_t **table;
 static int table_cap, table_end, table_count;
+
+int server_accept_blocking(int lfd, const server_cfg_t *cfg)
+{
+    while (!server_stopping) {
+        struct pollfd p[2] = {{.fd = lfd, .events = POLLIN}, {.fd = stop_fd, .events = POLLIN}};
+        if (poll(p, 2, -1) < 0 && errno != EINTR)
+            return -errno;
+        if (p[0].revents & POLLIN) {
+            int fd = server_accept(lfd, cfg);
+            if (fd >= 0)
+                return fd; /* refusals and passing errors: wait for the next one */
+        }
+    }
+    return -ECANCELED;
+}
 
 session_t *server_session_at(int fd)
 {

@@ -24,6 +24,7 @@ typedef struct server_cfg {
     int threads;        /* --threads, default: online CPUs */
     int workers;        /* --workers, default: online CPUs */
     int max_conns;      /* --max-conns, 0 = no limit but the descriptor limit */
+    int max_fd;         /* descriptors >= this are refused (select's FD_SETSIZE), 0 = none */
     size_t stack_kb;    /* --stack-kb, default 256 */
     const char *tenants;
     int tenant_mem_kb;  /* --tenant-mem-kb, default 4096 */
@@ -54,6 +55,10 @@ int server_stop_fd(void);
  * is answered 503 and closed. Returns the descriptor, -EAGAIN when there is
  * none to accept, -ECONNREFUSED when one was refused, or another -errno. */
 int server_accept(int lfd, const server_cfg_t *cfg);
+
+/* Block until a connection arrives and accept it (see server_accept), or
+ * until the server is stopping: then -ECANCELED. */
+int server_accept_blocking(int lfd, const server_cfg_t *cfg);
 
 /* Answer a connection we can't serve (too many) with 503, then close it. */
 void server_refuse(int fd, const char *why);

@@ -509,8 +509,9 @@ int session_on_error(session_t *s)
 {
     s->eof = 1;
     s->closing = 2;
-    /* The worker still holds the session: it is closed when it comes back. */
-    return s->working ? 0 : SESS_CLOSE;
+    /* A worker or an extension still holds the session: it is closed when
+     * its answer comes back (session_on_work_done, session_resume). */
+    return (s->working || s->op == OP_DEFER) ? 0 : SESS_CLOSE;
 }
 
 void session_work_run(session_t *s)
@@ -525,6 +526,19 @@ int session_on_work_done(session_t *s)
     if (s->closing == 2)
         return SESS_CLOSE;
     answer_result(s, s->arg);
+    return finish(s);
+}
+
+int session_on_work_refused(session_t *s)
+{
+    s->working = 0;
+    s->op = OP_NONE;
+    if (s->closing == 2)
+        return SESS_CLOSE;
+    if (s->proto == PROTO_LINE)
+        line_answer(s, MC_BURN, 0, "ERR server busy\n");
+    else
+        http_text(s, MC_BURN, 503, "server busy\n");
     return finish(s);
 }
 

@@ -96,6 +96,10 @@ void session_work_run(session_t *s);
 /* Back on the loop's thread after session_work_run: answer and go on. */
 int session_on_work_done(session_t *s);
 
+/* The BURN could not be queued (every worker busy, queue full): answer
+ * "ERR server busy" / 503 instead, on the loop's thread. */
+int session_on_work_refused(session_t *s);
+
 /* The SESS_* bits the session wants now, without doing anything. */
 int session_wants(const session_t *s);
 
