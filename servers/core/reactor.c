@@ -303,7 +303,25 @@ int reactor_run(server_cfg_t *cfg, const reactor_hooks_t *h)
         if (rc)
             status = 1;
     }
-    /* Workers may still hold a BURN of a connection that outlived the
-     * drain; the process exit ends them. */
+    int busy = 0;
+    for (int i = 0; i < n; i++) {
+        loop_t *L = &loops[i];
+        /* A connection whose BURN a worker still runs (it outlived the
+         * drain) is left to the process exit, with the worker and its loop. */
+        struct conn *c = L->conns, *next;
+        for (; c; c = next) {
+            next = c->next;
+            if (c->s.working)
+                busy = 1;
+            else
+                conn_free(L, c);
+        }
+    }
+    for (int i = 0; i < n && !busy; i++) {
+        timers_free(&loops[i].timers);
+        close(loops[i].ep);
+    }
+    if (!busy)
+        free(loops);
     return status;
 }
