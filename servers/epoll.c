@@ -7,7 +7,6 @@
  * Weakness: one core, and a long BURN runs on the loop and stalls every
  * other client until it ends (the reactor hands BURN to workers). */
 #include <errno.h>
-#include <stddef.h>
 #include <sys/epoll.h>
 #include <unistd.h>
 
@@ -39,7 +38,6 @@ int main(int argc, char **argv)
     server_cfg_t cfg;
     server_init(argc, argv, "epoll", 0, &cfg);
     int lfd = server_listen(&cfg, NET_NONBLOCK);
-    int64_t drain_until = 0;
     static int listener, stopper; /* markers for the two special descriptors */
 
     ep = epoll_create1(EPOLL_CLOEXEC);
@@ -49,18 +47,16 @@ int main(int argc, char **argv)
     epoll_ctl(ep, EPOLL_CTL_ADD, server_stop_fd(), &e);
     server_announce(&cfg, lfd);
 
-    while (lfd >= 0 || (server_session_count() > 0 && time_now_ms() < drain_until)) {
+    while (server_loop_running(lfd)) {
         struct epoll_event evs[256];
-        int timeout = timers_timeout(&timers, time_now_ms());
-        if (lfd < 0 && (timeout < 0 || timeout > 100))
-            timeout = 100; /* draining: look at the clock now and then */
+        int timeout = server_loop_timeout(&timers, lfd);
         int n = epoll_wait(ep, evs, 256, timeout);
         time_update();
         for (int i = 0; i < n; i++) {
             void *p = evs[i].data.ptr;
             unsigned ev = evs[i].events;
-            if (p == &stopper) {
-                continue; /* handled below, after this batch */
+            if (p == &stopper) { /* stays readable: handled once, below */
+                epoll_ctl(ep, EPOLL_CTL_DEL, server_stop_fd(), NULL);
             } else if (p == &listener) {
                 session_t *s;
                 while ((s = server_accept_session(lfd, &cfg)) != NULL) {
@@ -77,23 +73,9 @@ int main(int argc, char **argv)
                 apply(p, session_on_error(p));
             }
         }
-        timer_node_t *t;
-        while ((t = timers_expired(&timers, time_now_ms())) != NULL) {
-            session_t *s = (session_t *)((char *)t - offsetof(session_t, timer));
-            apply(s, session_on_timer(s));
-        }
-        if (server_stopping && lfd >= 0) {
-            /* Stop accepting; what is in flight gets SERVER_DRAIN_MS. */
-            close(lfd);
-            lfd = -1;
-            drain_until = time_now_ms() + SERVER_DRAIN_MS;
-            for (int fd = 0; fd < server_session_end(); fd++)
-                if (server_session_at(fd))
-                    apply(server_session_at(fd), session_shutdown(server_session_at(fd)));
-        }
+        server_loop_timers(&timers, apply);
+        server_loop_stop(&lfd, apply);
     }
-    for (int fd = 0; fd < server_session_end(); fd++)
-        if (server_session_at(fd))
-            server_session_free(server_session_at(fd));
+    server_loop_end();
     return 0;
 }

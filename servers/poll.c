@@ -9,7 +9,6 @@
  * stalls everyone. */
 #include <errno.h>
 #include <poll.h>
-#include <stddef.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -36,12 +35,11 @@ int main(int argc, char **argv)
     server_cfg_t cfg;
     server_init(argc, argv, "poll", 0, &cfg);
     int lfd = server_listen(&cfg, NET_NONBLOCK);
-    int64_t drain_until = 0;
     struct pollfd *pfd = NULL;
     size_t cap = 0;
     server_announce(&cfg, lfd);
 
-    while (lfd >= 0 || (server_session_count() > 0 && time_now_ms() < drain_until)) {
+    while (server_loop_running(lfd)) {
         size_t n = 2, want = 2 + (size_t)server_session_count();
         if (want > cap) {
             struct pollfd *p = realloc(pfd, want * 2 * sizeof *p);
@@ -50,8 +48,9 @@ int main(int argc, char **argv)
             pfd = p;
             cap = want * 2;
         }
-        pfd[0] = (struct pollfd){.fd = server_stop_fd(), .events = POLLIN};
-        pfd[1] = (struct pollfd){.fd = lfd, .events = POLLIN}; /* fd -1 is ignored */
+        /* fd -1 is ignored: after the stop, neither is watched any more. */
+        pfd[0] = (struct pollfd){.fd = lfd >= 0 ? server_stop_fd() : -1, .events = POLLIN};
+        pfd[1] = (struct pollfd){.fd = lfd, .events = POLLIN};
         for (int fd = 0; fd < server_session_end(); fd++) {
             session_t *s = server_session_at(fd);
             if (s)
@@ -60,9 +59,7 @@ int main(int argc, char **argv)
                     .events = (short)(((s->armed & SESS_READ) ? POLLIN : 0) |
                                       ((s->armed & SESS_WRITE) ? POLLOUT : 0))};
         }
-        int timeout = timers_timeout(&timers, time_now_ms());
-        if (lfd < 0 && (timeout < 0 || timeout > 100))
-            timeout = 100; /* draining: look at the clock now and then */
+        int timeout = server_loop_timeout(&timers, lfd);
         int ready = poll(pfd, n, timeout);
         time_update();
         if (ready < 0 && errno != EINTR)
@@ -85,24 +82,10 @@ int main(int argc, char **argv)
                 while ((s = server_accept_session(lfd, &cfg)) != NULL)
                     apply(s, SESS_READ);
         }
-        timer_node_t *t;
-        while ((t = timers_expired(&timers, time_now_ms())) != NULL) {
-            session_t *s = (session_t *)((char *)t - offsetof(session_t, timer));
-            apply(s, session_on_timer(s));
-        }
-        if (server_stopping && lfd >= 0) {
-            /* Stop accepting; what is in flight gets SERVER_DRAIN_MS. */
-            close(lfd);
-            lfd = -1;
-            drain_until = time_now_ms() + SERVER_DRAIN_MS;
-            for (int fd = 0; fd < server_session_end(); fd++)
-                if (server_session_at(fd))
-                    apply(server_session_at(fd), session_shutdown(server_session_at(fd)));
-        }
+        server_loop_timers(&timers, apply);
+        server_loop_stop(&lfd, apply);
     }
-    for (int fd = 0; fd < server_session_end(); fd++)
-        if (server_session_at(fd))
-            server_session_free(server_session_at(fd));
+    server_loop_end();
     free(pfd);
     return 0;
 }

@@ -8,7 +8,6 @@
  * bit past the set is undefined behaviour). One core, and a long BURN stalls
  * everyone. */
 #include <errno.h>
-#include <stddef.h>
 #include <sys/select.h>
 #include <unistd.h>
 
@@ -36,18 +35,17 @@ int main(int argc, char **argv)
     server_init(argc, argv, "select", 0, &cfg);
     cfg.max_fd = FD_SETSIZE;
     int lfd = server_listen(&cfg, NET_NONBLOCK);
-    int64_t drain_until = 0;
     server_announce(&cfg, lfd);
 
-    while (lfd >= 0 || (server_session_count() > 0 && time_now_ms() < drain_until)) {
+    while (server_loop_running(lfd)) {
         fd_set rd, wr;
         FD_ZERO(&rd);
         FD_ZERO(&wr);
-        int maxfd = server_stop_fd();
-        FD_SET(server_stop_fd(), &rd);
-        if (lfd >= 0) {
+        int maxfd = -1;
+        if (lfd >= 0) { /* the stop descriptor stays readable: only until the stop */
+            FD_SET(server_stop_fd(), &rd);
             FD_SET(lfd, &rd);
-            maxfd = lfd > maxfd ? lfd : maxfd;
+            maxfd = lfd > server_stop_fd() ? lfd : server_stop_fd();
         }
         for (int fd = 0; fd < server_session_end(); fd++) {
             session_t *s = server_session_at(fd);
@@ -59,9 +57,7 @@ int main(int argc, char **argv)
                 FD_SET(fd, &wr);
             maxfd = fd > maxfd ? fd : maxfd;
         }
-        int timeout = timers_timeout(&timers, time_now_ms());
-        if (lfd < 0 && (timeout < 0 || timeout > 100))
-            timeout = 100; /* draining: look at the clock now and then */
+        int timeout = server_loop_timeout(&timers, lfd);
         struct timeval tv = {timeout / 1000, (timeout % 1000) * 1000};
         int n = select(maxfd + 1, &rd, &wr, NULL, timeout < 0 ? NULL : &tv);
         time_update();
@@ -82,23 +78,9 @@ int main(int argc, char **argv)
                 while ((s = server_accept_session(lfd, &cfg)) != NULL)
                     apply(s, SESS_READ);
         }
-        timer_node_t *t;
-        while ((t = timers_expired(&timers, time_now_ms())) != NULL) {
-            session_t *s = (session_t *)((char *)t - offsetof(session_t, timer));
-            apply(s, session_on_timer(s));
-        }
-        if (server_stopping && lfd >= 0) {
-            /* Stop accepting; what is in flight gets SERVER_DRAIN_MS. */
-            close(lfd);
-            lfd = -1;
-            drain_until = time_now_ms() + SERVER_DRAIN_MS;
-            for (int fd = 0; fd < server_session_end(); fd++)
-                if (server_session_at(fd))
-                    apply(server_session_at(fd), session_shutdown(server_session_at(fd)));
-        }
+        server_loop_timers(&timers, apply);
+        server_loop_stop(&lfd, apply);
     }
-    for (int fd = 0; fd < server_session_end(); fd++)
-        if (server_session_at(fd))
-            server_session_free(server_session_at(fd));
+    server_loop_end();
     return 0;
 }

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <stddef.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -322,6 +323,52 @@ void server_session_free(session_t *s)
     }
     session_close(s);
     free(s);
+}
+
+static int64_t drain_until;
+
+int server_loop_running(int lfd)
+{
+    return lfd >= 0 || (table_count > 0 && time_now_ms() < drain_until);
+}
+
+int server_loop_timeout(const timers_t *t, int lfd)
+{
+    int timeout = timers_timeout(t, time_now_ms());
+    if (lfd < 0 && (timeout < 0 || timeout > 100))
+        timeout = 100; /* draining: look at the clock now and then */
+    return timeout;
+}
+
+void server_loop_timers(timers_t *t, server_apply_fn apply)
+{
+    timer_node_t *n;
+    while ((n = timers_expired(t, time_now_ms())) != NULL) {
+        session_t *s = (session_t *)((char *)n - offsetof(session_t, timer));
+        apply(s, session_on_timer(s));
+    }
+}
+
+void server_loop_stop(int *lfd, server_apply_fn apply)
+{
+    if (!server_stopping || *lfd < 0)
+        return;
+    close(*lfd);
+    *lfd = -1;
+    drain_until = time_now_ms() + SERVER_DRAIN_MS;
+    for (int fd = 0; fd < table_end; fd++)
+        if (table[fd])
+            apply(table[fd], session_shutdown(table[fd]));
+}
+
+void server_loop_end(void)
+{
+    for (int fd = 0; fd < table_end; fd++)
+        if (table[fd])
+            server_session_free(table[fd]);
+    free(table);
+    table = NULL;
+    table_cap = table_end = 0;
 }
 
 void server_serve_blocking(int fd, const server_cfg_t *cfg)

@@ -79,6 +79,29 @@ int server_session_end(void);
 /* Number of sessions in the table. */
 int server_session_count(void);
 
+/* For the single-threaded loops (select, poll, epoll), which keep their
+ * sessions in the session table and act on a session's wants with their
+ * own `apply` (register events and deadline, or free on SESS_CLOSE). */
+typedef void (*server_apply_fn)(session_t *s, int wants);
+
+/* Should the loop go on? While listening, and then while sessions are left
+ * and the drain time (SERVER_DRAIN_MS after the stop) is not over. */
+int server_loop_running(int lfd);
+
+/* How long the loop may wait (ms, -1 = forever): until the next deadline,
+ * and never long while draining. */
+int server_loop_timeout(const timers_t *t, int lfd);
+
+/* Hand every session whose deadline has passed to session_on_timer. */
+void server_loop_timers(timers_t *t, server_apply_fn apply);
+
+/* Once the server is stopping: close the listener (*lfd becomes -1), start
+ * the drain and shut every session down (session_shutdown). */
+void server_loop_stop(int *lfd, server_apply_fn apply);
+
+/* Free every session left in the table (after the loop). */
+void server_loop_end(void);
+
 /* Serve one connection to its end, waiting in poll() on it alone: the
  * blocking model of the iterative and threads designs. BURN runs inline.
  * Returns when the connection is closed; takes ownership of fd. */
