@@ -126,13 +126,17 @@ test-unit: tests
 test-integration: tests
 	$(Q)BIN=$(BIN) scripts/test integration
 
+# make bench DESIGNS=epoll,reactor SCENARIOS=throughput,c10k DURATION=5
+BENCH_ARGS = $(if $(DESIGNS),--designs $(DESIGNS)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) \
+             $(if $(DURATION),--duration $(DURATION))
+
 bench: all
 	$(Q)scripts/deps.sh bench
-	$(Q)scripts/bench $(BENCH_ARGS)
+	$(Q)BIN=$(BIN) scripts/bench $(BENCH_ARGS)
 
 bench-quick: all
 	$(Q)scripts/deps.sh bench
-	$(Q)scripts/bench --quick $(BENCH_ARGS)
+	$(Q)BIN=$(BIN) scripts/bench --quick $(BENCH_ARGS)
 
 lab: all
 	$(Q)scripts/deps.sh bench

@@ -7,7 +7,7 @@
 set -euo pipefail
 
 build=(gcc make pkg-config libcurl4-openssl-dev libjansson-dev libsqlite3-dev
-       libcmocka-dev liblua5.4-dev curl)
+       libcmocka-dev liblua5.4-dev curl python3 python3-jsonschema)
 bench=(wrk nginx-light gnuplot-nox sqlite3)
 test_extra=(valgrind clang libclang-rt-14-dev)
 
