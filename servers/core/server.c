@@ -48,7 +48,8 @@ static void usage(FILE *f, const char *design, unsigned opts)
                "  --header-timeout-ms N   close a connection whose request is not complete\n"
                "                          within N ms, 0 = never (10000)\n"
                "  --idle-timeout-ms N     close a connection silent for N ms, 0 = never (60000)\n"
-               "  --burn-max N            largest BURN accepted (10000000000)\n",
+               "  --burn-max N            largest BURN accepted (10000000000)\n"
+               "  --write-each            one write per answer instead of one per batch (lab)\n",
             design);
     if (opts & SERVER_OPT_THREADS)
         fprintf(f, "  --threads N             event loops (online CPUs)\n");
@@ -79,13 +80,14 @@ static long long int_arg(const char *design, const char *flag, const char *v, lo
 void server_init(int argc, char **argv, const char *design, unsigned opts, server_cfg_t *cfg)
 {
     enum { O_HOST = 256, O_PORT, O_THREADS, O_WORKERS, O_MAXC, O_HTO, O_ITO, O_BURN, O_STACK,
-           O_TENANTS, O_TMEM, O_TMS, O_HELP, O_VERSION };
+           O_TENANTS, O_TMEM, O_TMS, O_WRITE_EACH, O_HELP, O_VERSION };
     static const struct option all[] = {
         {"host", 1, 0, O_HOST}, {"port", 1, 0, O_PORT}, {"threads", 1, 0, O_THREADS},
         {"workers", 1, 0, O_WORKERS}, {"max-conns", 1, 0, O_MAXC},
         {"header-timeout-ms", 1, 0, O_HTO}, {"idle-timeout-ms", 1, 0, O_ITO},
         {"burn-max", 1, 0, O_BURN}, {"stack-kb", 1, 0, O_STACK}, {"tenants", 1, 0, O_TENANTS},
-        {"tenant-mem-kb", 1, 0, O_TMEM}, {"tenant-ms", 1, 0, O_TMS}, {"help", 0, 0, O_HELP},
+        {"tenant-mem-kb", 1, 0, O_TMEM}, {"tenant-ms", 1, 0, O_TMS},
+        {"write-each", 0, 0, O_WRITE_EACH}, {"help", 0, 0, O_HELP},
         {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     memset(cfg, 0, sizeof *cfg);
@@ -146,6 +148,9 @@ void server_init(int argc, char **argv, const char *design, unsigned opts, serve
                 cfg->tenant_ms = (int)int_arg(design, "tenant-ms", optarg, 1, 600000);
             break;
         }
+        case O_WRITE_EACH:
+            cfg->session.write_each = 1;
+            break;
         case O_HELP:
             usage(stdout, design, opts);
             exit(0);

@@ -355,6 +355,8 @@ static int http_step(session_t *s)
 
 /* ---- the state machine ---- */
 
+static int flush(session_t *s);
+
 static void process(session_t *s)
 {
     while (s->op == OP_NONE && !s->closing && buf_used(&s->out) < OUT_HIGH &&
@@ -370,6 +372,8 @@ static void process(session_t *s)
             return;
         }
         s->req_start = 0;
+        if (s->cfg->write_each && flush(s) < 0)
+            s->closing = 2;
     }
 }
 

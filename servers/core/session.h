@@ -38,6 +38,8 @@ typedef struct session_cfg {
     uint64_t burn_max;     /* largest BURN accepted */
     uint64_t offload_min;  /* BURNs of at least this many steps return SESS_WORK; 0 = run inline */
     size_t max_body;       /* larger bodies get 413 */
+    int write_each;        /* write after every answer, not once per batch (the lab's
+                              pipelining experiment: what batching saves) */
     session_ext_fn ext;    /* NULL: unrouted paths are 404 */
     void *ext_ctx;
 } session_cfg_t;
