@@ -138,7 +138,7 @@ static void start_burn(session_t *s, uint64_t n)
 static void start_stream(session_t *s, uint64_t n)
 {
     if (s->proto == PROTO_HTTP) {
-        http_answer(s, MC_STREAM, 200, NULL, NULL, s->head_only ? 0 : n, NULL);
+        http_answer(s, MC_STREAM, 200, NULL, NULL, n, NULL);
         if (s->head_only) /* HEAD: the length, but no bytes */
             return;
     } else {
