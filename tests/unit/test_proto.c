@@ -56,6 +56,7 @@ static const struct line_case line_cases[] = {
     {"BURN 101\n", 100, ALL, CMD_ERR, 0, "number out of range"},
     {"BURN 18446744073709551616\n", DEF, ALL, CMD_ERR, 0, "number out of range"},
     {"BURN 1.5\n", DEF, ALL, CMD_ERR, 0, "bad number"},
+    {"BURN 99999999999999999999x\n", DEF, ALL, CMD_ERR, 0, "bad number"},
     {"STREAM 0\n", DEF, ALL, CMD_STREAM, 0, NULL},
     {"STREAM 4294967296\n", DEF, ALL, CMD_STREAM, 4294967296ULL, NULL},
     {"STREAM 4294967297\n", DEF, ALL, CMD_ERR, 0, "number out of range"},
@@ -261,6 +262,7 @@ static const struct u64_case u64_cases[] = {
     {" 1", UINT64_MAX, -EINVAL, 0},
     {"1 ", UINT64_MAX, -EINVAL, 0},
     {"1a", UINT64_MAX, -EINVAL, 0},
+    {"184467440737095516160x", UINT64_MAX, -EINVAL, 0}, /* not a number, though it overflows */
 };
 
 static void test_parse_u64(void **state)
