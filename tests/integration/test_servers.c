@@ -810,7 +810,10 @@ static int run_design(struct srv *s)
     }
     char group[64];
     snprintf(group, sizeof group, "server-%s", s->design);
-    return _cmocka_run_group_tests(group, run, n, NULL, NULL);
+    int failed = _cmocka_run_group_tests(group, run, n, NULL, NULL);
+    for (size_t i = 0; i < n; i++)
+        free((char *)run[i].name);
+    return failed;
 }
 
 int main(void)
