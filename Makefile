@@ -48,7 +48,7 @@ UNITS    := $(patsubst tests/unit/%.c,$(BIN)/tests/unit-%,$(UNIT_SRC))
 INTEGS   := $(patsubst tests/integration/%.c,$(BIN)/tests/integration-%,$(INTEG_SRC))
 DEPS_OK  := build/.deps-ok
 
-.PHONY: all test test-unit test-integration bench bench-quick lab deps format clean help
+.PHONY: all test test-unit test-integration bench bench-quick lab deps format clean help fuzz
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -116,8 +116,24 @@ $(BIN)/tests/integration-%: $(BUILD)/tests/integration/%.o $(TLIB) $(CORE_LIB)
 
 tests: all $(UNITS) $(INTEGS)
 
+# libFuzzer targets, one per parser (tests/fuzz/fuzz_<x>.c -> build/fuzz/fuzz_<x>),
+# built with clang when it is there; `make test` runs each for FUZZ_TIME seconds.
+FUZZ_CC   ?= clang
+FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BINS := $(if $(shell command -v $(FUZZ_CC) 2>/dev/null),$(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC)))
+FUZZ_TIME ?= 20
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c servers/core/http.c servers/core/proto.c $(wildcard servers/core/*.h) | $(DEPS_OK)
+	$(call say,FUZZCC,$<)
+	$(Q)mkdir -p $(@D)
+	$(Q)$(FUZZ_CC) -std=gnu11 -g -O1 -D_GNU_SOURCE -Iservers -fsanitize=fuzzer,address,undefined \
+	    -fno-sanitize-recover=all -o $@ $< servers/core/http.c servers/core/proto.c
+
+fuzz: $(FUZZ_BINS)
+	$(Q)FUZZ_TIME=$(FUZZ_TIME) scripts/test fuzz
+
 # The whole suite: unit, integration and script tests, each bounded in time.
-test: tests
+test: tests $(FUZZ_BINS)
 	$(Q)BIN=$(BIN) scripts/test
 
 test-unit: tests

@@ -338,10 +338,10 @@ int http_decode_chunked(http_chunked_t *d, char *buf, size_t len, size_t max_bod
 int http_query_get(const char *query, size_t len, const char *name, const char **value,
                    size_t *value_len)
 {
+    if (!query) /* before any arithmetic: NULL + 0 is undefined too */
+        return -ENOENT;
     size_t nlen = strlen(name);
     const char *p = query, *end = query + len;
-    if (!query)
-        return -ENOENT;
     while (p < end) {
         const char *amp = memchr(p, '&', (size_t)(end - p));
         const char *e = amp ? amp : end;

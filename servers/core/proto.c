@@ -17,9 +17,11 @@ int proto_parse_u64(const char *s, size_t len, uint64_t max, uint64_t *out)
     uint64_t v = 0;
     if (len == 0)
         return -EINVAL;
-    for (size_t i = 0; i < len; i++) {
+    /* Not a number at all is -EINVAL even when its digits would overflow. */
+    for (size_t i = 0; i < len; i++)
         if (s[i] < '0' || s[i] > '9')
             return -EINVAL;
+    for (size_t i = 0; i < len; i++) {
         unsigned d = (unsigned)(s[i] - '0');
         if (v > (UINT64_MAX - d) / 10)
             return -ERANGE;

@@ -138,7 +138,7 @@ static void start_burn(session_t *s, uint64_t n)
 static void start_stream(session_t *s, uint64_t n)
 {
     if (s->proto == PROTO_HTTP) {
-        http_answer(s, MC_STREAM, 200, NULL, NULL, s->head_only ? 0 : n, NULL);
+        http_answer(s, MC_STREAM, 200, NULL, NULL, n, NULL);
         if (s->head_only) /* HEAD: the length, but no bytes */
             return;
     } else {
@@ -421,9 +421,19 @@ int session_wants(const session_t *s)
 /* Common tail of every event: answer more, write, and say what next. */
 static int finish(session_t *s)
 {
-    process(s);
-    if (flush(s) < 0)
-        return SESS_CLOSE;
+    int again;
+    do {
+        process(s);
+        /* Answering stops behind a STREAM or a full output buffer. When
+         * flush() ends the one or drains the other, requests pipelined
+         * behind it are already in the input buffer and no event will come
+         * for them: answer them now. */
+        int blocked = s->op == OP_STREAM || buf_used(&s->out) >= OUT_HIGH;
+        if (flush(s) < 0)
+            return SESS_CLOSE;
+        again = blocked && s->op == OP_NONE && !s->closing && buf_used(&s->in) > 0 &&
+                buf_used(&s->out) < OUT_HIGH;
+    } while (again);
     int w = session_wants(s);
     if (s->work_ready) {
         s->work_ready = 0;

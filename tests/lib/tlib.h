@@ -1,0 +1,120 @@
+/* tlib: what the unit and integration tests share (built into libtest.a).
+ *
+ *   tproc_   start a server binary as a real process and stop it by its PID
+ *   tconn_   a blocking client connection to 127.0.0.1 with bounded reads
+ *   thttp_   send a request and read exactly one response (Content-Length)
+ *   tguard_  a copy of a buffer placed right before a PROT_NONE page
+ *
+ * Every wait is bounded by a timeout in milliseconds. Functions return 0 or a
+ * count on success and a negative errno on failure, like the core. */
+#ifndef TESTS_TLIB_H
+#define TESTS_TLIB_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+/* ---- processes ---- */
+
+/* Path of a binary built by the Makefile: $BIN/<name> (BIN defaults to
+ * "bin"). Returns a pointer to one of a few static buffers, valid until
+ * several more calls. */
+const char *tproc_bin(const char *name);
+
+/* Is tproc_bin(name) an executable file? For skipping a design not built yet. */
+int tproc_exists(const char *name);
+
+/* Start argv[0] with argv (NULL-terminated) in its own process group, its
+ * stderr going to a log file under $TMPDIR (see tproc_log), and wait up to
+ * 5 s for the line "listening on HOST:PORT". Stores PORT in *port (may be
+ * NULL). The process is killed if the test process dies (PDEATHSIG) and at
+ * exit if still running. Returns the PID, or a negative errno (-ETIMEDOUT, or
+ * -ECHILD when it exited first; its log is printed on stderr then). */
+pid_t tproc_start(const char *const argv[], int *port);
+
+/* Stop a process from tproc_start: SIGTERM, wait up to timeout_ms, then
+ * SIGKILL its whole process group. Returns its exit code (0..255), 128+signal
+ * if a signal ended it (137 when it had to be killed), or a negative errno.
+ * A non-zero result prints the log's path on stderr. */
+int tproc_stop(pid_t pid, int timeout_ms);
+
+/* Path of the stderr log of a process from tproc_start (NULL if unknown). */
+const char *tproc_log(pid_t pid);
+
+/* ---- client connections ---- */
+
+/* Connect to 127.0.0.1:port (blocking, TCP_NODELAY, close-on-exec).
+ * Returns the descriptor or a negative errno. */
+int tconn_open(int port);
+
+/* Send all n bytes. Returns 0 or a negative errno. */
+int tconn_send(int fd, const void *p, size_t n);
+
+/* Send a NUL-terminated string. Returns 0 or a negative errno. */
+int tconn_sends(int fd, const char *s);
+
+/* Read into buf (cap bytes, always NUL-terminated, so at most cap-1 are read)
+ * until buf contains `term` (when term is not NULL) or holds `want` bytes
+ * (when term is NULL), reading nothing beyond what the socket delivers.
+ * Returns the number of bytes in buf when the condition is met, -ETIMEDOUT
+ * when timeout_ms passed first, -EPIPE when the peer closed first, -ENOBUFS
+ * when buf filled up first, or another negative errno. buf holds what came
+ * in every case. */
+ssize_t tconn_recv_until(int fd, char *buf, size_t cap, const char *term, size_t want,
+                         int timeout_ms);
+
+/* Read everything until the peer closes. Returns the number of bytes in buf
+ * (NUL-terminated; bytes beyond cap-1 are read and dropped), or -ETIMEDOUT. */
+ssize_t tconn_recv_eof(int fd, char *buf, size_t cap, int timeout_ms);
+
+/* Has the peer closed the connection (or reset it) within timeout_ms?
+ * Discards any data still arriving. Returns 1 (closed) or 0 (still open). */
+int tconn_closed(int fd, int timeout_ms);
+
+/* Bytes that can be read right now without blocking (0 if none). */
+size_t tconn_pending(int fd);
+
+/* ---- HTTP ---- */
+
+typedef struct thttp_resp {
+    int status;            /* from the status line */
+    long content_length;   /* -1 when absent */
+    char head[16384];      /* status line and headers, through the blank line, NUL-terminated */
+    size_t head_len;
+    char *body;            /* malloc'd, NUL-terminated; thttp_free */
+    size_t body_len;
+} thttp_resp_t;
+
+/* Read exactly one response from fd: the head (byte by byte, so nothing of a
+ * following response is consumed) and Content-Length bytes of body (none when
+ * no_body: the answer to HEAD). Returns 0, -ETIMEDOUT, -EPIPE when the peer
+ * closed before the end, -EPROTO for a head without a status line or
+ * Content-Length, or another negative errno. */
+int thttp_read(int fd, thttp_resp_t *r, int no_body, int timeout_ms);
+
+/* Send the raw request `req` and read one response (no body if req starts
+ * with "HEAD "). Same returns as thttp_read. */
+int thttp_do(int fd, const char *req, thttp_resp_t *r, int timeout_ms);
+
+/* Does the head contain this header line, e.g. "Connection: close"
+ * (case-insensitive, whole line)? */
+int thttp_has_header(const thttp_resp_t *r, const char *line);
+
+/* Free the body; r can be reused. */
+void thttp_free(thttp_resp_t *r);
+
+/* ---- guard pages ---- */
+
+/* A copy of p[0..n) whose last byte sits right before a PROT_NONE page, so
+ * reading past the end crashes at once. Aborts when out of memory (tests
+ * only). Free with tguard_free(copy, n). */
+void *tguard_copy(const void *p, size_t n);
+
+/* Release a copy from tguard_copy. */
+void tguard_free(void *copy, size_t n);
+
+/* ---- time ---- */
+
+/* Monotonic milliseconds. */
+long long tnow_ms(void);
+
+#endif
