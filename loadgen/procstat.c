@@ -1,0 +1,125 @@
+#include "procstat.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Read a small /proc file whole into buf. Returns its length or -errno. */
+static ssize_t slurp(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -errno;
+    size_t n = fread(buf, 1, cap - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return (ssize_t)n;
+}
+
+static long status_field(const char *text, const char *name)
+{
+    const char *p = strstr(text, name);
+    return p ? strtol(p + strlen(name), NULL, 10) : 0;
+}
+
+/* The thread table is an open-addressing hash on tid: a thread-per-connection
+ * server may have tens of thousands of them. */
+static procstat_task_t *task_slot(procstat_t *p, int tid)
+{
+    if (2 * (p->ntasks + 1) > p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 256;
+        procstat_task_t *t = calloc(cap, sizeof *t);
+        if (!t)
+            return NULL;
+        for (size_t i = 0; i < p->cap; i++) {
+            if (!p->tasks[i].tid)
+                continue;
+            size_t h = ((uint32_t)p->tasks[i].tid * 2654435761u) & (cap - 1);
+            while (t[h].tid)
+                h = (h + 1) & (cap - 1);
+            t[h] = p->tasks[i];
+        }
+        free(p->tasks);
+        p->tasks = t;
+        p->cap = cap;
+    }
+    size_t h = ((uint32_t)tid * 2654435761u) & (p->cap - 1);
+    while (p->tasks[h].tid && p->tasks[h].tid != tid)
+        h = (h + 1) & (p->cap - 1);
+    if (!p->tasks[h].tid) {
+        p->tasks[h].tid = tid;
+        p->ntasks++;
+    }
+    return &p->tasks[h];
+}
+
+int procstat_open(procstat_t *p, int pid)
+{
+    memset(p, 0, sizeof *p);
+    p->pid = pid;
+    return procstat_sample(p);
+}
+
+int procstat_sample(procstat_t *p)
+{
+    char path[64], text[4096];
+    snprintf(path, sizeof path, "/proc/%d/stat", p->pid);
+    if (slurp(path, text, sizeof text) < 0)
+        return -ESRCH;
+    /* Fields after the command name, which may hold spaces and parentheses. */
+    char *s = strrchr(text, ')');
+    unsigned long long ut = 0, st = 0;
+    long nthreads = 0;
+    if (!s || sscanf(s + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %ld",
+                     &ut, &st, &nthreads) != 3)
+        return -EINVAL;
+    long hz = sysconf(_SC_CLK_TCK);
+    p->user_s = (double)ut / (double)hz;
+    p->system_s = (double)st / (double)hz;
+    p->threads = nthreads;
+    if (nthreads > p->threads_max)
+        p->threads_max = nthreads;
+
+    snprintf(path, sizeof path, "/proc/%d/status", p->pid);
+    if (slurp(path, text, sizeof text) > 0) {
+        p->rss_kb = status_field(text, "VmRSS:");
+        p->hwm_kb = status_field(text, "VmHWM:");
+    }
+
+    snprintf(path, sizeof path, "/proc/%d/task", p->pid);
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            int tid = atoi(de->d_name);
+            if (tid <= 0)
+                continue;
+            char tpath[96];
+            snprintf(tpath, sizeof tpath, "/proc/%d/task/%d/status", p->pid, tid);
+            if (slurp(tpath, text, sizeof text) <= 0)
+                continue;
+            procstat_task_t *t = task_slot(p, tid);
+            if (!t)
+                break;
+            t->vcsw = (uint64_t)status_field(text, "\nvoluntary_ctxt_switches:");
+            t->nvcsw = (uint64_t)status_field(text, "nonvoluntary_ctxt_switches:");
+        }
+        closedir(d);
+    }
+    p->vcsw = p->nvcsw = 0;
+    for (size_t i = 0; i < p->cap; i++) {
+        p->vcsw += p->tasks[i].vcsw;
+        p->nvcsw += p->tasks[i].nvcsw;
+    }
+    return 0;
+}
+
+void procstat_close(procstat_t *p)
+{
+    free(p->tasks);
+    p->tasks = NULL;
+    p->ntasks = p->cap = 0;
+}

@@ -1,0 +1,38 @@
+/* procstat: what a process (the server under test) costs, read from /proc.
+ *
+ * CPU time comes from /proc/PID/stat, which counts every thread, exited ones
+ * included. Context switches exist only per thread (/proc/PID/task/TID/status),
+ * so the sampler remembers the last counts of every thread it has seen: a
+ * thread that exits between two samples keeps what it had at the last one. */
+#ifndef LOADGEN_PROCSTAT_H
+#define LOADGEN_PROCSTAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct procstat_task {
+    int tid;
+    uint64_t vcsw, nvcsw;
+} procstat_task_t;
+
+typedef struct procstat {
+    int pid;
+    double user_s, system_s;  /* as of the last sample */
+    uint64_t vcsw, nvcsw;     /* summed over every thread seen */
+    long rss_kb, hwm_kb;      /* VmRSS and VmHWM (peak) */
+    long threads, threads_max;
+    procstat_task_t *tasks;   /* every thread seen: a hash on tid, cap slots */
+    size_t ntasks, cap;
+} procstat_t;
+
+/* Start watching pid. Returns 0 or -errno (-ESRCH: no such process). */
+int procstat_open(procstat_t *p, int pid);
+
+/* Take a sample (updates every field). Returns 0 or -errno (the process
+ * is gone: the last sample stays). */
+int procstat_sample(procstat_t *p);
+
+/* Free the thread table. */
+void procstat_close(procstat_t *p);
+
+#endif
