@@ -298,6 +298,13 @@ static int conn_pump(loop_t *l, conn_t *c)
     const lg_workload_t *w = l->w;
     unsigned depth = l->o->pipeline;
     int added = 0;
+    if (c->out_off > 0) {
+        /* Bytes already written still sit at the front while the rest of a
+         * partial write waits: make room, or the buffer would overflow. */
+        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+        c->out_len -= c->out_off;
+        c->out_off = 0;
+    }
     while (c->count < depth && !l->stopping) {
         if (l->th->quota && l->issued >= l->th->quota)
             break;
@@ -332,7 +339,7 @@ static int conn_pump(loop_t *l, conn_t *c)
         l->issued++;
         added = 1;
     }
-    if (added && c->out_off == 0)
+    if (added)
         return conn_flush(l, c);
     return 0;
 }

@@ -86,7 +86,10 @@ int probe_ready(const lg_opts_t *o, const struct sockaddr_storage *addr, socklen
     for (;;) {
         /* A connect first: cheap, and the error text names the real cause. */
         rc = tcp_probe(addr, addrlen, timeout_ms, err, errlen);
-        if (rc == 0 && o->proto == LG_HTTP && !o->increment_keys)
+        /* Readiness (--wait-ready) for HTTP is an answered request; at the
+         * start of a plain run a connect is enough: a server that accepts
+         * and then hangs is to be measured, not refused. */
+        if (rc == 0 && wait_ms > 0 && o->proto == LG_HTTP && !o->increment_keys)
             rc = curl_get(url, timeout_ms, NULL, err, errlen);
         if (rc == 0 || time_update() >= until)
             return rc;
