@@ -3,9 +3,9 @@
  * and with bad input. Every process started here is stopped by its PID and
  * every wait is bounded.
  *
- * The helpers below (spawning a server and reading its port, running a
- * process with a deadline) are static here because tests/lib did not exist
- * yet when this was written; they can move there. */
+ * Servers are started and stopped with tests/lib's tproc; the load generator
+ * and the stub servers (forked children of this process) are tracked here,
+ * so a failing test still stops them by PID in its teardown. */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -26,14 +26,9 @@
 #include <cmocka.h>
 
 #include "core/net.h"
+#include "../lib/tlib.h"
 
 #define MAX_ARGS 64
-
-static const char *bin_dir(void)
-{
-    const char *b = getenv("BIN");
-    return b && *b ? b : "bin";
-}
 
 static int64_t now_ms(void)
 {
@@ -107,56 +102,24 @@ static int split(char *line, char **argv)
     return argc;
 }
 
-/* Start bin/server-NAME --port 0 ARGS and read its port from the
- * "listening on HOST:PORT" line on its stderr. Returns the pid. */
-static pid_t spawn_server(const char *name, const char *args, int *port)
+/* Start bin/server-NAME --port 0 (tests/lib reads its port and kills it if
+ * this test process dies). Returns the pid. */
+static pid_t spawn_server(const char *name, int *port)
 {
-    char line[512], path[256];
-    char *argv[MAX_ARGS];
-    int pfd[2];
-    snprintf(path, sizeof path, "%s/server-%s", bin_dir(), name);
-    snprintf(line, sizeof line, "%s --port 0 %s", path, args);
-    split(line, argv);
-    assert_int_equal(pipe(pfd), 0);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        int dn = open("/dev/null", O_WRONLY);
-        dup2(dn, 1);
-        dup2(pfd[1], 2);
-        close(pfd[0]);
-        close(pfd[1]);
-        execv(path, argv);
-        _exit(127);
-    }
-    track(pid);
-    close(pfd[1]);
-    char buf[1024];
-    size_t len = 0;
-    int64_t until = now_ms() + 5000;
-    *port = 0;
-    while (!*port && now_ms() < until && len < sizeof buf - 1) {
-        struct pollfd p = {.fd = pfd[0], .events = POLLIN};
-        if (poll(&p, 1, 100) <= 0)
-            continue;
-        ssize_t n = read(pfd[0], buf + len, sizeof buf - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-        buf[len] = '\0';
-        char *l = strstr(buf, "listening on ");
-        char *colon = l ? strchr(l, '\n') : NULL;
-        if (colon) {
-            *colon = '\0';
-            *port = atoi(strrchr(l, ':') + 1);
-        }
-    }
-    /* The server keeps its stderr; the pipe holds what it says later. */
-    if (!*port) {
-        stop_pid(pid);
-        fail_msg("server-%s did not announce its port", name);
-    }
+    char bin[64];
+    snprintf(bin, sizeof bin, "server-%s", name);
+    const char *argv[] = {tproc_bin(bin), "--port", "0", NULL};
+    pid_t pid = tproc_start(argv, port);
+    if (pid < 0)
+        fail_msg("server-%s did not start: %s", name, strerror(-pid));
     return pid;
+}
+
+static void stop_server(pid_t pid)
+{
+    int rc = tproc_stop(pid, 3000);
+    if (rc != 0)
+        fail_msg("server exited %d on SIGTERM", rc);
 }
 
 /* Run bin/loadgen ARGS with a deadline; its stderr goes to errbuf. Returns
@@ -165,7 +128,7 @@ static int run_loadgen(const char *args, int timeout_ms, char *errbuf, size_t er
 {
     char line[2048], path[256];
     char *argv[MAX_ARGS];
-    snprintf(path, sizeof path, "%s/loadgen", bin_dir());
+    snprintf(path, sizeof path, "%s", tproc_bin("loadgen"));
     snprintf(line, sizeof line, "%s %s", path, args);
     split(line, argv);
     char errpath[] = "/tmp/loadgen-test-err-XXXXXX";
@@ -280,13 +243,13 @@ static void test_epoll_http(void **state)
 {
     (void)state;
     int port;
-    pid_t srv = spawn_server("epoll", "", &port);
+    pid_t srv = spawn_server("epoll", &port);
     char args[512], err[1024];
     snprintf(args, sizeof args, "-t2 -c4 -d1s -q --json %s --server-pid %d http://127.0.0.1:%d/",
              json_path, (int)srv, port);
     int rc = run_loadgen(args, 10000, err, sizeof err, NULL);
     if (rc != 0) {
-        stop_pid(srv);
+        stop_server(srv);
         fail_msg("loadgen exited %d: %s", rc, err);
     }
     json_t *j = load_json(json_path);
@@ -333,14 +296,14 @@ static void test_epoll_http(void **state)
     j = load_json(json_path);
     assert_int_equal(jint(j, "requests"), 500);
     json_decref(j);
-    stop_pid(srv);
+    stop_server(srv);
 }
 
 static void test_epoll_line(void **state)
 {
     (void)state;
     int port;
-    pid_t srv = spawn_server("epoll", "", &port);
+    pid_t srv = spawn_server("epoll", &port);
     char args[512], err[1024];
     snprintf(args, sizeof args,
              "-c4 -d1s -q --pipeline 4 --json %s --mix PING:50,BURN~1000:20,WAIT~1:10,STREAM~5000:20 "
@@ -348,7 +311,7 @@ static void test_epoll_line(void **state)
              json_path, port);
     int rc = run_loadgen(args, 10000, err, sizeof err, NULL);
     if (rc != 0) {
-        stop_pid(srv);
+        stop_server(srv);
         fail_msg("loadgen exited %d: %s", rc, err);
     }
     json_t *j = load_json(json_path);
@@ -358,21 +321,21 @@ static void test_epoll_line(void **state)
     assert_int_equal(json_array_size(jget(j, "config.mix")), 4);
     json_decref(j);
 
-    stop_pid(srv);
+    stop_server(srv);
 }
 
 static void test_scenarios(void **state)
 {
     (void)state;
     int port;
-    pid_t srv = spawn_server("epoll", "", &port);
+    pid_t srv = spawn_server("epoll", &port);
     char args[512], err[1024];
     snprintf(args, sizeof args,
              "-c2 -d1s -q --idle 20 --slowloris 3 --slow-readers 2 --slow-read-rate 8192 "
              "--json %s --hgrm %s.hgrm http://127.0.0.1:%d/",
              json_path, json_path, port);
     int rc = run_loadgen(args, 15000, err, sizeof err, NULL);
-    stop_pid(srv);
+    stop_server(srv);
     if (rc != 0)
         fail_msg("loadgen exited %d: %s", rc, err);
     json_t *j = load_json(json_path);
