@@ -311,7 +311,9 @@ static int conn_pump(loop_t *l, conn_t *c)
         int64_t intended = l->now;
         if (l->o->rate > 0) {
             if (c->next_us > (double)l->now) {
-                timers_set(&l->pace, &c->pace, (int64_t)c->next_us);
+                /* Round up: a fractional deadline truncated down to `now`
+                 * would be due at once, and the pace loop would never end. */
+                timers_set(&l->pace, &c->pace, (int64_t)c->next_us + 1);
                 break;
             }
             intended = (int64_t)c->next_us;

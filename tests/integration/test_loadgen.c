@@ -432,6 +432,29 @@ static void silent_stub(int lfd)
         accept(lfd, NULL, NULL); /* kept open, never read */
 }
 
+/* -R with a send interval that is not a whole number of microseconds
+ * (45000/s over 64 connections: 1422.2 us) once spun forever on a deadline
+ * rounded down to "now". The run must end on time with the rate kept. */
+static void test_rate_fractional_interval(void **state)
+{
+    (void)state;
+    int port;
+    pid_t srv = spawn_server("epoll", &port);
+    char args[512], err[1024];
+    int64_t wall;
+    snprintf(args, sizeof args, "-c64 -d1s -R 45000 -q --json %s http://127.0.0.1:%d/", json_path,
+             port);
+    int rc = run_loadgen(args, 10000, err, sizeof err, &wall);
+    stop_server(srv);
+    if (rc != 0)
+        fail_msg("loadgen exited %d after %lld ms: %s", rc, (long long)wall, err);
+    json_t *j = load_json(json_path);
+    assert_true(wall < 4000);
+    assert_true(jint(j, "requests") > 1000);
+    assert_no_errors(j);
+    json_decref(j);
+}
+
 static void test_never_answers(void **state)
 {
     (void)state;
@@ -631,6 +654,7 @@ int main(void)
         cmocka_unit_test_teardown(test_scenarios, stop_children),
         cmocka_unit_test_teardown(test_freeze_corrected, stop_children),
         cmocka_unit_test_teardown(test_never_answers, stop_children),
+        cmocka_unit_test_teardown(test_rate_fractional_interval, stop_children),
         cmocka_unit_test_teardown(test_increment, stop_children),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
