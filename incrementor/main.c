@@ -54,6 +54,7 @@ int main(int argc, char **argv)
     sc->threads = ncpu > 0 ? (int)(ncpu < SVC_THREADS_MAX ? ncpu : SVC_THREADS_MAX) : 1;
     sc->workers = 1; /* only for the core's /burn */
     session_cfg_default(&sc->session);
+    sc->session.json_errors = 1;
 
     opterr = 0;
     int c;
