@@ -53,7 +53,7 @@
 #include "core/reactor.h"
 #include "service.h"
 
-#define FINAL_TRIES 50       /* on exit, failed flushes are retried this often ... */
+#define FINAL_MS       15000 /* on exit, failed flushes are retried for this long ... */
 #define FINAL_PAUSE_MS 200   /* ... this far apart */
 
 static const char ok_body[] = "{\"ok\":true}\n";
@@ -420,7 +420,8 @@ void *svc_writer_main(void *arg)
         if (!stop)
             continue;
         /* The loops are gone: what is left must reach the database. */
-        for (int i = 0; i < FINAL_TRIES && (rc < 0 || svc->pending); i++) {
+        int64_t until = time_update() + FINAL_MS;
+        while ((rc < 0 || svc->pending) && time_update() < until) {
             usleep(FINAL_PAUSE_MS * 1000);
             rc = flush_once(svc);
         }
