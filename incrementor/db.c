@@ -175,6 +175,7 @@ int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t 
     }
     if ((rc = register_writer(d, path, !durable, err, errlen)) < 0)
         goto err;
+    sqlite3_wal_autocheckpoint(d->h, 0); /* the checkpointer's job, see db_checkpoint */
     d->writer = 1;
     if ((rc = prep(d, &d->begin, "BEGIN IMMEDIATE")) < 0 ||
         (rc = prep(d, &d->commit, "COMMIT")) < 0 ||
@@ -210,6 +211,17 @@ int db_open_reader(db_t **out, const char *path, char *err, size_t errlen)
     }
     *out = d;
     return 0;
+}
+
+int db_open_checkpointer(db_t **out, const char *path, char *err, size_t errlen)
+{
+    return open_common(out, path, SQLITE_OPEN_READWRITE, err, errlen);
+}
+
+int db_checkpoint(db_t *d)
+{
+    int rc = sqlite3_wal_checkpoint_v2(d->h, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : map_rc(rc);
 }
 
 void db_close(db_t *d)

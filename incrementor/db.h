@@ -33,6 +33,16 @@ int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t 
 /* Open a read-only connection for GET /counters. */
 int db_open_reader(db_t **out, const char *path, char *err, size_t errlen);
 
+/* Open a connection that only checkpoints (see db_checkpoint). */
+int db_open_checkpointer(db_t **out, const char *path, char *err, size_t errlen);
+
+/* Copy what the WAL holds into the database file (a PASSIVE checkpoint:
+ * it never blocks the writer). The writer's own connection never
+ * checkpoints: a checkpoint fsyncs the database file, which took up to a
+ * second on a busy disk, and every acknowledgement waiting for that commit
+ * would wait too. Returns 0 or a negative errno. */
+int db_checkpoint(db_t *d);
+
 /* Close; a writer also drops its registration. NULL is fine. */
 void db_close(db_t *d);
 

@@ -433,3 +433,22 @@ void *svc_writer_main(void *arg)
         return NULL;
     }
 }
+
+void *svc_checkpointer_main(void *arg)
+{
+    svc_t *svc = arg;
+    pthread_mutex_lock(&svc->wlock);
+    while (!svc->stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += SVC_CHECKPOINT_MS / 1000;
+        pthread_cond_timedwait(&svc->ccond, &svc->wlock, &ts);
+        if (svc->stop)
+            break;
+        pthread_mutex_unlock(&svc->wlock);
+        db_checkpoint(svc->ckpt); /* a failure is retried at the next tick */
+        pthread_mutex_lock(&svc->wlock);
+    }
+    pthread_mutex_unlock(&svc->wlock);
+    return NULL;
+}

@@ -415,6 +415,10 @@ int svc_init(svc_t *svc, const svc_cfg_t *cfg)
         fprintf(stderr, "incrementor: %s: %s\n", cfg->db_path, db_errmsg(svc->db));
         return rc;
     }
+    if ((rc = db_open_checkpointer(&svc->ckpt, cfg->db_path, err, sizeof err)) < 0) {
+        fprintf(stderr, "incrementor: %s\n", err);
+        return rc;
+    }
     svc->fast_open = !cfg->durable && red == 0;
     svc->threads = calloc((size_t)svc->nthreads, sizeof *svc->threads);
     if (!svc->threads)
@@ -430,6 +434,7 @@ int svc_init(svc_t *svc, const svc_cfg_t *cfg)
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&svc->wcond, &ca);
+    pthread_cond_init(&svc->ccond, &ca);
     pthread_condattr_destroy(&ca);
     agg_init(&svc->w);
 
@@ -449,6 +454,7 @@ int svc_run(svc_t *svc)
         fprintf(stderr, "incrementor: cannot start the writer thread\n");
         return 1;
     }
+    int ckpt = pthread_create(&svc->checkpointer, NULL, svc_checkpointer_main, svc) == 0;
     int status = reactor_run(&svc->cfg.server, NULL);
     /* The loops are gone: the writer must not post answers any more, and
      * flushes what is left (the loops drained what was in flight). */
@@ -456,8 +462,11 @@ int svc_run(svc_t *svc)
     pthread_mutex_lock(&svc->wlock);
     svc->stop = 1;
     pthread_cond_signal(&svc->wcond);
+    pthread_cond_signal(&svc->ccond);
     pthread_mutex_unlock(&svc->wlock);
     pthread_join(svc->writer, NULL);
+    if (ckpt)
+        pthread_join(svc->checkpointer, NULL);
     return status ? status : svc->exit_status;
 }
 
@@ -473,5 +482,6 @@ void svc_free(svc_t *svc)
     svc_window_free_list(svc->pending);
     agg_free(&svc->w);
     db_close(svc->db);
+    db_close(svc->ckpt);
     memset(svc, 0, sizeof *svc);
 }

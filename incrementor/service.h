@@ -95,9 +95,11 @@ typedef struct svc {
 
     /* The writer. */
     db_t *db;
-    pthread_t writer;
+    pthread_t writer, checkpointer;
+    db_t *ckpt;
     pthread_mutex_t wlock;
-    pthread_cond_t wcond;
+    pthread_cond_t wcond;  /* wakes the writer */
+    pthread_cond_t ccond;  /* wakes the checkpointer */
     int stop;             /* under wlock: flush what is left and exit */
     svc_window_t *spare;  /* writer: empty windows to hand out */
     svc_window_t *pending; /* writer: taken, not yet committed */
@@ -128,6 +130,10 @@ int svc_handle(session_t *s, const http_request_t *req, const char *body, size_t
 /* flush.c: wake the writer for a deferred request (group commit: it
  * commits as soon as it is free rather than at the next --flush-ms). */
 void svc_kick(svc_t *svc);
+/* flush.c: the checkpointer thread's body (arg is the svc_t): a PASSIVE
+ * checkpoint every SVC_CHECKPOINT_MS, until svc->stop. */
+void *svc_checkpointer_main(void *arg);
+#define SVC_CHECKPOINT_MS 1000
 /* flush.c: the writer thread's body (arg is the svc_t). */
 void *svc_writer_main(void *arg);
 /* flush.c: a window for a thread, from the spare list or new (NULL if out
