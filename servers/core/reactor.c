@@ -306,12 +306,14 @@ int reactor_run(server_cfg_t *cfg, const reactor_hooks_t *h)
     int busy = 0;
     for (int i = 0; i < n; i++) {
         loop_t *L = &loops[i];
-        /* A connection whose BURN a worker still runs (it outlived the
-         * drain) is left to the process exit, with the worker and its loop. */
+        /* A connection whose BURN a worker still runs, or whose deferred
+         * answer an extension still holds (they outlived the drain), is
+         * left to the process exit, with its loop: a late reactor_post
+         * must find them in memory. */
         struct conn *c = L->conns, *next;
         for (; c; c = next) {
             next = c->next;
-            if (c->s.working)
+            if (c->s.working || c->s.op == OP_DEFER)
                 busy = 1;
             else
                 conn_free(L, c);

@@ -170,6 +170,11 @@ void server_init(int argc, char **argv, const char *design, unsigned opts, serve
         exit(2);
     }
 
+    server_process_init();
+}
+
+void server_process_init(void)
+{
     /* c10k needs more descriptors than the usual soft limit of 1024. */
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {

@@ -40,6 +40,11 @@ extern volatile sig_atomic_t server_stopping;
  * the signal handlers and raises the descriptor limit. */
 void server_init(int argc, char **argv, const char *design, unsigned opts, server_cfg_t *cfg);
 
+/* What server_init does besides the flags, for a program that parses its
+ * own (the incrementor): raise the descriptor limit, create the stop
+ * descriptor, install the SIGINT/SIGTERM handlers and ignore SIGPIPE. */
+void server_process_init(void);
+
 /* Open the listening socket (NET_* flags), or print why not and exit 1. */
 int server_listen(const server_cfg_t *cfg, int flags);
 

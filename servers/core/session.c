@@ -87,7 +87,15 @@ static void http_fail(session_t *s, int status, const char *text)
 {
     s->closing = 1;
     s->keep_alive = 0;
-    http_text(s, MC_OTHER, status, text);
+    if (s->cfg->json_errors) {
+        /* The texts are constant ASCII without quotes: safe inside a JSON string. */
+        char body[160];
+        int n = snprintf(body, sizeof body, "{\"error\":\"%.*s\"}\n",
+                         (int)strcspn(text, "\n"), text);
+        http_answer(s, MC_OTHER, status, "application/json", body, (size_t)n, NULL);
+    } else {
+        http_text(s, MC_OTHER, status, text);
+    }
     buf_consume(&s->in, buf_used(&s->in));
     metrics_error(ME_BAD_REQUEST);
 }

@@ -40,6 +40,8 @@ typedef struct session_cfg {
     size_t max_body;       /* larger bodies get 413 */
     int write_each;        /* write after every answer, not once per batch (the lab's
                               pipelining experiment: what batching saves) */
+    int json_errors;       /* refusals of the core (400, 408, 413, 431...) carry
+                              {"error": "..."} instead of text (the incrementor) */
     session_ext_fn ext;    /* NULL: unrouted paths are 404 */
     void *ext_ctx;
 } session_cfg_t;

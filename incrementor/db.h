@@ -1,0 +1,77 @@
+/* db: the incrementor's SQLite storage.
+ *
+ * Table counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL), in WAL mode.
+ * Two more tables serve the int64 overflow rule across processes (see
+ * flush.c): incrementor_meta holds 'red', the number of counters outside
+ * +-DB_GREEN, kept exact by triggers in every transaction whoever writes;
+ * incrementor_writers lists the live incrementor processes and whether they
+ * acknowledge before committing (buffered).
+ *
+ * A db_t is one connection with its prepared statements, used by one thread
+ * at a time: the writer has one, each loop thread a read-only one. Functions
+ * return 0 (or a count), or a negative SQLite-derived errno: -EBUSY for a
+ * database locked beyond the busy timeout, -EIO otherwise; db_errmsg says
+ * more. */
+#ifndef INCR_DB_H
+#define INCR_DB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DB_GREEN      (INT64_C(1) << 61) /* |value| above this counts as 'red' */
+#define DB_BUSY_MS    5000               /* busy timeout: then the flush fails and is retried */
+#define DB_WRITERS_MAX 1024              /* processes sharing one database (see flush.c) */
+
+typedef struct db db_t;
+
+/* Open (create) the database for writing: WAL, synchronous FULL when
+ * `durable` (a commit is on disk when it returns) or NORMAL, the schema, and
+ * this process registered as a writer. On failure (not a SQLite file, can't
+ * open or create it, too many writers) fills err and returns a negative errno. */
+int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t errlen);
+
+/* Open a read-only connection for GET /counters. */
+int db_open_reader(db_t **out, const char *path, char *err, size_t errlen);
+
+/* Open a connection that only checkpoints (see db_checkpoint). */
+int db_open_checkpointer(db_t **out, const char *path, char *err, size_t errlen);
+
+/* Copy what the WAL holds into the database file (a PASSIVE checkpoint:
+ * it never blocks the writer). The writer's own connection never
+ * checkpoints: a checkpoint fsyncs the database file, which took up to a
+ * second on a busy disk, and every acknowledgement waiting for that commit
+ * would wait too. Returns 0 or a negative errno. */
+int db_checkpoint(db_t *d);
+
+/* Close; a writer also drops its registration. NULL is fine. */
+void db_close(db_t *d);
+
+/* The last error's message. */
+const char *db_errmsg(db_t *d);
+
+/* BEGIN IMMEDIATE: take the write lock now (waiting up to DB_BUSY_MS), so
+ * what is read in the transaction stays true until its commit. */
+int db_begin(db_t *d);
+int db_commit(db_t *d);
+/* Roll back whatever is open (nothing if nothing is). */
+void db_rollback(db_t *d);
+
+/* Add delta to counter key (creating it), with the prepared UPSERT. The
+ * caller has made sure the sum fits in int64. */
+int db_add(db_t *d, const char *key, size_t len, int64_t delta);
+
+/* The committed value of key: returns 1 and sets *v, 0 when absent. */
+int db_value(db_t *d, const char *key, size_t len, int64_t *v);
+
+/* Number of counters outside +-DB_GREEN ('red'). */
+int db_red(db_t *d, int64_t *n);
+
+/* Number of registered buffered writers other than this process. */
+int db_other_buffered(db_t *d, int64_t *n);
+
+/* Counters with key > after, in key order, at most limit: calls fn for
+ * each. Returns the number visited, or a negative errno. */
+int db_page(db_t *d, const char *after, size_t after_len, int limit,
+            void (*fn)(const char *key, size_t len, int64_t value, void *ctx), void *ctx);
+
+#endif

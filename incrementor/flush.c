@@ -1,0 +1,454 @@
+/* The writer thread: every --flush-ms (or as soon as it is free when a
+ * request waits for a commit), take every thread's window, decide the
+ * deferred requests, and write the batch in one transaction.
+ *
+ * Exactness of the sums: a window is taken whole under its thread's lock;
+ * its increments are written by one transaction (one UPSERT per key) and
+ * forgotten only once that transaction has committed. A failed commit keeps
+ * the acknowledged ("fast") increments for the next attempt, and answers the
+ * deferred requests 503: they were not acknowledged, and are dropped.
+ *
+ * The int64 rule (an increment that would take a counter outside int64 gets
+ * 422 and nothing of it is applied), and why it is exact:
+ *
+ * 1. Fast acknowledgements (buffered mode) are given only while `fast_open`,
+ *    i.e. when, at this process's last commit, no counter in the database
+ *    was outside +-2^61 (the 'red' count the triggers of db.c keep exact
+ *    whoever writes) and no failed batch was held; and only for increments
+ *    whose per-key, per-thread, per-window sum of |v| stays <= 2^40. So one
+ *    process holds at most 2^50 of acknowledged, uncommitted delta per key
+ *    in its open windows (1024 threads at most), 2^51 counting one failed
+ *    commit; at most 1024 processes register in incrementor_writers. From a
+ *    value in +-2^61 no combination of such deltas reaches 2^63: a fast
+ *    acknowledgement can never overflow, whatever order things commit in.
+ * 2. Every other request (durable mode: all of them) is decided here, inside
+ *    a BEGIN IMMEDIATE transaction, which holds the database's write lock, so
+ *    the committed value c read in it is exact until our commit. The batch's
+ *    fast deltas are applied first, then the deferred requests in arrival
+ *    order, each against the running value, whole or not at all.
+ *    - Quick accept: 'red' is 0 and |fast + accepted + v| <= 2^61 for each
+ *      key: then c + ... + v cannot leave int64 even with every possible
+ *      unknown pending delta (bounded in 1.), so no value needs reading.
+ *    - Otherwise the value is read, and the result must stay within int64
+ *      shrunk by a headroom H for acknowledged deltas we can't see: those of
+ *      this process's open windows (2^50) and of each other registered
+ *      buffered process (2^51 each). Before refusing, the writer closes the
+ *      fast path and takes every window again (a barrier, see barrier()):
+ *      then this process has no unseen delta and H covers only the others.
+ *    So with one process (any mode, any threads), or with processes that are
+ *    all durable, H is 0 at the decision and 422 is answered exactly when
+ *    the running value plus v leaves int64. With several buffered processes
+ *    on one database, a request whose result would come within H (at most
+ *    1023 * 2^51, about 0.03% of the range) of a limit is refused: their
+ *    acknowledged-but-unseen deltas could otherwise take it over, and an
+ *    acknowledged increment can never be refused later. That margin is the
+ *    price of acknowledging without a cross-process round trip. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/reactor.h"
+#include "service.h"
+
+#define FINAL_MS       15000 /* on exit, failed flushes are retried for this long ... */
+#define FINAL_PAUSE_MS 200   /* ... this far apart */
+
+static const char ok_body[] = "{\"ok\":true}\n";
+static const char overflow_body[] =
+    "{\"error\":\"the increment would take a counter outside int64; nothing applied\"}\n";
+static const char failed_body[] =
+    "{\"error\":\"the commit failed (database busy or I/O error); nothing applied\"}\n";
+static const char nomem_body[] = "{\"error\":\"out of memory; nothing applied\"}\n";
+
+/* ---- windows ---- */
+
+svc_window_t *svc_window_new(svc_t *svc, int64_t now)
+{
+    svc_window_t *w = svc->spare;
+    if (w) {
+        svc->spare = w->next;
+    } else {
+        w = calloc(1, sizeof *w);
+        if (!w)
+            return NULL;
+        /* Acks are counted per ms; a window lives about --flush-ms, longer
+         * only while a commit is slow. */
+        w->nacks = (size_t)svc->cfg.flush_ms * 4 + 1000;
+        w->acks = calloc(w->nacks, sizeof *w->acks);
+        if (!w->acks) {
+            free(w);
+            return NULL;
+        }
+    }
+    w->next = NULL;
+    w->start_ms = now;
+    return w;
+}
+
+static void window_reset(svc_window_t *w)
+{
+    agg_clear(&w->fast);
+    w->fast_reqs = w->fast_items = 0;
+    w->ndefs = w->nitems = w->keys_len = 0;
+    if (w->oldest_ack_ms)
+        memset(w->acks, 0, w->nacks * sizeof *w->acks);
+    w->oldest_ack_ms = 0;
+}
+
+static void recycle(svc_t *svc, svc_window_t *w)
+{
+    window_reset(w);
+    w->next = svc->spare;
+    svc->spare = w;
+}
+
+void svc_window_free_list(svc_window_t *w)
+{
+    while (w) {
+        svc_window_t *next = w->next;
+        agg_free(&w->fast);
+        free(w->defs);
+        free(w->items);
+        free(w->keys);
+        free(w->acks);
+        free(w);
+        w = next;
+    }
+}
+
+void svc_kick(svc_t *svc)
+{
+    /* One wake-up per flush, however many requests wait. */
+    if (__atomic_exchange_n(&svc->kick, 1, __ATOMIC_ACQ_REL) == 0) {
+        pthread_mutex_lock(&svc->wlock);
+        pthread_cond_signal(&svc->wcond);
+        pthread_mutex_unlock(&svc->wlock);
+    }
+}
+
+/* ---- one flush ---- */
+
+typedef struct flush {
+    int64_t red, others; /* read in the transaction, -1 until needed */
+    int barrier;         /* this process has no unseen acknowledged delta */
+} flush_t;
+
+/* Take every thread's window (appended to svc->pending). */
+static void swap_all(svc_t *svc)
+{
+    int64_t now = time_update();
+    svc_window_t **tail = &svc->pending;
+    while (*tail)
+        tail = &(*tail)->next;
+    for (int i = 0; i < svc->nthreads; i++) {
+        svc_thread_t *t = &svc->threads[i];
+        svc_window_t *fresh = svc_window_new(svc, now);
+        if (!fresh)
+            continue; /* out of memory: this thread's window waits for the next flush */
+        pthread_mutex_lock(&t->lock);
+        svc_window_t *old = t->cur;
+        t->cur = fresh;
+        pthread_mutex_unlock(&t->lock);
+        if (old->fast_reqs == 0 && old->ndefs == 0) {
+            recycle(svc, old);
+        } else {
+            *tail = old;
+            tail = &old->next;
+        }
+    }
+}
+
+/* Add a window's acknowledged sums to the batch. 0 or -ENOMEM. */
+static int merge(svc_t *svc, svc_window_t *w)
+{
+    agg_entry_t *e;
+    for (size_t i = 0; (e = agg_next(&w->fast, &i));) {
+        if (!e->count)
+            continue; /* created by a request that was then deferred */
+        agg_entry_t *b = agg_get(&svc->w, agg_key(&w->fast, e), e->key_len);
+        if (!b)
+            return -ENOMEM;
+        b->sum += e->sum; /* |sum| <= 2^51 in all (see the file comment) */
+        b->count += e->count;
+    }
+    return 0;
+}
+
+/* Close the fast path and take every window again, so that every
+ * acknowledged delta of this process is in the batch. */
+static int barrier(svc_t *svc, flush_t *f)
+{
+    svc_window_t *last = svc->pending;
+    while (last->next)
+        last = last->next;
+    /* Stored before swap_all takes each thread's lock, read by the threads
+     * under that lock: after the swap no thread acknowledges at once. */
+    __atomic_store_n(&svc->fast_open, 0, __ATOMIC_RELAXED);
+    swap_all(svc);
+    for (svc_window_t *w = last->next; w; w = w->next)
+        if (merge(svc, w) < 0)
+            return -ENOMEM;
+    f->barrier = 1;
+    __atomic_add_fetch(&svc->barriers, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+static int magnitude_ok(int64_t a, int64_t b, int64_t c, int64_t bound)
+{
+    int64_t x;
+    if (__builtin_add_overflow(a, b, &x) || __builtin_add_overflow(x, c, &x))
+        return 0;
+    return x >= -bound && x <= bound;
+}
+
+/* Can item (key, v) be applied after what the batch holds for its key?
+ * Returns 1 yes, 0 no (overflow), 2 only after a barrier, or a negative
+ * errno for a failed read. */
+static int check_item(svc_t *svc, flush_t *f, const char *key, size_t len, int64_t v)
+{
+    agg_entry_t *e = agg_find(&svc->w, key, len);
+    int rc;
+    if (f->red < 0 && (rc = db_red(svc->db, &f->red)) < 0)
+        return rc;
+    if (f->red == 0 && magnitude_ok(e->sum, e->slow, v, DB_GREEN))
+        return 1;
+    if (!e->known) {
+        int64_t c = 0;
+        if ((rc = db_value(svc->db, key, len, &c)) < 0)
+            return rc;
+        e->value = rc ? c : 0;
+        e->known = 1;
+    }
+    if (f->others < 0 && (rc = db_other_buffered(svc->db, &f->others)) < 0)
+        return rc;
+    int own = !svc->cfg.durable && !f->barrier;
+    int64_t h = f->others * SVC_PROC_PENDING + (own ? SVC_OWN_PENDING : 0), x;
+    int ok = !__builtin_add_overflow(e->value, e->sum, &x) &&
+             !__builtin_add_overflow(x, e->slow, &x) && !__builtin_add_overflow(x, v, &x) &&
+             x >= INT64_MIN + h && x <= INT64_MAX - h;
+    return ok ? 1 : own ? 2 : 0;
+}
+
+/* Decide one deferred request: its status (200, 422, 503), or a negative
+ * errno when the transaction can't go on. */
+static int decide(svc_t *svc, flush_t *f, svc_window_t *w, svc_deferred_t *d)
+{
+    const svc_item_t *it = w->items + d->item_off;
+again:
+    for (uint32_t i = 0; i < d->nitems; i++)
+        if (!agg_get(&svc->w, w->keys + it[i].key_off, it[i].key_len))
+            return 503;
+    for (uint32_t i = 0; i < d->nitems; i++) {
+        int rc = check_item(svc, f, w->keys + it[i].key_off, it[i].key_len, it[i].v);
+        if (rc < 0)
+            return rc;
+        if (rc == 2) {
+            if ((rc = barrier(svc, f)) < 0)
+                return rc;
+            goto again; /* the batch changed: check again from the start */
+        }
+        if (rc == 0)
+            return 422;
+    }
+    for (uint32_t i = 0; i < d->nitems; i++) {
+        agg_entry_t *e = agg_find(&svc->w, w->keys + it[i].key_off, it[i].key_len);
+        e->slow += it[i].v;
+        e->count++;
+    }
+    return 200;
+}
+
+static int answer(session_t *s, void *arg)
+{
+    int status = (int)(intptr_t)arg;
+    const char *body = status == 200 ? ok_body
+                       : status == 422 ? overflow_body
+                       : status == 503 ? failed_body
+                                       : nomem_body;
+    return session_resume(s, status == 507 ? 503 : status, "application/json", body, strlen(body));
+}
+
+/* Send every decided answer back to its connection's loop. */
+static void post_answers(svc_t *svc)
+{
+    int gone = __atomic_load_n(&svc->loops_gone, __ATOMIC_ACQUIRE);
+    for (svc_window_t *w = svc->pending; w; w = w->next) {
+        for (size_t i = 0; i < w->ndefs && !gone; i++)
+            while (reactor_post(w->defs[i].s, answer, (void *)(intptr_t)w->defs[i].status) < 0)
+                usleep(1000); /* out of memory: the answer must still get back */
+    }
+}
+
+static void count_pending(svc_t *svc)
+{
+    uint64_t items = 0;
+    for (svc_window_t *w = svc->pending; w; w = w->next)
+        items += w->fast_items + w->nitems;
+    __atomic_store_n(&svc->pending_items, items, __ATOMIC_RELAXED);
+    __atomic_store_n(&svc->pending_keys, svc->w.len, __ATOMIC_RELAXED);
+}
+
+/* Write what is pending. Returns 0 (also when there was nothing), or a
+ * negative errno when the commit failed (acknowledged increments are kept). */
+static int flush_once(svc_t *svc)
+{
+    /* Only this thread writes fast_open: if it was closed before this swap,
+     * no window taken or left open holds a fast acknowledgement. */
+    flush_t f = {-1, -1, !__atomic_load_n(&svc->fast_open, __ATOMIC_RELAXED)};
+    int64_t t0 = time_now_us();
+    int rc = 0;
+    __atomic_store_n(&svc->kick, 0, __ATOMIC_RELEASE);
+    swap_all(svc);
+    if (!svc->pending)
+        return 0;
+    agg_clear(&svc->w);
+    for (svc_window_t *w = svc->pending; w; w = w->next)
+        if ((rc = merge(svc, w)) < 0)
+            goto fail;
+    count_pending(svc);
+    if ((rc = db_begin(svc->db)) < 0)
+        goto fail;
+    for (svc_window_t *w = svc->pending; w; w = w->next) /* barriers append to the list */
+        for (size_t i = 0; i < w->ndefs; i++) {
+            int st = decide(svc, &f, w, &w->defs[i]);
+            if (st < 0) {
+                rc = st;
+                goto fail;
+            }
+            w->defs[i].status = st == 503 ? 507 : st; /* 507: ours, out of memory */
+        }
+    agg_entry_t *e;
+    uint64_t applied = 0, applied_reqs = 0, deferred_ok = 0, rejected = 0;
+    for (size_t i = 0; (e = agg_next(&svc->w, &i));) {
+        if (e->count && (rc = db_add(svc->db, agg_key(&svc->w, e), e->key_len,
+                                     e->sum + e->slow)) < 0)
+            goto fail;
+        applied += e->count;
+    }
+    int64_t red = 1;
+    if (!svc->cfg.durable && (rc = db_red(svc->db, &red)) < 0)
+        goto fail;
+    if ((rc = db_commit(svc->db)) < 0)
+        goto fail;
+
+    /* Committed. */
+    int64_t now = time_update();
+    for (svc_window_t *w = svc->pending; w; w = w->next) {
+        applied_reqs += w->fast_reqs;
+        if (w->oldest_ack_ms)
+            for (size_t k = 0; k < w->nacks; k++)
+                lag_add(&svc->lag, now - (w->start_ms + (int64_t)k), w->acks[k]);
+        for (size_t i = 0; i < w->ndefs; i++) {
+            if (w->defs[i].status == 200) {
+                lag_add(&svc->wait, now - w->defs[i].t_ms, 1);
+                applied_reqs++;
+                deferred_ok++;
+            } else if (w->defs[i].status == 422) {
+                rejected++;
+            }
+        }
+    }
+    post_answers(svc);
+    while (svc->pending) {
+        svc_window_t *w = svc->pending;
+        svc->pending = w->next;
+        recycle(svc, w);
+    }
+    agg_clear(&svc->w);
+    __atomic_add_fetch(&svc->applied, applied, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->applied_reqs, applied_reqs, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->deferred_ok, deferred_ok, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->rejected_overflow, rejected, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->flushes, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&svc->last_flush_us, (uint64_t)(time_now_us() - t0), __ATOMIC_RELAXED);
+    __atomic_store_n(&svc->fast_open, !svc->cfg.durable && red == 0, __ATOMIC_RELAXED);
+    count_pending(svc);
+    return 0;
+
+fail:
+    db_rollback(svc->db);
+    /* Deferred requests were not acknowledged: answer 503 and forget them.
+     * Acknowledged increments stay pending, and the fast path stays closed
+     * until they are committed (it bounds what is held, see the top). */
+    __atomic_store_n(&svc->fast_open, 0, __ATOMIC_RELAXED);
+    uint64_t failed = 0;
+    for (svc_window_t *w = svc->pending; w; w = w->next) {
+        for (size_t i = 0; i < w->ndefs; i++)
+            w->defs[i].status = rc == -ENOMEM ? 507 : 503;
+        failed += w->ndefs;
+    }
+    post_answers(svc);
+    uint64_t kept = 0;
+    for (svc_window_t *w = svc->pending; w; w = w->next) {
+        w->ndefs = w->nitems = w->keys_len = 0;
+        kept += w->fast_items;
+    }
+    __atomic_add_fetch(&svc->failed_reqs, failed, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->failed_flushes, 1, __ATOMIC_RELAXED);
+    fprintf(stderr, "incrementor: flush failed (%s): %llu deferred requests answered 503, "
+                    "%llu acknowledged increments kept for the next flush\n",
+            rc == -ENOMEM ? "out of memory" : db_errmsg(svc->db), (unsigned long long)failed,
+            (unsigned long long)kept);
+    count_pending(svc);
+    return rc;
+}
+
+void *svc_writer_main(void *arg)
+{
+    svc_t *svc = arg;
+    int64_t next = time_update() + svc->cfg.flush_ms;
+    for (;;) {
+        pthread_mutex_lock(&svc->wlock);
+        while (!svc->stop && !__atomic_load_n(&svc->kick, __ATOMIC_ACQUIRE)) {
+            int64_t now = time_update();
+            if (now >= next)
+                break;
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            int64_t ns = ts.tv_nsec + (next - now) * 1000000;
+            ts.tv_sec += ns / 1000000000;
+            ts.tv_nsec = ns % 1000000000;
+            pthread_cond_timedwait(&svc->wcond, &svc->wlock, &ts);
+        }
+        int stop = svc->stop;
+        pthread_mutex_unlock(&svc->wlock);
+        next = time_update() + svc->cfg.flush_ms;
+        int rc = flush_once(svc);
+        if (!stop)
+            continue;
+        /* The loops are gone: what is left must reach the database. */
+        int64_t until = time_update() + FINAL_MS;
+        while ((rc < 0 || svc->pending) && time_update() < until) {
+            usleep(FINAL_PAUSE_MS * 1000);
+            rc = flush_once(svc);
+        }
+        if (rc < 0 || svc->pending) {
+            fprintf(stderr, "incrementor: giving up: %llu acknowledged increments not written\n",
+                    (unsigned long long)svc->pending_items);
+            svc->exit_status = 1;
+        }
+        return NULL;
+    }
+}
+
+void *svc_checkpointer_main(void *arg)
+{
+    svc_t *svc = arg;
+    pthread_mutex_lock(&svc->wlock);
+    while (!svc->stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += SVC_CHECKPOINT_MS / 1000;
+        pthread_cond_timedwait(&svc->ccond, &svc->wlock, &ts);
+        if (svc->stop)
+            break;
+        pthread_mutex_unlock(&svc->wlock);
+        db_checkpoint(svc->ckpt); /* a failure is retried at the next tick */
+        pthread_mutex_lock(&svc->wlock);
+    }
+    pthread_mutex_unlock(&svc->wlock);
+    return NULL;
+}

@@ -1,0 +1,52 @@
+/* parse: the bodies of POST /increment, checked before anything is applied.
+ *
+ * Two encodings: a form `key=<k>&value=<v>` (one increment) and a JSON
+ * object `{"<k>": <v>, ...}` (a batch). Every function returns 0, or the
+ * HTTP status to answer (400, 415) with a one-line reason in the caller's
+ * `err` buffer. Nothing here allocates except the JSON parser. */
+#ifndef INCR_PARSE_H
+#define INCR_PARSE_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define REQ_KEY_MAX 256 /* bytes of a key after decoding */
+
+enum req_kind { REQ_FORM = 1, REQ_JSON = 2 };
+
+/* One increment. `key` points into the caller's buffer or the JSON tree. */
+typedef struct req_item {
+    const char *key;
+    size_t key_len;
+    int64_t value;
+} req_item_t;
+
+/* Which body encoding a Content-Type names (media type case-insensitive,
+ * parameters such as charset ignored): REQ_FORM, REQ_JSON, or 0 for any
+ * other (then the answer is 415). ct may be NULL (absent header). */
+int req_content_kind(const char *ct, size_t len);
+
+/* Is key[0..len) a valid counter name: 1..REQ_KEY_MAX bytes of valid UTF-8
+ * (shortest forms, no surrogates) with no control character (C0, DEL, C1)?
+ * Returns 0, or -EINVAL and points *why at the reason. */
+int req_key_check(const char *key, size_t len, const char **why);
+
+/* Parse a signed 64-bit decimal integer ([+-]digits, nothing else).
+ * Returns 0, -EINVAL when it is not an integer, -ERANGE outside int64. */
+int req_parse_i64(const char *s, size_t len, int64_t *v);
+
+/* Parse a form body: exactly one `key` and one `value` parameter,
+ * percent-encoded ('+' is a space). The decoded key is written to
+ * keybuf[0..REQ_KEY_MAX) and item->key points there. Returns 0 or 400. */
+int req_parse_form(const char *body, size_t len, char *keybuf, req_item_t *item, char *err,
+                   size_t errlen);
+
+/* Parse a JSON batch: a non-empty object of integer values with distinct,
+ * valid keys. On success *root owns the tree (json_decref it after use) and
+ * *items (free it) points n items whose keys live in the tree. Returns 0 or
+ * 400 (then nothing is left to free). */
+int req_parse_json(const char *body, size_t len, json_t **root, req_item_t **items, size_t *n,
+                   char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,145 @@
+/* service: the incrementor's state shared by the loop threads (service.c:
+ * the HTTP requests) and the writer thread (flush.c: the transactions).
+ *
+ * Each loop thread sums the increments it acknowledges into its own window
+ * (an agg map) under its own mutex, which only the writer ever contends
+ * for, once per flush: no lock is shared between loop threads on the
+ * request path. Every --flush-ms the writer swaps each thread's window for
+ * an empty one and writes what it took in one transaction.
+ *
+ * A request is either acknowledged at once ("fast": buffered mode, while
+ * the overflow rule allows it, see flush.c) or deferred: kept in the window
+ * with its items, decided and answered by the writer after the commit that
+ * holds it (every request in durable mode). */
+#ifndef INCR_SERVICE_H
+#define INCR_SERVICE_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "agg.h"
+#include "core/server.h"
+#include "db.h"
+#include "lag.h"
+#include "parse.h"
+
+/* A fast acknowledgement is refused (the request is deferred instead) when
+ * it would bring the sum of |v| of a key in one thread's window above this.
+ * With at most SVC_THREADS_MAX threads, what one process has acknowledged
+ * and not yet committed on one key is below 2^50 per window (2^51 across a
+ * failed commit, after which the fast path closes). */
+#define SVC_FAST_MAX    (INT64_C(1) << 40)
+#define SVC_THREADS_MAX 1024
+#define SVC_OWN_PENDING (INT64_C(1) << 50) /* this process's open windows */
+#define SVC_PROC_PENDING (INT64_C(1) << 51) /* another process's windows, failed ones included */
+
+typedef struct svc_cfg {
+    const char *db_path;
+    int flush_ms;
+    int durable; /* --ack durable */
+    server_cfg_t server;
+} svc_cfg_t;
+
+/* A deferred request: its items are items[item_off .. item_off+nitems). */
+typedef struct svc_deferred {
+    session_t *s;
+    int64_t t_ms;  /* when it arrived */
+    uint32_t item_off, nitems;
+    int status;    /* writer: the answer decided */
+} svc_deferred_t;
+
+typedef struct svc_item {
+    uint32_t key_off, key_len; /* into the window's keys */
+    int64_t v;
+} svc_item_t;
+
+/* What one thread gathered between two swaps. */
+typedef struct svc_window {
+    agg_t fast;               /* acknowledged increments, summed per key */
+    uint64_t fast_reqs, fast_items;
+    svc_deferred_t *defs;
+    size_t ndefs, cap_defs;
+    svc_item_t *items;
+    size_t nitems, cap_items;
+    char *keys;
+    size_t keys_len, keys_cap;
+    int64_t start_ms;         /* opened at */
+    int64_t oldest_ack_ms;    /* first fast acknowledgement, 0 = none */
+    uint32_t *acks;           /* fast acknowledgements per ms since start_ms */
+    size_t nacks;
+    struct svc_window *next;  /* writer's lists */
+} svc_window_t;
+
+/* Counters a loop thread keeps for /stats, written by it alone. */
+typedef struct svc_counts {
+    uint64_t accepted;   /* requests answered 200 at once */
+    uint64_t accepted_items;
+    uint64_t deferred;   /* requests handed to the writer */
+    uint64_t refused;    /* 4xx answers to POST /increment */
+} svc_counts_t;
+
+typedef struct svc_thread {
+    pthread_mutex_t lock; /* guards cur (the writer swaps it) */
+    svc_window_t *cur;
+    svc_counts_t counts;
+    db_t *reader;         /* for GET /counters, opened on first use */
+} __attribute__((aligned(64))) svc_thread_t;
+
+typedef struct svc {
+    svc_cfg_t cfg;
+    int nthreads;
+    svc_thread_t *threads;
+    int fast_open;        /* atomic: fast acknowledgements allowed (see flush.c) */
+    int loops_gone;       /* atomic: reactor_run returned, answer nobody */
+    int kick;             /* atomic: a request was deferred since the last flush began */
+
+    /* The writer. */
+    db_t *db;
+    pthread_t writer, checkpointer;
+    db_t *ckpt;
+    pthread_mutex_t wlock;
+    pthread_cond_t wcond;  /* wakes the writer */
+    pthread_cond_t ccond;  /* wakes the checkpointer */
+    int stop;             /* under wlock: flush what is left and exit */
+    svc_window_t *spare;  /* writer: empty windows to hand out */
+    svc_window_t *pending; /* writer: taken, not yet committed */
+    agg_t w;              /* writer: the batch of one transaction */
+    int exit_status;
+
+    /* Written by the writer, read by /stats (atomics). */
+    uint64_t applied, applied_reqs, deferred_ok, flushes, failed_flushes, rejected_overflow, failed_reqs;
+    uint64_t last_flush_us, pending_keys, pending_items, barriers;
+    lag_hist_t lag;       /* fast acknowledgement -> commit */
+    lag_hist_t wait;      /* deferred request arrival -> commit */
+} svc_t;
+
+/* Open the database and set up the threads' state. Returns 0, or prints
+ * one line on stderr and returns a negative errno. */
+int svc_init(svc_t *svc, const svc_cfg_t *cfg);
+
+/* Serve until SIGTERM/SIGINT, then drain, flush what is left, and return
+ * the exit status (0 when nothing acknowledged was lost). */
+int svc_run(svc_t *svc);
+
+/* Free everything (after svc_run). */
+void svc_free(svc_t *svc);
+
+/* The extension hook for session_cfg.ext (ctx is the svc_t). */
+int svc_handle(session_t *s, const http_request_t *req, const char *body, size_t len, void *ctx);
+
+/* flush.c: wake the writer for a deferred request (group commit: it
+ * commits as soon as it is free rather than at the next --flush-ms). */
+void svc_kick(svc_t *svc);
+/* flush.c: the checkpointer thread's body (arg is the svc_t): a PASSIVE
+ * checkpoint every SVC_CHECKPOINT_MS, until svc->stop. */
+void *svc_checkpointer_main(void *arg);
+#define SVC_CHECKPOINT_MS 1000
+/* flush.c: the writer thread's body (arg is the svc_t). */
+void *svc_writer_main(void *arg);
+/* flush.c: a window for a thread, from the spare list or new (NULL if out
+ * of memory). Writer thread only, or before it starts. */
+svc_window_t *svc_window_new(svc_t *svc, int64_t now);
+/* flush.c: free a window list. */
+void svc_window_free_list(svc_window_t *w);
+
+#endif

@@ -1,0 +1,531 @@
+/* Integration tests of bin/incrementor, run as real processes on port 0 with
+ * a database in a temporary directory, driven by concurrent clients of this
+ * file that remember what was acknowledged:
+ *   1. buffered load then SIGTERM: the database equals the acknowledged sums;
+ *   2. durable, SIGKILL during load five times on the same database: every
+ *      acknowledged increment is there, nothing beyond what was in flight;
+ *   3. a table of bad inputs: each gets its status and changes nothing;
+ *   4. two processes on one port and one database: exact. */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sqlite3.h>
+
+#include "../lib/tlib.h"
+
+#define NKEYS    50
+#define NCLIENTS 8
+#define STOP_MS  15000
+#define RESP_MS  10000
+
+static char dir[256];
+
+/* ---- the database ---- */
+
+/* Read counters k0..k<NKEYS-1> into v (0 when absent). Returns the number of
+ * rows in the table, or -1. */
+static int db_read(const char *path, int64_t v[NKEYS])
+{
+    sqlite3 *h;
+    sqlite3_stmt *st;
+    int rows = 0;
+    memset(v, 0, NKEYS * sizeof v[0]);
+    if (sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_busy_timeout(h, 5000);
+    if (sqlite3_prepare_v2(h, "SELECT key, value FROM counters", -1, &st, NULL) != SQLITE_OK) {
+        sqlite3_close(h);
+        return -1;
+    }
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *k = (const char *)sqlite3_column_text(st, 0);
+        int i;
+        if (sscanf(k, "k%d", &i) == 1 && i >= 0 && i < NKEYS)
+            v[i] = sqlite3_column_int64(st, 1);
+        rows++;
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    return rows;
+}
+
+static int db_exec(const char *path, const char *sql)
+{
+    sqlite3 *h;
+    if (sqlite3_open(path, &h) != SQLITE_OK)
+        return -1;
+    int rc = sqlite3_exec(h, sql, NULL, NULL, NULL);
+    sqlite3_close(h);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+static const char *db_path(const char *name)
+{
+    static char p[512];
+    snprintf(p, sizeof p, "%s/%s.db", dir, name);
+    return p;
+}
+
+static pid_t start(const char *db, const char *port, const char *ack, const char *flush,
+                   const char *threads, int *got_port)
+{
+    const char *argv[] = {tproc_bin("incrementor"), "--db", db, "--port", port, "--ack", ack,
+                          "--flush-ms", flush, "--threads", threads, NULL};
+    return tproc_start(argv, got_port);
+}
+
+/* ---- the clients ---- */
+
+typedef struct client {
+    int port;
+    int positive;             /* values 1..100 instead of -10000..10000 */
+    volatile int *stop;
+    unsigned seed;
+    int64_t acked[NKEYS];     /* answered 200 */
+    int64_t inflight[NKEYS];  /* sent, no answer: may or may not be applied */
+    long ok, refused, lost;
+} client_t;
+
+static int64_t value(client_t *c)
+{
+    return c->positive ? 1 + rand_r(&c->seed) % 100 : rand_r(&c->seed) % 20001 - 10000;
+}
+
+/* Send increments over one keep-alive connection (reconnecting when the
+ * server closes it) until *stop, or until the server is gone. Every fourth
+ * request is a JSON batch of two keys. */
+static void *client_main(void *arg)
+{
+    client_t *c = arg;
+    int fd = -1;
+    char req[512], body[128];
+    thttp_resp_t r = {0};
+    while (!*c->stop) {
+        if (fd < 0 && (fd = tconn_open(c->port)) < 0)
+            break; /* nobody listens any more */
+        int k1 = rand_r(&c->seed) % NKEYS, k2 = (k1 + 1 + rand_r(&c->seed) % (NKEYS - 1)) % NKEYS;
+        int64_t v1 = value(c), v2 = value(c);
+        int batch = rand_r(&c->seed) % 4 == 0, n;
+        if (batch)
+            n = snprintf(body, sizeof body, "{\"k%d\": %lld, \"k%d\": %lld}", k1, (long long)v1,
+                         k2, (long long)v2);
+        else
+            n = snprintf(body, sizeof body, "key=k%d&value=%lld", k1, (long long)v1);
+        snprintf(req, sizeof req,
+                 "POST /increment HTTP/1.1\r\nHost: t\r\nContent-Type: %s\r\n"
+                 "Content-Length: %d\r\n\r\n%s",
+                 batch ? "application/json" : "application/x-www-form-urlencoded", n, body);
+        int rc = thttp_do(fd, req, &r, RESP_MS);
+        if (rc == 0 && r.status == 200) {
+            c->acked[k1] += v1;
+            if (batch)
+                c->acked[k2] += v2;
+            c->ok++;
+        } else if (rc == 0) {
+            c->refused++; /* 503: not applied */
+        } else {
+            c->inflight[k1] += v1;
+            if (batch)
+                c->inflight[k2] += v2;
+            c->lost++;
+        }
+        thttp_free(&r);
+        if (rc < 0 || thttp_has_header(&r, "Connection: close")) {
+            close(fd);
+            fd = -1;
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+typedef struct load {
+    pthread_t tid[NCLIENTS];
+    client_t c[NCLIENTS];
+    volatile int stop;
+} load_t;
+
+static void load_start(load_t *l, int port, int positive, unsigned seed)
+{
+    memset(l, 0, sizeof *l);
+    for (int i = 0; i < NCLIENTS; i++) {
+        l->c[i] = (client_t){.port = port, .positive = positive, .stop = &l->stop,
+                             .seed = seed * 100 + (unsigned)i};
+        assert_int_equal(pthread_create(&l->tid[i], NULL, client_main, &l->c[i]), 0);
+    }
+}
+
+/* Stop the clients; add what they saw to acked/inflight. Returns requests acked. */
+static long load_stop(load_t *l, int64_t acked[NKEYS], int64_t inflight[NKEYS])
+{
+    long ok = 0;
+    l->stop = 1;
+    for (int i = 0; i < NCLIENTS; i++) {
+        pthread_join(l->tid[i], NULL);
+        for (int k = 0; k < NKEYS; k++) {
+            acked[k] += l->c[i].acked[k];
+            if (inflight)
+                inflight[k] += l->c[i].inflight[k];
+        }
+        ok += l->c[i].ok;
+    }
+    return ok;
+}
+
+static void check_exact(const char *db, const int64_t acked[NKEYS])
+{
+    int64_t got[NKEYS];
+    assert_true(db_read(db, got) >= 0);
+    int bad = 0;
+    for (int k = 0; k < NKEYS; k++)
+        if (got[k] != acked[k]) {
+            fprintf(stderr, "k%d: database %lld, acknowledged %lld\n", k, (long long)got[k],
+                    (long long)acked[k]);
+            bad++;
+        }
+    assert_int_equal(bad, 0);
+}
+
+/* ---- 1. buffered: load, SIGTERM, exact ---- */
+
+static void test_sigterm_exact(void **state)
+{
+    (void)state;
+    const char *db = db_path("sigterm");
+    int port;
+    /* A long flush interval: SIGTERM finds acknowledged sums still in memory. */
+    pid_t pid = start(db, "0", "buffered", "500", "2", &port);
+    assert_true(pid > 0);
+    load_t l;
+    int64_t acked[NKEYS] = {0};
+    load_start(&l, port, 0, 1);
+    usleep(3000 * 1000);
+    long ok = load_stop(&l, acked, NULL);
+    assert_true(ok > 100);
+    assert_int_equal(tproc_stop(pid, STOP_MS), 0);
+    check_exact(db, acked);
+}
+
+/* ---- 1b. buffered: SIGTERM in the middle of the load ---- */
+
+static void test_sigterm_during_load(void **state)
+{
+    (void)state;
+    const char *db = db_path("sigterm2");
+    int port;
+    pid_t pid = start(db, "0", "buffered", "200", "2", &port);
+    assert_true(pid > 0);
+    load_t l;
+    int64_t acked[NKEYS] = {0}, inflight[NKEYS] = {0}, got[NKEYS];
+    load_start(&l, port, 1, 2);
+    usleep(1500 * 1000);
+    assert_int_equal(tproc_stop(pid, STOP_MS), 0); /* the clients still send */
+    load_stop(&l, acked, inflight);
+    assert_true(db_read(db, got) >= 0);
+    for (int k = 0; k < NKEYS; k++) {
+        if (got[k] < acked[k] || got[k] > acked[k] + inflight[k])
+            fail_msg("k%d: database %lld, acknowledged %lld, in flight %lld", k,
+                     (long long)got[k], (long long)acked[k], (long long)inflight[k]);
+    }
+}
+
+/* ---- 2. durable: SIGKILL five times ---- */
+
+static void test_durable_sigkill(void **state)
+{
+    (void)state;
+    const char *db = db_path("sigkill");
+    int64_t acked[NKEYS] = {0}, inflight[NKEYS] = {0}, got[NKEYS];
+    long total = 0;
+    for (int round = 0; round < 5; round++) {
+        int port;
+        pid_t pid = start(db, "0", "durable", "20", "2", &port);
+        assert_true(pid > 0);
+        load_t l;
+        load_start(&l, port, 1, 10 + (unsigned)round);
+        usleep((800 + 150 * (useconds_t)round) * 1000);
+        assert_int_equal(kill(pid, SIGKILL), 0);
+        assert_int_equal(tproc_stop(pid, STOP_MS), 128 + SIGKILL);
+        total += load_stop(&l, acked, inflight);
+        assert_true(db_read(db, got) >= 0);
+        for (int k = 0; k < NKEYS; k++)
+            if (got[k] < acked[k] || got[k] > acked[k] + inflight[k])
+                fail_msg("round %d k%d: database %lld, acknowledged %lld, in flight %lld", round,
+                         k, (long long)got[k], (long long)acked[k], (long long)inflight[k]);
+    }
+    assert_true(total > 100);
+}
+
+/* ---- 3. bad inputs ---- */
+
+struct bad_case {
+    const char *name;
+    const char *ctype; /* POST /increment with this Content-Type (NULL: none) and body */
+    const char *body;
+    const char *raw;   /* or this whole request */
+    int status;
+};
+
+#define FORM "application/x-www-form-urlencoded"
+#define JS   "application/json"
+
+static const struct bad_case bad_cases[] = {
+    {"missing key", FORM, "value=1", NULL, 400},
+    {"missing value", FORM, "key=kx", NULL, 400},
+    {"not an integer", FORM, "key=kx&value=1x", NULL, 400},
+    {"float", FORM, "key=kx&value=1.5", NULL, 400},
+    {"out of range", FORM, "key=kx&value=9223372036854775808", NULL, 400},
+    {"bad encoding", FORM, "key=%zz&value=1", NULL, 400},
+    {"empty key", FORM, "key=&value=1", NULL, 400},
+    {"control character", FORM, "key=%01&value=1", NULL, 400},
+    {"invalid UTF-8", FORM, "key=%ff&value=1", NULL, 400},
+    {"key too long", FORM,
+     "value=1&key=xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
+     NULL, 400},
+    {"json non-integer", JS, "{\"base\": 1, \"kx\": 1.5}", NULL, 400},
+    {"json bad key", JS, "{\"base\": 1, \"\": 2}", NULL, 400},
+    {"json empty", JS, "{}", NULL, 400},
+    {"json not an object", JS, "[1,2]", NULL, 400},
+    {"json duplicate", JS, "{\"kx\": 1, \"kx\": 2}", NULL, 400},
+    {"json malformed", JS, "{\"base\": ", NULL, 400},
+    {"json out of range", JS, "{\"base\": 9223372036854775808}", NULL, 400},
+    {"text/plain", "text/plain", "key=kx&value=1", NULL, 415},
+    {"no content type", NULL, "key=kx&value=1", NULL, 415},
+    {"too large", NULL, NULL,
+     "POST /increment HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+     "Content-Length: 5000000\r\n\r\n{",
+     413},
+    {"GET /increment", NULL, NULL, "GET /increment?key=kx&value=1 HTTP/1.1\r\nHost: t\r\n\r\n",
+     405},
+    {"DELETE counter", NULL, NULL, "DELETE /counters/base HTTP/1.1\r\nHost: t\r\n\r\n", 405},
+    {"POST /stats", NULL, NULL, "POST /stats HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+     405},
+    {"unknown path", NULL, NULL, "GET /nothing HTTP/1.1\r\nHost: t\r\n\r\n", 404},
+    {"absent counter", NULL, NULL, "GET /counters/absent HTTP/1.1\r\nHost: t\r\n\r\n", 404},
+    {"overflow up", FORM, "key=near&value=2", NULL, 422},
+    {"overflow down", FORM, "key=low&value=-2", NULL, 422},
+    {"overflow in a batch", JS, "{\"base\": 1, \"near\": 5}", NULL, 422},
+    /* 5 + INT64_MIN fits: the control case, then the same again does not. */
+    {"to the minimum", FORM, "key=base&value=-9223372036854775808", NULL, 200},
+    {"overflow back", FORM, "key=base&value=-9223372036854775808", NULL, 422},
+    {"overflow of a new key", JS, "{\"new\": 1, \"base\": -9223372036854775808}", NULL, 422},
+};
+
+static void check_bad_inputs(const char *ack)
+{
+    const char *db = db_path(ack);
+    char sql[256];
+    snprintf(sql, sizeof sql,
+             "CREATE TABLE counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+             "INSERT INTO counters VALUES('base', 5), ('near', 9223372036854775806),"
+             "('low', -9223372036854775807);");
+    assert_int_equal(db_exec(db, sql), 0);
+    int port;
+    pid_t pid = start(db, "0", ack, "20", "2", &port);
+    assert_true(pid > 0);
+    int failures = 0;
+    for (size_t i = 0; i < sizeof bad_cases / sizeof bad_cases[0]; i++) {
+        const struct bad_case *c = &bad_cases[i];
+        int fd = tconn_open(port);
+        assert_true(fd >= 0);
+        thttp_resp_t r = {0};
+        char req[1024];
+        if (c->raw)
+            snprintf(req, sizeof req, "%s", c->raw);
+        else
+            snprintf(req, sizeof req, "POST /increment HTTP/1.1\r\nHost: t\r\n%s%s%s"
+                     "Content-Length: %zu\r\n\r\n%s", c->ctype ? "Content-Type: " : "",
+                     c->ctype ? c->ctype : "", c->ctype ? "\r\n" : "", strlen(c->body), c->body);
+        int rc = thttp_do(fd, req, &r, RESP_MS);
+        if (rc != 0 || r.status != c->status ||
+            (c->status != 200 && (!r.body || !strstr(r.body, "\"error\"")))) {
+            fprintf(stderr, "%s (%s): rc %d status %d, want %d; body %s\n", c->name, ack, rc,
+                    r.status, c->status, r.body ? r.body : "");
+            failures++;
+        }
+        thttp_free(&r);
+        close(fd);
+    }
+    assert_int_equal(tproc_stop(pid, STOP_MS), 0);
+    assert_int_equal(failures, 0);
+    /* Nothing changed but the control case. */
+    sqlite3 *h;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, "SELECT group_concat(key || '=' || value, ',') FROM"
+                                           " (SELECT * FROM counters ORDER BY key)",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0),
+                        "base=-9223372036854775803,low=-9223372036854775807,"
+                        "near=9223372036854775806");
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+}
+
+static void test_bad_inputs_buffered(void **state)
+{
+    (void)state;
+    check_bad_inputs("buffered");
+}
+
+static void test_bad_inputs_durable(void **state)
+{
+    (void)state;
+    check_bad_inputs("durable");
+}
+
+/* ---- reading back ---- */
+
+static void test_read_back(void **state)
+{
+    (void)state;
+    const char *db = db_path("read");
+    int port;
+    pid_t pid = start(db, "0", "durable", "10", "1", &port);
+    assert_true(pid > 0);
+    int fd = tconn_open(port);
+    assert_true(fd >= 0);
+    thttp_resp_t r = {0};
+    assert_int_equal(thttp_do(fd, "POST /increment HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                              "Content-Length: 27\r\n\r\n{\"b\": 2, \"a\": 1, \"c d\": -3}",
+                              &r, RESP_MS), 0);
+    assert_int_equal(r.status, 200);
+    thttp_free(&r);
+    /* Durable: answered after the commit, so readable at once. */
+    assert_int_equal(thttp_do(fd, "GET /counters/c%20d HTTP/1.1\r\nHost: t\r\n\r\n", &r, RESP_MS),
+                     0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "{\"key\":\"c d\",\"value\":-3}\n");
+    thttp_free(&r);
+    assert_int_equal(thttp_do(fd, "GET /counters?limit=2 HTTP/1.1\r\nHost: t\r\n\r\n", &r, RESP_MS),
+                     0);
+    assert_string_equal(r.body, "{\"counters\":[{\"key\":\"a\",\"value\":1},{\"key\":\"b\","
+                                "\"value\":2}],\"next\":\"b\"}");
+    thttp_free(&r);
+    assert_int_equal(thttp_do(fd, "GET /counters?after=b HTTP/1.1\r\nHost: t\r\n\r\n", &r, RESP_MS),
+                     0);
+    assert_string_equal(r.body, "{\"counters\":[{\"key\":\"c d\",\"value\":-3}],\"next\":null}");
+    thttp_free(&r);
+    assert_int_equal(thttp_do(fd, "GET /stats HTTP/1.1\r\nHost: t\r\n\r\n", &r, RESP_MS), 0);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "\"applied\":3"));
+    assert_non_null(strstr(r.body, "\"p99\""));
+    thttp_free(&r);
+    assert_int_equal(thttp_do(fd, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", &r, RESP_MS), 0);
+    assert_non_null(strstr(r.body, "incrementor_applied_total 3"));
+    thttp_free(&r);
+    assert_int_equal(thttp_do(fd, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", &r, RESP_MS), 0);
+    assert_int_equal(r.status, 200);
+    thttp_free(&r);
+    close(fd);
+    assert_int_equal(tproc_stop(pid, STOP_MS), 0);
+}
+
+/* ---- a file that is not a database; bad flags ---- */
+
+static int run_exit(const char *const argv[])
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        freopen("/dev/null", "w", stderr);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_startup_errors(void **state)
+{
+    (void)state;
+    const char *db = db_path("garbage");
+    FILE *f = fopen(db, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 512; i++)
+        fputs("this is not a database ", f);
+    fclose(f);
+    const char *bin = tproc_bin("incrementor");
+    const char *a1[] = {bin, "--db", db, "--port", "0", NULL};
+    assert_int_equal(run_exit(a1), 1);
+    const char *a2[] = {bin, "--ack", "sometimes", NULL};
+    assert_int_equal(run_exit(a2), 2);
+    const char *a3[] = {bin, "--flush-ms", "0", NULL};
+    assert_int_equal(run_exit(a3), 2);
+    const char *a4[] = {bin, "--bogus", NULL};
+    assert_int_equal(run_exit(a4), 2);
+    const char *a5[] = {bin, "--db", "/nonexistent-dir/x.db", "--port", "0", NULL};
+    assert_int_equal(run_exit(a5), 1);
+}
+
+/* ---- 4. two processes, one port, one database ---- */
+
+static void test_two_processes(void **state)
+{
+    (void)state;
+    const char *db = db_path("two");
+    int port, port2;
+    pid_t a = start(db, "0", "buffered", "30", "1", &port);
+    assert_true(a > 0);
+    char p[16];
+    snprintf(p, sizeof p, "%d", port);
+    pid_t b = start(db, p, "buffered", "30", "1", &port2);
+    assert_true(b > 0);
+    assert_int_equal(port2, port);
+    load_t l;
+    int64_t acked[NKEYS] = {0};
+    load_start(&l, port, 0, 3);
+    usleep(3000 * 1000);
+    long ok = load_stop(&l, acked, NULL);
+    assert_true(ok > 100);
+    assert_int_equal(tproc_stop(a, STOP_MS), 0);
+    assert_int_equal(tproc_stop(b, STOP_MS), 0);
+    check_exact(db, acked);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    snprintf(dir, sizeof dir, "%s/incrementor.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int skip_unless_built(void **state)
+{
+    (void)state;
+    if (!tproc_exists("incrementor"))
+        skip();
+    return 0;
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_sigterm_exact, skip_unless_built),
+        cmocka_unit_test_setup(test_sigterm_during_load, skip_unless_built),
+        cmocka_unit_test_setup(test_durable_sigkill, skip_unless_built),
+        cmocka_unit_test_setup(test_bad_inputs_buffered, skip_unless_built),
+        cmocka_unit_test_setup(test_bad_inputs_durable, skip_unless_built),
+        cmocka_unit_test_setup(test_read_back, skip_unless_built),
+        cmocka_unit_test_setup(test_startup_errors, skip_unless_built),
+        cmocka_unit_test_setup(test_two_processes, skip_unless_built),
+    };
+    return cmocka_run_group_tests(tests, group_setup, NULL);
+}

@@ -1,0 +1,324 @@
+/* Unit tests of the incrementor's modules: the body parsers (form and JSON,
+ * keys, int64 values, content types) and the aggregation map. Every parsed
+ * input sits right before a guard page. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "../lib/tlib.h"
+#include "../../incrementor/agg.h"
+#include "../../incrementor/lag.h"
+#include "../../incrementor/parse.h"
+
+/* ---- form bodies ---- */
+
+struct form_case {
+    const char *in;
+    int status;      /* 0 or 400 */
+    const char *key; /* expected decoded key when 0 */
+    int64_t value;
+    const char *err; /* expected reason (substring) when 400 */
+};
+
+static const struct form_case form_cases[] = {
+    {"key=a&value=1", 0, "a", 1, NULL},
+    {"value=-5&key=b", 0, "b", -5, NULL},
+    {"key=a+b&value=%2B7", 0, "a b", 7, NULL},
+    {"key=%C3%A9t%C3%A9&value=0", 0, "\xc3\xa9t\xc3\xa9", 0, NULL},
+    {"key=a&value=9223372036854775807", 0, "a", INT64_MAX, NULL},
+    {"key=a&value=-9223372036854775808", 0, "a", INT64_MIN, NULL},
+    {"key=a&value=1&", 0, "a", 1, NULL},
+    {"key=a&value=9223372036854775808", 400, NULL, 0, "out of int64 range"},
+    {"key=a&value=-9223372036854775809", 400, NULL, 0, "out of int64 range"},
+    {"key=a&value=99999999999999999999999", 400, NULL, 0, "out of int64 range"},
+    {"key=a&value=1.5", 400, NULL, 0, "not an integer"},
+    {"key=a&value=", 400, NULL, 0, "not an integer"},
+    {"key=a&value=-", 400, NULL, 0, "not an integer"},
+    {"key=a&value=0x10", 400, NULL, 0, "not an integer"},
+    {"key=a&value=1%20", 400, NULL, 0, "not an integer"},
+    {"key=a&value=%zz", 400, NULL, 0, "percent-encoding"},
+    {"key=a", 400, NULL, 0, "missing value"},
+    {"value=1", 400, NULL, 0, "missing key"},
+    {"", 400, NULL, 0, "missing key"},
+    {"key=&value=1", 400, NULL, 0, "empty key"},
+    {"key=a&key=b&value=1", 400, NULL, 0, "key given twice"},
+    {"key=a&value=1&value=2", 400, NULL, 0, "value given twice"},
+    {"key=a&value=1&x=2", 400, NULL, 0, "unexpected parameter"},
+    {"key&value=1", 400, NULL, 0, "no '='"},
+    {"key=%0a&value=1", 400, NULL, 0, "control character"},
+    {"key=a%7F&value=1", 400, NULL, 0, "control character"},
+    {"key=%C2%85&value=1", 400, NULL, 0, "control character"},
+    {"key=%ff&value=1", 400, NULL, 0, "not valid UTF-8"},
+    {"key=%C0%AF&value=1", 400, NULL, 0, "not valid UTF-8"},
+    {"key=%ED%A0%80&value=1", 400, NULL, 0, "not valid UTF-8"},
+    {"key=%F4%90%80%80&value=1", 400, NULL, 0, "not valid UTF-8"},
+    {"key=%E2%82&value=1", 400, NULL, 0, "not valid UTF-8"},
+    {"key=%4&value=1", 400, NULL, 0, "percent-encoding"},
+};
+
+static void test_form(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof form_cases / sizeof form_cases[0]; i++) {
+        const struct form_case *c = &form_cases[i];
+        size_t n = strlen(c->in);
+        char *in = tguard_copy(c->in, n);
+        char keybuf[REQ_KEY_MAX], err[256] = "";
+        req_item_t it = {0};
+        int st = req_parse_form(in, n, keybuf, &it, err, sizeof err);
+        if (st != c->status)
+            fail_msg("case %zu '%s': status %d, want %d (%s)", i, c->in, st, c->status, err);
+        if (st == 0) {
+            assert_int_equal(it.key_len, strlen(c->key));
+            assert_memory_equal(it.key, c->key, it.key_len);
+            assert_true(it.value == c->value);
+        } else if (!strstr(err, c->err)) {
+            fail_msg("case %zu '%s': reason '%s', want '%s'", i, c->in, err, c->err);
+        }
+        tguard_free(in, n);
+    }
+}
+
+static void test_form_key_length(void **state)
+{
+    (void)state;
+    char body[2048], keybuf[REQ_KEY_MAX], err[256];
+    req_item_t it;
+    /* 256 bytes is the limit, counted after decoding. */
+    for (int len = 255; len <= 257; len++) {
+        int n = snprintf(body, sizeof body, "key=%0*d&value=1", len, 0);
+        char *in = tguard_copy(body, (size_t)n);
+        int st = req_parse_form(in, (size_t)n, keybuf, &it, err, sizeof err);
+        assert_int_equal(st, len <= 256 ? 0 : 400);
+        tguard_free(in, (size_t)n);
+    }
+    /* 256 multi-byte characters encoded: 512 bytes decoded, too long. */
+    int n = snprintf(body, sizeof body, "value=1&key=");
+    for (int i = 0; i < 128; i++)
+        n += snprintf(body + n, sizeof body - (size_t)n, "%%C3%%A9");
+    assert_int_equal(req_parse_form(body, (size_t)n, keybuf, &it, err, sizeof err), 0);
+    assert_int_equal(it.key_len, 256);
+    n += snprintf(body + n, sizeof body - (size_t)n, "x");
+    assert_int_equal(req_parse_form(body, (size_t)n, keybuf, &it, err, sizeof err), 400);
+    assert_non_null(strstr(err, "longer than 256"));
+}
+
+/* ---- JSON bodies ---- */
+
+struct json_case {
+    const char *in;
+    int status;
+    size_t n;        /* items when 0 */
+    const char *err;
+};
+
+static const struct json_case json_cases[] = {
+    {"{\"a\": 1}", 0, 1, NULL},
+    {"{\"a\": 1, \"b\": -2, \"c d\": 0}", 0, 3, NULL},
+    {"{\"\\u00e9\": 9223372036854775807}", 0, 1, NULL},
+    {"{\"a\": -9223372036854775808}", 0, 1, NULL},
+    {"{\"a\": 9223372036854775808}", 400, 0, "out of int64 range"},
+    {"{\"a\": 1.0}", 400, 0, "not an integer"},
+    {"{\"a\": \"1\"}", 400, 0, "not an integer"},
+    {"{\"a\": null}", 400, 0, "not an integer"},
+    {"{\"a\": 1e3}", 400, 0, "not an integer"},
+    {"{\"a\": 1, \"a\": 2}", 400, 0, "duplicate"},
+    {"{}", 400, 0, "missing key"},
+    {"[1]", 400, 0, "must be an object"},
+    {"7", 400, 0, "bad JSON"},
+    {"{\"a\": 1", 400, 0, "bad JSON"},
+    {"", 400, 0, "bad JSON"},
+    {"{\"\": 1}", 400, 0, "empty key"},
+    {"{\"a\\n\": 1}", 400, 0, "control character"},
+    {"{\"a\\u0000b\": 1}", 400, 0, ""},
+    {"{\"\xff\": 1}", 400, 0, "bad JSON"},
+};
+
+static void test_json(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof json_cases / sizeof json_cases[0]; i++) {
+        const struct json_case *c = &json_cases[i];
+        size_t len = strlen(c->in);
+        char *in = tguard_copy(c->in, len ? len : 1);
+        char err[256] = "";
+        json_t *root = NULL;
+        req_item_t *items = NULL;
+        size_t n = 0;
+        int st = req_parse_json(len ? in : "", len, &root, &items, &n, err, sizeof err);
+        if (st != c->status)
+            fail_msg("case %zu '%s': status %d, want %d (%s)", i, c->in, st, c->status, err);
+        if (st == 0) {
+            assert_int_equal(n, c->n);
+            json_decref(root);
+            free(items);
+        } else if (!strstr(err, c->err)) {
+            fail_msg("case %zu '%s': reason '%s', want '%s'", i, c->in, err, c->err);
+        }
+        tguard_free(in, len ? len : 1);
+    }
+}
+
+static void test_json_values(void **state)
+{
+    (void)state;
+    const char *in = "{\"x\": -3, \"y\": 9223372036854775807}";
+    char err[256];
+    json_t *root;
+    req_item_t *items;
+    size_t n;
+    assert_int_equal(req_parse_json(in, strlen(in), &root, &items, &n, err, sizeof err), 0);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].key_len == 1 && items[i].key[0] == 'x')
+            assert_true(items[i].value == -3);
+        else
+            assert_true(items[i].value == INT64_MAX);
+    }
+    json_decref(root);
+    free(items);
+}
+
+/* ---- small parsers ---- */
+
+static void test_i64(void **state)
+{
+    (void)state;
+    int64_t v;
+    struct { const char *s; int rc; int64_t v; } cases[] = {
+        {"0", 0, 0}, {"-0", 0, 0}, {"+12", 0, 12}, {"007", 0, 7},
+        {"9223372036854775807", 0, INT64_MAX}, {"-9223372036854775808", 0, INT64_MIN},
+        {"9223372036854775808", -ERANGE, 0}, {"-9223372036854775809", -ERANGE, 0},
+        {"184467440737095516160", -ERANGE, 0}, {"99999999999999999999x", -EINVAL, 0},
+        {"", -EINVAL, 0}, {"-", -EINVAL, 0}, {"+", -EINVAL, 0}, {" 1", -EINVAL, 0},
+        {"1 ", -EINVAL, 0}, {"--1", -EINVAL, 0}, {"1e3", -EINVAL, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n = strlen(cases[i].s);
+        char *in = tguard_copy(cases[i].s, n ? n : 1);
+        int rc = req_parse_i64(n ? in : "", n, &v);
+        if (rc != cases[i].rc)
+            fail_msg("'%s': %d, want %d", cases[i].s, rc, cases[i].rc);
+        if (rc == 0)
+            assert_true(v == cases[i].v);
+        tguard_free(in, n ? n : 1);
+    }
+}
+
+static void test_content_kind(void **state)
+{
+    (void)state;
+    struct { const char *ct; int kind; } cases[] = {
+        {"application/x-www-form-urlencoded", REQ_FORM},
+        {"Application/X-WWW-Form-Urlencoded; charset=utf-8", REQ_FORM},
+        {"application/json", REQ_JSON},
+        {"application/json;charset=utf-8", REQ_JSON},
+        {"application/jsonx", 0}, {"text/plain", 0}, {"multipart/form-data", 0}, {"", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        assert_int_equal(req_content_kind(cases[i].ct, strlen(cases[i].ct)), cases[i].kind);
+    assert_int_equal(req_content_kind(NULL, 0), 0);
+}
+
+/* ---- the aggregation map ---- */
+
+static void test_agg_sums(void **state)
+{
+    (void)state;
+    agg_t m;
+    agg_init(&m);
+    char key[32];
+    /* Enough keys to grow the table several times. */
+    for (int round = 0; round < 3; round++)
+        for (int i = 0; i < 5000; i++) {
+            int n = snprintf(key, sizeof key, "key-%d", i);
+            agg_entry_t *e = agg_get(&m, key, (size_t)n);
+            assert_non_null(e);
+            e->sum += i;
+            e->count++;
+        }
+    assert_int_equal(m.len, 5000);
+    for (int i = 0; i < 5000; i++) {
+        int n = snprintf(key, sizeof key, "key-%d", i);
+        agg_entry_t *e = agg_find(&m, key, (size_t)n);
+        assert_non_null(e);
+        assert_true(e->sum == 3 * i);
+        assert_int_equal(e->count, 3);
+        assert_memory_equal(agg_key(&m, e), key, (size_t)n);
+    }
+    assert_null(agg_find(&m, "key-5000", 8));
+    assert_null(agg_find(&m, "key-1", 4)); /* a prefix is another key */
+
+    /* Iteration visits every entry once. */
+    size_t seen = 0;
+    int64_t total = 0;
+    agg_entry_t *e;
+    for (size_t i = 0; (e = agg_next(&m, &i));) {
+        seen++;
+        total += e->sum;
+    }
+    assert_int_equal(seen, 5000);
+    assert_true(total == 3LL * 4999 * 5000 / 2);
+
+    /* Cleared: empty, and reusable. */
+    agg_clear(&m);
+    assert_int_equal(m.len, 0);
+    assert_null(agg_find(&m, "key-1", 5));
+    e = agg_get(&m, "key-1", 5);
+    assert_non_null(e);
+    assert_true(e->sum == 0 && e->count == 0);
+    agg_free(&m);
+}
+
+static void test_agg_binary_keys(void **state)
+{
+    (void)state;
+    agg_t m = {0};
+    /* Keys are bytes with a length: no NUL termination assumed. */
+    agg_get(&m, "a\0b", 3)->sum = 1;
+    agg_get(&m, "a\0c", 3)->sum = 2;
+    agg_get(&m, "a", 1)->sum = 3;
+    assert_true(agg_find(&m, "a\0b", 3)->sum == 1);
+    assert_true(agg_find(&m, "a\0c", 3)->sum == 2);
+    assert_true(agg_find(&m, "a", 1)->sum == 3);
+    assert_int_equal(m.len, 3);
+    agg_free(&m);
+    assert_null(agg_find(&m, "a", 1));
+}
+
+static void test_lag_quantiles(void **state)
+{
+    (void)state;
+    static lag_hist_t h;
+    memset(&h, 0, sizeof h);
+    assert_int_equal(lag_quantile(&h, 0.99), 0);
+    lag_add(&h, 10, 98);
+    lag_add(&h, 150, 1);
+    lag_add(&h, 120000, 1); /* beyond the buckets: the maximum */
+    lag_add(&h, -3, 0);     /* nothing */
+    assert_int_equal(h.n, 100);
+    assert_int_equal(lag_quantile(&h, 0.5), 10);
+    assert_int_equal(lag_quantile(&h, 0.98), 10);
+    assert_int_equal(lag_quantile(&h, 0.99), 150);
+    assert_int_equal(lag_quantile(&h, 1.0), 120000);
+    assert_int_equal(h.max, 120000);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_form),          cmocka_unit_test(test_form_key_length),
+        cmocka_unit_test(test_json),          cmocka_unit_test(test_json_values),
+        cmocka_unit_test(test_i64),           cmocka_unit_test(test_content_kind),
+        cmocka_unit_test(test_agg_sums),      cmocka_unit_test(test_agg_binary_keys),
+        cmocka_unit_test(test_lag_quantiles),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
