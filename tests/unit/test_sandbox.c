@@ -7,8 +7,9 @@
  *   unit-test_sandbox --bench N       N hello requests through sandbox_run,
  *                                     ns per request (for callgrind, too)
  *
+ * For slow runs (valgrind, scripts/test's memcheck pass):
  * SANDBOX_TEST_SLACK_MS (default 100) is added to every "within 2 x the
- * limit" bound, for slow runs (valgrind). */
+ * limit" bound, and SANDBOX_TEST_SCALE (default 1) divides the loop counts. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -30,6 +31,7 @@
 
 static char dir[256];
 static int slack_ms = 100;
+static int scale = 1;
 static sandbox_runner_t *runner; /* the main thread's */
 
 static long long now_ms(void)
@@ -189,8 +191,8 @@ static const char counter_src[] =
 static void test_isolation(void **state)
 {
     (void)state;
-    put_ok("counter", counter_src, 0, 0);
-    for (int i = 0; i < 5000; i++) {
+    put_ok("counter", counter_src, 0, 2000);
+    for (int i = 0; i < 5000 / scale; i++) {
         char body[64];
         int st = run_req(runner, "counter", NULL, body, sizeof body, NULL);
         if (st != 200 || strcmp(body, "1 1 1 1 nil") != 0)
@@ -208,7 +210,7 @@ static void test_random_fresh(void **state)
     char first[64], body[64];
     int same = 0;
     run_req(runner, "rnd", NULL, first, sizeof first, NULL);
-    for (int i = 0; i < 1000; i++) {
+    for (int i = 0; i < 1000 / scale; i++) {
         run_req(runner, "rnd", NULL, body, sizeof body, NULL);
         same += strcmp(body, first) == 0;
         strcpy(first, body);
@@ -238,12 +240,12 @@ static void *isolation_thread(void *arg)
 static void test_isolation_threads(void **state)
 {
     (void)state;
-    put_ok("counter", counter_src, 0, 0);
+    put_ok("counter", counter_src, 0, 2000);
     put_ok("spin", "function handle(req) while true do end end", 0, 30);
     pthread_t th[4];
     struct worker w[4];
     for (int i = 0; i < 4; i++) {
-        w[i] = (struct worker){1500, 0};
+        w[i] = (struct worker){1500 / scale, 0};
         assert_int_equal(pthread_create(&th[i], NULL, isolation_thread, &w[i]), 0);
     }
     for (int i = 0; i < 4; i++) {
@@ -383,11 +385,11 @@ static void test_memory_limits(void **state)
     expect_limit("deep", "local function f(n) return 1 + f(n + 1) end\n"
                          "function handle(req) return f(1) end",
                  256, 1000, 503, SB_MEMORY);
-    /* Garbage is not live memory: 100 MB allocated, little kept. */
-    put_ok("garbage", "function handle(req) local s for i = 1, 100000 do s = ('z'):rep(1000) .. i end"
+    /* Garbage is not live memory: 10 MB allocated, little kept. */
+    put_ok("garbage", "function handle(req) local s for i = 1, 10000 do s = ('z'):rep(1000) .. i end"
                       " return #s .. '' end",
-           1024, 5000);
-    expect_body("garbage", 200, "1006");
+           1024, 10000);
+    expect_body("garbage", 200, "1005");
 }
 
 static void test_lua_errors(void **state)
@@ -542,6 +544,8 @@ static int group_setup(void **state)
     const char *s = getenv("SANDBOX_TEST_SLACK_MS");
     if (s)
         slack_ms = atoi(s);
+    if ((s = getenv("SANDBOX_TEST_SCALE")) && atoi(s) > 0)
+        scale = atoi(s);
     snprintf(dir, sizeof dir, "%s/sandbox-test.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(dir))
         return -1;
