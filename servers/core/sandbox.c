@@ -18,7 +18,10 @@
  * __pairs fills them all): a tenant that ignores req pays nothing for it.
  *
  * The returned values are read with lua_type and raw conversions only, so no
- * metamethod of a returned value ever runs outside the limits. */
+ * metamethod of a returned value ever runs outside the limits.
+ *
+ * SANDBOX_DEBUG=1 in the environment prints the size of every snapshot built
+ * (hello: 18.6 KB used, 17.6 KB copied back per request). */
 #include "sandbox.h"
 
 #include <ctype.h>
@@ -378,7 +381,7 @@ static int build(sandbox_runner_t *r, const char *name, const version_t *v, slot
         snprintf(r->err, sizeof r->err, "out of memory (snapshot)");
         goto err;
     }
-    if (getenv("SB_DEBUG"))
+    if (getenv("SANDBOX_DEBUG"))
         fprintf(stderr, "sandbox: %s: snapshot %zu bytes (%zu copied back, %zu ranges), live %zu\n",
                 name, out->snap.len, out->snap.copied, out->snap.next, sb_arena_live(a));
     out->a = a;
