@@ -1,0 +1,140 @@
+/* sandbox_int: what the sandbox's files share (sandbox.c, sandbox_arena.c,
+ * sandbox_limit.c). Not an API: servers use sandbox.h. */
+#ifndef CORE_SANDBOX_INT_H
+#define CORE_SANDBOX_INT_H
+
+#include <setjmp.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <lua.h>
+
+/* ---- the arena (sandbox_arena.c) ----
+ *
+ * One fixed-address mapping holding a whole Lua state: a header (sizes, the
+ * budget, free lists) and then the blocks. All the allocator's metadata is
+ * inside, so copying the used bytes back restores the allocator too. */
+typedef struct sb_arena sb_arena_t;
+
+#define SB_HOLE_MIN 256 /* free blocks at least this large are not copied back */
+
+typedef struct sb_extent {
+    size_t off, len;
+} sb_extent_t;
+
+/* A copy of an arena's used bytes, to copy back before every request, and
+ * the ranges that matter (all but the inside of large free blocks). */
+typedef struct sb_snap {
+    char *copy;
+    size_t len;         /* bytes below the bump pointer */
+    sb_extent_t *ext;
+    size_t next;
+    size_t copied;      /* bytes copied back per restore */
+} sb_snap_t;
+
+/* Map an arena of `size` bytes (address space only, pages come on first
+ * touch) with a budget of `limit` live bytes. NULL when the mapping fails. */
+sb_arena_t *sb_arena_new(size_t size, size_t limit);
+void sb_arena_free(sb_arena_t *a);
+
+/* The lua_Alloc function; its ud is the arena. Refuses (returns NULL) when
+ * the budget or the arena is exhausted, and counts the refusal. */
+void *sb_arena_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/* Bytes in live blocks. */
+size_t sb_arena_live(const sb_arena_t *a);
+/* Let live blocks grow to `limit` bytes from now on. */
+void sb_arena_set_limit(sb_arena_t *a, size_t limit);
+/* Refusals Lua did not recover from since the arena was made or restored. */
+unsigned sb_arena_refused(const sb_arena_t *a);
+/* At the end of a call: a refusal still pending counts. Returns the count. */
+unsigned sb_arena_settle(sb_arena_t *a);
+/* Bytes of the mapping in use (header and every block ever handed out). */
+size_t sb_arena_used(const sb_arena_t *a);
+
+/* Copy the used bytes into snap (malloc'd; free with sb_snap_free).
+ * Returns 0 or -ENOMEM. */
+int sb_snap_take(const sb_arena_t *a, sb_snap_t *snap);
+/* Put the arena back exactly as it was when snap was taken. */
+void sb_snap_restore(sb_arena_t *a, const sb_snap_t *snap);
+void sb_snap_free(sb_snap_t *snap);
+
+/* Give the pages above the snapshot back to the kernel (MADV_DONTNEED). */
+void sb_arena_trim(sb_arena_t *a, size_t keep);
+
+/* ---- the time limit (sandbox_limit.c) ---- */
+
+/* A runner's side of the time limit. The watchdog thread reads deadline
+ * and seq; the signal handler, on the runner's thread, reads the rest. */
+typedef struct sb_guard {
+    pid_t tid;
+    sigjmp_buf jb;
+    lua_State *L;          /* the state being run (NULL while it is being made) */
+    int in_call;           /* between sb_guard_enter and sb_guard_leave */
+    uint64_t seq;          /* calls so far: tells a stale signal from a fresh one */
+    int64_t deadline;      /* sb_ticks: the hook from here */
+    int64_t grace;         /* ... and the jump from deadline + grace */
+    uint64_t kill_seq;     /* written by the watchdog before it signals */
+    int kill_stage;        /* 1: set the hook, 2: jump */
+    volatile sig_atomic_t hit; /* the deadline passed during this call */
+    struct sb_guard *next;
+    struct sb_guard *prev_self; /* the thread's guard before this one (nested use) */
+} sb_guard_t;
+
+/* Install the signal handler and start the watchdog. Returns 0 or -errno. */
+int sb_limit_init(void);
+/* Stop the watchdog (tests, valgrind). */
+void sb_limit_shutdown(void);
+/* The shortest time limit in use, so the watchdog looks often enough. */
+void sb_limit_shortest(int ms);
+
+/* Register g for the calling thread; it stays the thread's guard until
+ * unregistered (then the previous one is back). */
+void sb_guard_register(sb_guard_t *g);
+void sb_guard_unregister(sb_guard_t *g);
+
+/* Monotonic nanoseconds. */
+int64_t sb_now_ns(void);
+
+/* A cheap clock for the request path: the TSC when it is invariant (two
+ * reads cost 30 ns where two clock_gettime cost 75 ns in a VM), else
+ * nanoseconds. sb_ticks_per_ms converts. */
+extern int sb_use_tsc;
+extern int64_t sb_ticks_per_ms;
+static inline int64_t sb_ticks(void)
+{
+#if defined(__x86_64__)
+    if (sb_use_tsc)
+        return (int64_t)__builtin_ia32_rdtsc();
+#endif
+    return sb_now_ns();
+}
+
+/* Begin a guarded call of at most ms milliseconds on state L (which may be
+ * NULL until it exists: then only the jump can stop it). Then:
+ *     if (sigsetjmp(g->jb, 0) == 0) { sb_guard_enter(g); ...; sb_guard_leave(g); }
+ *     else sb_guard_jumped(g);   -- the call was cut: its state is garbage */
+void sb_guard_arm(sb_guard_t *g, lua_State *L, int64_t start_ticks, int ms);
+
+static inline void sb_guard_enter(sb_guard_t *g)
+{
+    __atomic_store_n(&g->in_call, 1, __ATOMIC_RELEASE);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+}
+
+static inline void sb_guard_leave(sb_guard_t *g)
+{
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    __atomic_store_n(&g->in_call, 0, __ATOMIC_RELEASE);
+}
+
+/* After a jump: unblock the signal (the handler did not return). */
+void sb_guard_jumped(sb_guard_t *g);
+
+/* The hook raising "time limit exceeded" (also set by sandbox.c when a
+ * coroutine is resumed after the deadline). */
+void sb_timeout_hook(lua_State *L, lua_Debug *ar);
+
+#endif

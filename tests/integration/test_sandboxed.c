@@ -1,0 +1,426 @@
+/* Integration tests of bin/server-sandboxed as a real process: tenant
+ * routes beside the native ones, isolation over several connections and
+ * loop threads, every hostile tenant of tests/integration/tenants-hostile
+ * cut by its limit (503/504/500) with the server still serving the others,
+ * and hot reload under load (no failed request, a new version within 1 s, a
+ * broken file keeping the old one, removal, a new tenant).
+ *
+ * Skipped when the binary is not built. Every wait is bounded. */
+#include <errno.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "../lib/tlib.h"
+
+#define T         10000 /* ms: the bound of an ordinary wait */
+#define STOP_MS   5000
+#define HOSTILE   "tests/integration/tenants-hostile"
+#define RELOAD_MS 1000  /* a change must be served within this */
+
+struct srv {
+    pid_t pid;
+    int port;
+    char dir[256]; /* a scratch tenants directory, or "" */
+};
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+static int start(struct srv *s, const char *dir)
+{
+    const char *argv[] = {tproc_bin("server-sandboxed"), "--port", "0", "--threads", "2",
+                          "--tenants", dir, NULL};
+    s->pid = tproc_start(argv, &s->port);
+    return s->pid > 0 ? 0 : -1;
+}
+
+static int setup_hostile(void **state)
+{
+    static struct srv s;
+    memset(&s, 0, sizeof s);
+    *state = &s;
+    if (!tproc_exists("server-sandboxed"))
+        return 0;
+    return start(&s, HOSTILE);
+}
+
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[512], tmp[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name);
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    assert_int_equal(rename(tmp, path), 0); /* atomically, as an editor saves */
+}
+
+static int setup_scratch(void **state)
+{
+    static struct srv s;
+    memset(&s, 0, sizeof s);
+    *state = &s;
+    if (!tproc_exists("server-sandboxed"))
+        return 0;
+    snprintf(s.dir, sizeof s.dir, "%s/tenants.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(s.dir))
+        return -1;
+    write_file(s.dir, "hot.lua", "function handle(req) return 'v1\\n' end\n");
+    return start(&s, s.dir);
+}
+
+static int teardown(void **state)
+{
+    struct srv *s = *state;
+    int st = 0;
+    if (s->pid > 0)
+        st = tproc_stop(s->pid, STOP_MS);
+    s->pid = 0;
+    if (s->dir[0]) {
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", s->dir);
+        if (system(cmd) != 0)
+            fprintf(stderr, "could not remove %s\n", s->dir);
+    }
+    if (st != 0) {
+        print_error("server-sandboxed: SIGTERM gave exit status %d, want 0\n", st);
+        return -1;
+    }
+    return 0;
+}
+
+static struct srv *srv(void **state)
+{
+    struct srv *s = *state;
+    if (s->pid <= 0)
+        skip();
+    return s;
+}
+
+static int conn(const struct srv *s)
+{
+    int fd = tconn_open(s->port);
+    if (fd < 0)
+        fail_msg("connect: %s", strerror(-fd));
+    return fd;
+}
+
+/* GET path on fd (keep-alive); the status, body in r. */
+static int get(int fd, const char *path, thttp_resp_t *r)
+{
+    char req[512];
+    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: test\r\n\r\n", path);
+    int rc = thttp_do(fd, req, r, T);
+    if (rc < 0)
+        return rc;
+    return r->status;
+}
+
+/* One request on a new connection: status, and the body copied into body. */
+static int ask(const struct srv *s, const char *path, char *body, size_t cap, long long *took)
+{
+    thttp_resp_t r = {0};
+    int fd = conn(s);
+    long long t0 = tnow_ms();
+    int st = get(fd, path, &r);
+    if (took)
+        *took = tnow_ms() - t0;
+    if (body)
+        snprintf(body, cap, "%s", st > 0 ? r.body : "");
+    thttp_free(&r);
+    close(fd);
+    return st;
+}
+
+static void expect(const struct srv *s, const char *path, int status, const char *body)
+{
+    char got[4096];
+    int st = ask(s, path, got, sizeof got, NULL);
+    if (st != status || (body && strcmp(got, body) != 0))
+        fail_msg("GET %s: %d \"%s\", want %d \"%s\"", path, st, got, status, body ? body : "*");
+}
+
+/* ---- routes ---- */
+
+static void test_routes(void **state)
+{
+    struct srv *s = srv(state);
+    expect(s, "/t/hello/", 200, "hello, world\n");
+    expect(s, "/t/hello", 200, "hello, world\n");
+    expect(s, "/t/hello/deeper/path?q=1", 200, "hello, world\n");
+    expect(s, "/", 200, "hello, world\n");
+    expect(s, "/ping", 200, "PONG\n");
+    expect(s, "/t/nobody/", 404, NULL);
+    expect(s, "/t/", 404, NULL);
+    expect(s, "/t/..%2f/", 404, NULL);
+    char body[65536];
+    assert_int_equal(ask(s, "/metrics", body, sizeof body, NULL), 200);
+    assert_non_null(strstr(body, "sandbox_requests_total{tenant=\"hello\"} "));
+    assert_non_null(strstr(body, "sandbox_tenant_loaded{tenant=\"spin\"} 1\n"));
+}
+
+static void test_request_api(void **state)
+{
+    struct srv *s = srv(state);
+    /* The server's own echo tenant is in tenants/, not here: the binary
+     * tenant shows what a tenant is given and refused. */
+    char body[4096];
+    assert_int_equal(ask(s, "/t/binary/", body, sizeof body, NULL), 200);
+    const char *p = body;
+    int refused = 0;
+    while ((p = strstr(p, "attempt to load a binary chunk")) != NULL) {
+        refused++;
+        p++;
+    }
+    assert_int_equal(refused, 3);
+    assert_non_null(strstr(body, "dump=nil"));
+}
+
+/* ---- isolation ---- */
+
+struct client {
+    const struct srv *s;
+    const char *path;
+    int n, bad, done;
+    char last[64];
+};
+
+static void *isolation_client(void *arg)
+{
+    struct client *c = arg;
+    int fd = tconn_open(c->s->port);
+    if (fd < 0) {
+        c->bad = c->n;
+        return NULL;
+    }
+    for (int i = 0; i < c->n; i++) {
+        thttp_resp_t r = {0};
+        /* "1 1 1 1 nil <random>": nothing left by any earlier request, and
+         * a random number of its own. */
+        if (get(fd, "/t/counter/", &r) != 200 || strncmp(r.body, "1 1 1 1 nil ", 12) != 0 ||
+            strcmp(r.body, c->last) == 0)
+            c->bad++;
+        else
+            snprintf(c->last, sizeof c->last, "%s", r.body);
+        thttp_free(&r);
+    }
+    close(fd);
+    return NULL;
+}
+
+static void test_isolation(void **state)
+{
+    struct srv *s = srv(state);
+    pthread_t th[6];
+    struct client c[6];
+    for (int i = 0; i < 6; i++) {
+        c[i] = (struct client){s, "/t/counter/", 500, 0, 0, ""};
+        assert_int_equal(pthread_create(&th[i], NULL, isolation_client, &c[i]), 0);
+    }
+    for (int i = 0; i < 6; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(c[i].bad, 0);
+    }
+}
+
+/* ---- limits ---- */
+
+static void test_limits(void **state)
+{
+    struct srv *s = srv(state);
+    static const struct {
+        const char *tenant;
+        int status;
+        int limit_ms; /* 0: answered at once */
+    } cases[] = {
+        {"spin", 504, 100},       {"pcall_spin", 504, 100}, {"pattern", 504, 100},
+        {"gc_loop", 504, 100},    {"co_loop", 504, 100},    {"slow", 504, 20},
+        {"memhog", 503, 100},     {"rep", 503, 100},        {"tostring_trap", 500, 0},
+        {"error_trap", 500, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char path[64], body[256];
+        long long took;
+        snprintf(path, sizeof path, "/t/%s/", cases[i].tenant);
+        int st = ask(s, path, body, sizeof body, &took);
+        if (st != cases[i].status)
+            fail_msg("%s: %d \"%s\", want %d", path, st, body, cases[i].status);
+        /* Within 2 x the limit (plus 100 ms for a loaded machine). */
+        int bound = cases[i].limit_ms ? 2 * cases[i].limit_ms + 100 : 100;
+        if (took > bound)
+            fail_msg("%s: answered in %lld ms, bound %d", path, took, bound);
+        expect(s, "/t/hello/", 200, "hello, world\n");
+    }
+    char body[65536];
+    assert_int_equal(ask(s, "/metrics", body, sizeof body, NULL), 200);
+    assert_non_null(strstr(body, "sandbox_errors_total{tenant=\"spin\",kind=\"timeout\"} 1\n"));
+    assert_non_null(strstr(body, "sandbox_errors_total{tenant=\"memhog\",kind=\"memory\"} 1\n"));
+    assert_non_null(strstr(body, "sandbox_limit_hits_total{tenant=\"gc_loop\",limit=\"time\"} 1\n"));
+    assert_non_null(
+        strstr(body, "sandbox_errors_total{tenant=\"tostring_trap\",kind=\"bad_return\"} 1\n"));
+}
+
+static void *hostile_client(void *arg)
+{
+    struct client *c = arg;
+    while (!__atomic_load_n(&c->done, __ATOMIC_ACQUIRE)) {
+        thttp_resp_t r = {0};
+        int fd = tconn_open(c->s->port);
+        if (fd < 0)
+            break;
+        int st = get(fd, c->path, &r);
+        c->bad += st != 504 && st != 503;
+        c->n++;
+        thttp_free(&r);
+        close(fd);
+    }
+    return NULL;
+}
+
+static void test_hostile_beside_others(void **state)
+{
+    struct srv *s = srv(state);
+    pthread_t th[2];
+    struct client c[2] = {{s, "/t/spin/", 0, 0, 0, ""}, {s, "/t/memhog/", 0, 0, 0, ""}};
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, hostile_client, &c[i]), 0);
+    int fd = conn(s);
+    long long t0 = tnow_ms();
+    for (int i = 0; i < 100; i++) {
+        thttp_resp_t r = {0};
+        int st = get(fd, "/t/hello/", &r);
+        if (st != 200)
+            fail_msg("hello %d beside hostile tenants: %d", i, st);
+        thttp_free(&r);
+    }
+    long long took = tnow_ms() - t0;
+    close(fd);
+    for (int i = 0; i < 2; i++) {
+        __atomic_store_n(&c[i].done, 1, __ATOMIC_RELEASE);
+        pthread_join(th[i], NULL);
+        assert_int_equal(c[i].bad, 0);
+        assert_true(c[i].n > 0);
+    }
+    /* A hostile request holds its loop for at most 2 x 100 ms. */
+    assert_true(took < 100 * 200);
+}
+
+/* ---- hot reload ---- */
+
+struct loader {
+    const struct srv *s;
+    int done, requests, failed;
+    char why[128];
+};
+
+static void *reload_client(void *arg)
+{
+    struct loader *l = arg;
+    int fd = tconn_open(l->s->port);
+    while (fd >= 0 && !__atomic_load_n(&l->done, __ATOMIC_ACQUIRE)) {
+        thttp_resp_t r = {0};
+        int st = get(fd, "/t/hot/", &r);
+        if (st != 200 || (strcmp(r.body, "v1\n") && strcmp(r.body, "v2\n") && strcmp(r.body, "v3\n"))) {
+            if (!l->failed)
+                snprintf(l->why, sizeof l->why, "%d \"%.60s\"", st, st > 0 ? r.body : "");
+            l->failed++;
+        }
+        l->requests++;
+        thttp_free(&r);
+    }
+    if (fd < 0)
+        l->failed++;
+    else
+        close(fd);
+    return NULL;
+}
+
+/* How long until GET path answers `status` with `body` (ms), or -1. */
+static long long wait_for(const struct srv *s, const char *path, int status, const char *body,
+                          int max_ms)
+{
+    long long t0 = tnow_ms();
+    while (tnow_ms() - t0 <= max_ms) {
+        char got[256];
+        if (ask(s, path, got, sizeof got, NULL) == status && (!body || strcmp(got, body) == 0))
+            return tnow_ms() - t0;
+        sleep_ms(10);
+    }
+    return -1;
+}
+
+static void test_hot_reload(void **state)
+{
+    struct srv *s = srv(state);
+    expect(s, "/t/hot/", 200, "v1\n");
+    pthread_t th[3];
+    struct loader l[3];
+    for (int i = 0; i < 3; i++) {
+        l[i] = (struct loader){s, 0, 0, 0, ""};
+        assert_int_equal(pthread_create(&th[i], NULL, reload_client, &l[i]), 0);
+    }
+    sleep_ms(300);
+    write_file(s->dir, "hot.lua", "function handle(req) return 'v2\\n' end\n");
+    long long took = wait_for(s, "/t/hot/", 200, "v2\n", 3000);
+    assert_true(took >= 0 && took <= RELOAD_MS);
+    /* Broken files keep v2 serving. */
+    write_file(s->dir, "hot.lua", "function handle(req) return 'v3\\n' \n");
+    sleep_ms(600);
+    write_file(s->dir, "hot.lua", "error('top-level fails')\n");
+    sleep_ms(600);
+    write_file(s->dir, "hot.lua", "while true do end\n");
+    sleep_ms(2000); /* its top-level is cut after 1 s (the load-time limit) */
+    expect(s, "/t/hot/", 200, "v2\n");
+    write_file(s->dir, "hot.lua", "function handle(req) return 'v3\\n' end\n");
+    took = wait_for(s, "/t/hot/", 200, "v3\n", 3000);
+    assert_true(took >= 0 && took <= RELOAD_MS);
+    for (int i = 0; i < 3; i++) {
+        __atomic_store_n(&l[i].done, 1, __ATOMIC_RELEASE);
+        pthread_join(th[i], NULL);
+        if (l[i].failed)
+            fail_msg("client %d: %d of %d requests failed, first: %s", i, l[i].failed,
+                     l[i].requests, l[i].why);
+        assert_true(l[i].requests > 10);
+    }
+    char body[65536];
+    assert_int_equal(ask(s, "/metrics", body, sizeof body, NULL), 200);
+    assert_non_null(strstr(body, "sandbox_reload_errors_total{tenant=\"hot\"} 3\n"));
+    assert_non_null(strstr(body, "sandbox_reloads_total{tenant=\"hot\"} 3\n"));
+    /* A new tenant, then a removed one. */
+    write_file(s->dir, "fresh.lua", "function handle(req) return 'fresh\\n' end\n");
+    took = wait_for(s, "/t/fresh/", 200, "fresh\n", 3000);
+    assert_true(took >= 0 && took <= RELOAD_MS);
+    char path[512];
+    snprintf(path, sizeof path, "%s/hot.lua", s->dir);
+    assert_int_equal(unlink(path), 0);
+    took = wait_for(s, "/t/hot/", 404, NULL, 3000);
+    assert_true(took >= 0 && took <= RELOAD_MS);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_routes, setup_hostile, teardown),
+        cmocka_unit_test_setup_teardown(test_request_api, setup_hostile, teardown),
+        cmocka_unit_test_setup_teardown(test_isolation, setup_hostile, teardown),
+        cmocka_unit_test_setup_teardown(test_limits, setup_hostile, teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_beside_others, setup_hostile, teardown),
+        cmocka_unit_test_setup_teardown(test_hot_reload, setup_scratch, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
