@@ -321,12 +321,13 @@ static int flush_once(svc_t *svc)
             w->defs[i].status = st == 503 ? 507 : st; /* 507: ours, out of memory */
         }
     agg_entry_t *e;
-    uint64_t applied = 0, applied_reqs = 0, deferred_ok = 0, rejected = 0;
+    uint64_t applied = 0, applied_reqs = 0, deferred_ok = 0, rejected = 0, rows = 0;
     for (size_t i = 0; (e = agg_next(&svc->w, &i));) {
         if (e->count && (rc = db_add(svc->db, agg_key(&svc->w, e), e->key_len,
                                      e->sum + e->slow)) < 0)
             goto fail;
         applied += e->count;
+        rows += e->count > 0; /* the gear ratio: one row write for all of a key's increments */
     }
     int64_t red = 1;
     if (!svc->cfg.durable && (rc = db_red(svc->db, &red)) < 0)
@@ -363,6 +364,7 @@ static int flush_once(svc_t *svc)
     __atomic_add_fetch(&svc->deferred_ok, deferred_ok, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->rejected_overflow, rejected, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->flushes, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->rows_written, rows, __ATOMIC_RELAXED);
     __atomic_store_n(&svc->last_flush_us, (uint64_t)(time_now_us() - t0), __ATOMIC_RELAXED);
     __atomic_store_n(&svc->fast_open, !svc->cfg.durable && red == 0, __ATOMIC_RELAXED);
     count_pending(svc);

@@ -321,7 +321,8 @@ static void stats(svc_t *svc, session_t *s)
         "\"deferred\":%" PRIu64 ",\"refused\":%" PRIu64 ",\"rejected_overflow\":%" PRIu64 ","
         "\"failed\":%" PRIu64 ",\"applied\":%" PRIu64 ",\"applied_requests\":%" PRIu64 ","
         "\"pending_keys\":%" PRIu64 ",\"pending_increments\":%" PRIu64 ","
-        "\"pending_deferred\":%" PRIu64 ",\"flushes\":%" PRIu64 ",\"failed_flushes\":%" PRIu64 ","
+        "\"pending_deferred\":%" PRIu64 ",\"flushes\":%" PRIu64 ",\"rows_written\":%" PRIu64 ","
+        "\"failed_flushes\":%" PRIu64 ","
         "\"barriers\":%" PRIu64 ",\"last_flush_ms\":%.3f,\"fast_path\":%s,"
         "\"lag_ms\":{\"count\":%" PRIu64 ",\"max\":%" PRIu64 ",\"p50\":%" PRIu64 ",\"p99\":%" PRIu64
         "},\"durable_wait_ms\":{\"count\":%" PRIu64 ",\"max\":%" PRIu64 ",\"p50\":%" PRIu64
@@ -330,8 +331,8 @@ static void stats(svc_t *svc, session_t *s)
         sn.accepted + LOAD(svc->deferred_ok), sn.accepted_items, sn.deferred, sn.refused,
         LOAD(svc->rejected_overflow), LOAD(svc->failed_reqs), LOAD(svc->applied),
         LOAD(svc->applied_reqs), sn.pending_keys, sn.pending_items, sn.deferred_waiting,
-        LOAD(svc->flushes), LOAD(svc->failed_flushes), LOAD(svc->barriers),
-        (double)LOAD(svc->last_flush_us) / 1000.0,
+        LOAD(svc->flushes), LOAD(svc->rows_written), LOAD(svc->failed_flushes),
+        LOAD(svc->barriers), (double)LOAD(svc->last_flush_us) / 1000.0,
         LOAD(svc->fast_open) ? "true" : "false", LOAD(svc->lag.n), LOAD(svc->lag.max),
         lag_quantile(&svc->lag, 0.5), lag_quantile(&svc->lag, 0.99), LOAD(svc->wait.n),
         LOAD(svc->wait.max), lag_quantile(&svc->wait, 0.5), lag_quantile(&svc->wait, 0.99));
@@ -359,6 +360,8 @@ static void metrics_lines(buf_t *out, void *ctx)
                "# TYPE incrementor_flushes_total counter\n"
                "incrementor_flushes_total{result=\"ok\"} %" PRIu64 "\n"
                "incrementor_flushes_total{result=\"failed\"} %" PRIu64 "\n"
+               "# TYPE incrementor_rows_written_total counter\n"
+               "incrementor_rows_written_total %" PRIu64 "\n"
                "# TYPE incrementor_last_flush_seconds gauge\n"
                "incrementor_last_flush_seconds %.6f\n"
                "# TYPE incrementor_ack_commit_lag_seconds summary\n"
@@ -368,7 +371,7 @@ static void metrics_lines(buf_t *out, void *ctx)
                "incrementor_ack_commit_lag_seconds_count %" PRIu64 "\n",
                sn.accepted + LOAD(svc->deferred_ok), sn.refused, LOAD(svc->rejected_overflow),
                LOAD(svc->failed_reqs), LOAD(svc->applied), sn.pending_items, sn.pending_keys,
-               LOAD(svc->flushes), LOAD(svc->failed_flushes),
+               LOAD(svc->flushes), LOAD(svc->failed_flushes), LOAD(svc->rows_written),
                (double)LOAD(svc->last_flush_us) / 1e6, lag_quantile(&svc->lag, 0.5) / 1e3,
                lag_quantile(&svc->lag, 0.99) / 1e3, (double)LOAD(svc->lag.max) / 1e3,
                LOAD(svc->lag.n));

@@ -108,6 +108,7 @@ typedef struct svc {
 
     /* Written by the writer, read by /stats (atomics). */
     uint64_t applied, applied_reqs, deferred_ok, flushes, failed_flushes, rejected_overflow, failed_reqs;
+    uint64_t rows_written; /* rows upserted by committed flushes */
     uint64_t last_flush_us, pending_keys, pending_items, barriers;
     lag_hist_t lag;       /* fast acknowledgement -> commit */
     lag_hist_t wait;      /* deferred request arrival -> commit */

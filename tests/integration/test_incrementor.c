@@ -425,6 +425,7 @@ static void test_read_back(void **state)
     assert_int_equal(thttp_do(fd, "GET /stats HTTP/1.1\r\nHost: t\r\n\r\n", &r, RESP_MS), 0);
     assert_int_equal(r.status, 200);
     assert_non_null(strstr(r.body, "\"applied\":3"));
+    assert_non_null(strstr(r.body, "\"rows_written\":3")); /* one row per key written */
     assert_non_null(strstr(r.body, "\"p99\""));
     thttp_free(&r);
     assert_int_equal(thttp_do(fd, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", &r, RESP_MS), 0);
