@@ -148,15 +148,15 @@ BENCH_ARGS = $(if $(DESIGNS),--designs $(DESIGNS)) $(if $(SCENARIOS),--scenarios
 
 bench: all
 	$(Q)scripts/deps.sh bench
-	$(Q)BIN=$(BIN) scripts/bench $(BENCH_ARGS)
+	$(Q)BIN=$(BIN) BENCH_CFLAGS="$(OPT) -g $(if $(SANITIZE),-fsanitize=$(SANITIZE))" scripts/bench $(BENCH_ARGS)
 
 bench-quick: all
 	$(Q)scripts/deps.sh bench
-	$(Q)BIN=$(BIN) scripts/bench --quick $(BENCH_ARGS)
+	$(Q)BIN=$(BIN) BENCH_CFLAGS="$(OPT) -g $(if $(SANITIZE),-fsanitize=$(SANITIZE))" scripts/bench --quick $(BENCH_ARGS)
 
 lab: all
 	$(Q)scripts/deps.sh bench
-	$(Q)scripts/lab --all
+	$(Q)BIN=$(BIN) scripts/lab --all
 
 format:
 	$(Q)clang-format -i $(CORE_SRC) $(SERVER_SRC) $(LOADGEN_SRC) $(INCR_SRC) servers/core/*.h \

@@ -374,7 +374,7 @@ def text_table(title, headers, rows, best=None):
         if vals:
             target = max(vals)[0] if how == "max" else min(vals)[0]
             mark = {i for v, i in vals if v == target}
-    cells = [[("*" if i in mark else " ") + str(r[0])] + [fmt(v, "rate" if "rate" in headers[j + 1] else None)
+    cells = [[("*" if i in mark else " ") + str(r[0])] + [fmt(v, "rate" if "success" in headers[j + 1] else None)
                                                            for j, v in enumerate(r[1:])]
              for i, r in enumerate(rows)]
     widths = [max(len(h), *(len(c[k]) for c in cells)) if cells else len(h) for k, h in enumerate(headers)]
@@ -397,7 +397,7 @@ def html_table(headers, rows, best=None):
     for i, r in enumerate(rows):
         cls = ' class="best"' if i in mark else ""
         h += f"<tr{cls}>" + "".join(
-            f"<td>{html.escape(fmt(v, 'rate' if 'rate' in headers[j] else None))}</td>"
+            f"<td>{html.escape(fmt(v, 'rate' if 'success' in headers[j] else None))}</td>"
             for j, v in enumerate(r)) + "</tr>\n"
     return h + "</table>"
 

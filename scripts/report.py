@@ -23,9 +23,10 @@ TABLES = {
         ("ctxsw/req", "c64", "ctxsw_per_req"), ("peak RSS KB", "c64", "peak_rss_kb"),
     ], (4, "max")),
     "rate": ("2. latency at a fixed rate (open loop, corrected)", [
-        ("rate 50%", "50%", "rate"), ("p99 us at 50%", "50%", "p99_us"),
-        ("rate 90%", "90%", "rate"), ("p99 us at 90%", "90%", "p99_us"), ("p99.9 us at 90%", "90%", "p999_us"),
-    ], (4, "min")),
+        ("target/s 50%", "50%", "rate"), ("p99 us at 50%", "50%", "p99_us"),
+        ("target/s 90%", "90%", "rate"), ("got/s 90%", "90%", "rps"), ("p99 us at 90%", "90%", "p99_us"),
+        ("p99.9 us at 90%", "90%", "p999_us"),
+    ], (5, "min")),
     "hol-wait": ("3. head-of-line blocking: PING beside 8 clients running WAIT 1000", [
         ("success rate", "ping", "success_rate"), ("PING/s", "ping", "rps"), ("p50 us", "ping", "p50_us"),
         ("p99 us", "ping", "p99_us"), ("max us", "ping", "max_us"),
@@ -49,13 +50,16 @@ TABLES = {
     ], (3, "max")),
     "incrementor": ("8. incrementor: POST /increment over 10,000 keys at -c64", [
         ("req/s", "*", "rps"), ("exact", "*", "exact"), ("p99 us", "*", "p99_us"),
-        ("max lag ms", "*", "max_lag_ms"), ("lag p99 ms", "*", "lag_p99_ms"), ("flushes", "*", "flushes"),
+        ("ack-commit lag max ms", "*", "max_lag_ms"), ("lag p99 ms", "*", "lag_p99_ms"),
+        ("flushes", "*", "flushes"), ("rows written", "*", "rows_written"),
     ], (1, "max")),
-    "anchors": ("9. anchors: nginx (one worker) and wrk", [
+    "anchors": ("9. anchors: nginx (one worker) through the throughput points; loadgen against wrk on epoll", [
         ("req/s c1", "c1", "rps"), ("req/s c8", "c8", "rps"), ("req/s c64", "c64", "rps"),
         ("req/s c256", "c256", "rps"), ("req/s pipe16", "c64-pipe16", "rps"),
         ("p99 us c64", "c64", "p99_us"), ("usr us/req", "c64", "server_user_per_req_us"),
         ("sys us/req", "c64", "server_system_per_req_us"),
+        ("loadgen req/s", "loadgen c64", "rps"), ("wrk req/s", "wrk c64", "rps"),
+        ("loadgen/wrk", "loadgen c64", "ratio_to_wrk"),
     ], (3, "max")),
 }
 
@@ -76,7 +80,7 @@ def rows_for(summary, scenario):
     sc_runs = [r for r in runs if r["scenario"] == scenario]
     # The throughput table also shows the nginx anchor, for comparison.
     if scenario == "throughput":
-        sc_runs += [dict(r, scenario="throughput") for r in runs if r["scenario"] == "throughput"
+        sc_runs += [dict(r, scenario="throughput") for r in runs if r["scenario"] == "anchors"
                     and r["design"] == "nginx"]
     rows, notes, seen = [], [], []
     keyed = {}
@@ -114,7 +118,8 @@ def charts(out, summary):
     runs = summary["runs"]
     series = {}
     for r in runs:
-        if r["scenario"] in ("throughput",) and r["ok"] and r["point"].startswith("c") and "pipe" not in r["point"]:
+        if (r["scenario"] == "throughput" or (r["scenario"] == "anchors" and r["design"] == "nginx")) \
+                and r["ok"] and r["point"].startswith("c") and "pipe" not in r["point"]:
             try:
                 c = int(r["point"][1:])
             except ValueError:
