@@ -77,11 +77,14 @@ int main(int argc, char **argv)
                 while ((fd = server_accept(lfd, &cfg)) != -EAGAIN) {
                     if (fd < 0)
                         continue;
-                    if (!(c = calloc(1, sizeof *c))) {
+                    /* malloc, not calloc: the buffers' pages cost memory only
+                     * once a client sends something. */
+                    if (!(c = malloc(sizeof *c))) {
                         close(fd);
                         continue;
                     }
                     c->fd = fd;
+                    c->in_len = c->out_off = c->out_len = 0;
                     struct epoll_event a = {.events = EPOLLIN, .data.ptr = c};
                     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &a);
                 }
