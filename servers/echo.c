@@ -31,25 +31,29 @@ struct conn {
  * EPOLLIN, EPOLLOUT, or 0 to close. */
 static unsigned serve(struct conn *c)
 {
-    char *p = c->in, *end = c->in + c->in_len, *e;
-    while ((e = memmem(p, (size_t)(end - p), "\r\n\r\n", 4)) != NULL &&
-           c->out_len + sizeof hello - 1 <= BUF) {
-        memcpy(c->out + c->out_len, hello, sizeof hello - 1);
-        c->out_len += sizeof hello - 1;
-        p = e + 4;
+    for (;;) {
+        char *p = c->in, *end = c->in + c->in_len, *e;
+        while ((e = memmem(p, (size_t)(end - p), "\r\n\r\n", 4)) != NULL &&
+               c->out_len + sizeof hello - 1 <= BUF) {
+            memcpy(c->out + c->out_len, hello, sizeof hello - 1);
+            c->out_len += sizeof hello - 1;
+            p = e + 4;
+        }
+        c->in_len = (size_t)(end - p);
+        memmove(c->in, p, c->in_len);
+        if (c->in_len == BUF)
+            return 0; /* a head larger than the buffer: not ours to serve */
+        while (c->out_off < c->out_len) {
+            ssize_t w = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+            if (w < 0)
+                return errno == EAGAIN ? EPOLLOUT : 0;
+            c->out_off += (size_t)w;
+        }
+        c->out_off = c->out_len = 0;
+        /* The output was full before the input was answered: go on. */
+        if (!memmem(c->in, c->in_len, "\r\n\r\n", 4))
+            return EPOLLIN;
     }
-    c->in_len = (size_t)(end - p);
-    memmove(c->in, p, c->in_len);
-    if (c->in_len == BUF)
-        return 0; /* a head larger than the buffer: not ours to serve */
-    while (c->out_off < c->out_len) {
-        ssize_t w = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
-        if (w < 0)
-            return errno == EAGAIN ? EPOLLOUT : 0;
-        c->out_off += (size_t)w;
-    }
-    c->out_off = c->out_len = 0;
-    return EPOLLIN;
 }
 
 int main(int argc, char **argv)
@@ -75,8 +79,10 @@ int main(int argc, char **argv)
             if (evs[i].data.ptr == &listener) {
                 int fd;
                 while ((fd = server_accept(lfd, &cfg)) != -EAGAIN) {
-                    if (fd < 0)
+                    if (fd == -ECONNREFUSED || fd == -EINTR || fd == -ECONNABORTED)
                         continue;
+                    if (fd < 0)
+                        break; /* out of descriptors or memory: on the next wake-up */
                     /* malloc, not calloc: the buffers' pages cost memory only
                      * once a client sends something. */
                     if (!(c = malloc(sizeof *c))) {

@@ -159,7 +159,8 @@ int metrics_render(buf_t *out)
                      "connections_accepted_total %llu\n"
                      "# HELP errors_total Errors, by kind.\n"
                      "# TYPE errors_total counter\n",
-                     (unsigned long long)(sum.accepted - sum.closed),
+                     /* blocks are read one by one: never print a wrapped count */
+                     (unsigned long long)(sum.accepted > sum.closed ? sum.accepted - sum.closed : 0),
                      (unsigned long long)sum.accepted);
     for (int e = 0; e < ME_N; e++)
         rc |= buf_printf(out, "errors_total{kind=\"%s\"} %llu\n", error_names[e],

@@ -134,7 +134,9 @@ static void conn_free(loop_t *L, struct conn *c)
 static void apply(loop_t *L, session_t *s, int wants)
 {
     struct conn *c = (struct conn *)s;
-    if ((wants & SESS_WORK) && submit(s) < 0)
+    /* A refusal answers and goes on: the next pipelined BURN may want a
+     * worker in turn. */
+    while ((wants & SESS_WORK) && submit(s) < 0)
         wants = session_on_work_refused(s);
     if (wants & SESS_CLOSE) {
         conn_free(L, c);
@@ -147,6 +149,19 @@ static void apply(loop_t *L, session_t *s, int wants)
         s->armed = ev;
     }
     timers_set(&L->timers, &s->timer, session_deadline(s));
+}
+
+/* The peer is gone. A session a worker or an extension still holds stays
+ * until its answer comes back: stop watching it meanwhile, since epoll
+ * reports a hang-up whatever the interest, and would wake the loop forever. */
+static void hang_up(loop_t *L, session_t *s)
+{
+    int wants = session_on_error(s);
+    if (!(wants & SESS_CLOSE)) {
+        epoll_ctl(L->ep, EPOLL_CTL_DEL, s->fd, NULL);
+        s->armed = 0;
+    }
+    apply(L, s, wants);
 }
 
 static void accept_all(loop_t *L)
@@ -235,7 +250,7 @@ static void *loop_main(void *arg)
             else if (ev & EPOLLOUT)
                 apply(L, p, session_on_writable(p));
             else
-                apply(L, p, session_on_error(p));
+                hang_up(L, p);
         }
         timer_node_t *t;
         while ((t = timers_expired(&L->timers, time_now_ms())) != NULL) {

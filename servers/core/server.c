@@ -223,28 +223,29 @@ void server_refuse(int fd, const char *why)
 
 int server_accept(int lfd, const server_cfg_t *cfg)
 {
+    /* A descriptor kept in reserve for running out of them (below); opened
+     * before the first accept, so it exists when it is needed. */
+    if (spare_fd < 0)
+        spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
         int e = errno;
-        if (e == EMFILE || e == ENFILE) {
-            /* Out of descriptors, the pending connection would make the
-             * listener readable forever: accept it on a spare descriptor
-             * kept for this, and refuse it. */
+        if ((e == EMFILE || e == ENFILE) && spare_fd >= 0) {
+            /* Out of descriptors: a pending connection would keep the
+             * listener readable forever. Accept it on the spare one and
+             * refuse it. accept4 fails with EMFILE even when nothing is
+             * pending, so an empty backlog ends the accepting (-EAGAIN). */
             metrics_error(ME_ACCEPT);
-            if (spare_fd >= 0) {
-                close(spare_fd);
-                spare_fd = -1;
-                fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-                if (fd >= 0)
-                    server_refuse(fd, "out of descriptors");
-                spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-                return -ECONNREFUSED;
-            }
+            close(spare_fd);
+            fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (fd >= 0)
+                server_refuse(fd, "out of descriptors");
+            spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+            return fd >= 0 ? -ECONNREFUSED : -EAGAIN;
         }
+        /* Out of descriptors with no spare: stop accepting for this wake-up. */
         return e == EWOULDBLOCK ? -EAGAIN : -e;
     }
-    if (spare_fd < 0)
-        spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if ((cfg->max_fd && fd >= cfg->max_fd) ||
         (cfg->max_conns && metrics_open_conns() >= (uint64_t)cfg->max_conns)) {
         server_refuse(fd, "too many connections");
@@ -385,6 +386,7 @@ void server_serve_blocking(int fd, const server_cfg_t *cfg)
 {
     session_t s;
     int w = SESS_READ, stopping = 0;
+    int64_t drain_end = 0;
     session_init(&s, fd, &cfg->session);
     while (!(w & SESS_CLOSE)) {
         if (w & SESS_WORK) {
@@ -392,17 +394,29 @@ void server_serve_blocking(int fd, const server_cfg_t *cfg)
             w = session_on_work_done(&s);
             continue;
         }
+        int64_t now = time_update();
         if (server_stopping && !stopping) {
             stopping = 1;
+            drain_end = now + SERVER_DRAIN_MS;
             w = session_shutdown(&s);
+            continue;
+        }
+        if (stopping && now >= drain_end)
+            break; /* what is in flight had its SERVER_DRAIN_MS */
+        /* Deadlines first: a socket that is always ready must not hide them. */
+        int64_t deadline = session_deadline(&s);
+        if (deadline && now >= deadline) {
+            w = session_on_timer(&s);
             continue;
         }
         struct pollfd p[2] = {
             {.fd = fd, .events = (short)(((w & SESS_READ) ? POLLIN : 0) | ((w & SESS_WRITE) ? POLLOUT : 0))},
             {.fd = stop_fd, .events = POLLIN},
         };
-        int64_t deadline = session_deadline(&s), now = time_update();
-        int timeout = deadline ? (deadline > now ? (int)(deadline - now) : 0) : -1;
+        int64_t until = deadline;
+        if (stopping && (!until || drain_end < until))
+            until = drain_end;
+        int timeout = until ? (until > now ? (int)(until - now) : 0) : -1;
         int r = poll(p, stopping ? 1 : 2, timeout);
         time_update();
         if (r < 0) {
@@ -417,8 +431,6 @@ void server_serve_blocking(int fd, const server_cfg_t *cfg)
             w = session_on_readable(&s);
         else if (ev & (POLLERR | POLLHUP | POLLNVAL))
             w = session_on_error(&s);
-        else if (deadline && time_now_ms() >= deadline)
-            w = session_on_timer(&s);
     }
     session_close(&s);
 }

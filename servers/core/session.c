@@ -482,7 +482,7 @@ static int finish(session_t *s)
                 buf_used(&s->out) < OUT_HIGH;
     } while (again);
     int w = session_wants(s);
-    if (s->work_ready) {
+    if (s->work_ready && !(w & SESS_CLOSE)) {
         s->work_ready = 0;
         s->working = 1;
         w |= SESS_WORK;
@@ -497,6 +497,16 @@ int session_on_readable(session_t *s)
     int rc = buf_reserve(&s->in, READ_CHUNK, HTTP_MAX_HEAD + s->cfg->max_body + READ_CHUNK);
     if (rc == -ENOMEM)
         return SESS_CLOSE;
+    if (buf_room(&s->in) == 0) {
+        /* Full, and what it holds is still not a whole request (a chunked
+         * body's framing can outgrow the body limit): it never will be.
+         * Reading nothing while asking to read would spin. */
+        if (s->proto == PROTO_HTTP)
+            http_fail(s, 413, "request too large\n");
+        else
+            s->closing = 2;
+        return finish(s);
+    }
     if (buf_room(&s->in) > 0) {
         ssize_t r = read(s->fd, s->in.data + s->in.len, buf_room(&s->in));
         if (r > 0) {

@@ -487,6 +487,40 @@ static void test_http_errors_close(void **state)
     expect_fatal(s, v2, strlen(v2), 505);
 }
 
+static long long ping_ms(const struct srv *s);
+
+/* A chunked body whose framing outgrows the input buffer (a legal 200 KB
+ * body in 1-byte chunks: 1.2 MB on the wire) once made every design spin
+ * reading nothing. It is answered 413 and closed. */
+static void test_http_chunk_framing_overflow(void **state)
+{
+    struct srv *s = srv(state);
+    int fd = conn(s);
+    const char *head = "POST /ping HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    size_t n = 200000, len = strlen(head) + 6 * n;
+    char *req = malloc(len);
+    memcpy(req, head, strlen(head));
+    for (size_t i = 0; i < n; i++)
+        memcpy(req + strlen(head) + 6 * i, "1\r\nA\r\n", 6);
+    /* The server stops reading once it has answered: the end of this send
+     * may fail, the answer must still come. */
+    for (size_t off = 0; off < len;) {
+        ssize_t w = send(fd, req + off, len - off, MSG_NOSIGNAL);
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+    free(req);
+    thttp_resp_t r;
+    int rc = thttp_read(fd, &r, 0, 5000);
+    if (rc < 0)
+        fail_msg("no answer to an overlong chunked body (%s)", strerror(-rc));
+    assert_int_equal(r.status, 413);
+    thttp_free(&r);
+    close(fd);
+    assert_true(ping_ms(s) < 1000); /* still serving */
+}
+
 static void test_http10_and_close(void **state)
 {
     struct srv *s = srv(state);
@@ -769,6 +803,17 @@ static void test_echo_hello(void **state)
     expect_recv(fd, HELLO, T);
     send_str(fd, "GET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\n\r\n");
     expect_recv(fd, HELLO HELLO HELLO, T);
+    /* More answers than its output buffer holds (it once stopped at 210). */
+    char *many = malloc(400 * 18 + 1), *want = malloc(400 * (sizeof HELLO - 1) + 1);
+    many[0] = want[0] = '\0';
+    for (int i = 0; i < 400; i++) {
+        strcat(many, "GET / HTTP/1.1\r\n\r\n");
+        strcat(want, HELLO);
+    }
+    send_str(fd, many);
+    expect_recv(fd, want, T);
+    free(many);
+    free(want);
     close(fd);
 }
 
@@ -782,7 +827,8 @@ static int run_design(struct srv *s)
         TEST(test_line_commands),      TEST(test_line_pipelined),   TEST(test_line_byte_by_byte),
         TEST(test_line_errors),        TEST(test_line_too_long),    TEST(test_http_routes),
         TEST(test_http_pipelined),     TEST(test_http_byte_by_byte), TEST(test_http_errors_keep),
-        TEST(test_http_errors_close),  TEST(test_http10_and_close), TEST(test_http_head),
+        TEST(test_http_errors_close),  TEST(test_http_chunk_framing_overflow),
+        TEST(test_http10_and_close), TEST(test_http_head),
         TEST(test_protocol_detection),    TEST(test_sigterm_idle),     TEST(test_sigterm_in_flight),
         TEST(test_ping_beside_wait),   TEST(test_ping_beside_stalled_stream),
         TEST(test_iterative_ping_waits), TEST(test_select_fd_setsize),
