@@ -40,8 +40,8 @@ int net_set_nonblock(int fd);
  * only adds latency. Returns 0 or a negative errno. */
 int net_set_nodelay(int fd);
 
-/* Write all n bytes to a blocking descriptor, retrying short writes and EINTR.
- * Returns 0 or a negative errno. */
+/* Send all n bytes on a blocking socket, retrying short writes and EINTR;
+ * a peer that is gone is -EPIPE, never a SIGPIPE. Returns 0 or a negative errno. */
 int net_write_all(int fd, const void *p, size_t n);
 
 #endif

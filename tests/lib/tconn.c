@@ -1,6 +1,8 @@
 /* tconn, thttp: blocking client connections with bounded waits. */
 #include "tlib.h"
 
+#include "core/net.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -32,18 +34,7 @@ int tconn_open(int port)
 
 int tconn_send(int fd, const void *p, size_t n)
 {
-    const char *c = p;
-    while (n > 0) {
-        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        c += w;
-        n -= (size_t)w;
-    }
-    return 0;
+    return net_write_all(fd, p, n);
 }
 
 int tconn_sends(int fd, const char *s)
