@@ -42,6 +42,8 @@
 #include "metrics.h"
 #include "sandbox_int.h"
 
+#define SHARE_PCT      25  /* of a thread's time, at most, for a tenant that keeps timing out */
+#define SHARE_BURST_MS 200 /* ... after this much timed-out run time in a burst */
 #define SRC_MAX     (1 << 20) /* largest tenant source */
 #define ARENA_SLACK (1 << 20) /* arena = 3 x budget + this: room for free lists' waste */
 #define LOAD_MS_MIN 1000      /* a version's top-level gets at least this long */
@@ -100,6 +102,8 @@ typedef struct slot {
     uint64_t *rand;     /* math.random's state, inside the arena */
     int dirty;          /* a request ran since the last restore */
     int removed;        /* the tenant is not served */
+    int64_t share;      /* fair-share bucket: run time not yet drained (ticks) */
+    int64_t share_at;   /* when it was last drained */
     counts_t *counts;
 } slot_t;
 
@@ -716,6 +720,23 @@ int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sa
         bump(&c->outcomes[SB_NOT_LOADED], 1);
         return 0;
     }
+    /* Containment. Tenants run on the thread that serves the connection, so
+     * a hostile one cut at its time limit would still take that long for
+     * every request. Each request that hits the limit puts the limit into a
+     * bucket that drains at SHARE_PCT of the clock; while the bucket is over
+     * SHARE_BURST_MS the tenant is answered 503 without running. So a tenant
+     * that keeps timing out holds a thread about SHARE_PCT of the time (up
+     * to 1.5 x that, as a cut comes at up to 1.5 x the limit), and tenants
+     * that stay within their limits are never held back. */
+    int64_t now = sb_ticks();
+    int64_t drained = (now - s->share_at) / 100 * SHARE_PCT;
+    s->share = s->share > drained ? s->share - drained : 0;
+    s->share_at = now;
+    if (s->share > (int64_t)SHARE_BURST_MS * sb_ticks_per_ms) {
+        fail(r, resp, SB_THROTTLED, 503, "tenant over its share of the CPU");
+        bump(&c->outcomes[SB_THROTTLED], 1);
+        return 0;
+    }
     if (s->dirty)
         sb_snap_restore(s->a, &s->snap);
     s->dirty = 1;
@@ -737,6 +758,9 @@ int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sa
     } else if (st < 0 || r->guard.hit || took > (int64_t)ms * sb_ticks_per_ms) {
         fail(r, resp, SB_TIMEOUT, 504, "time limit exceeded");
         bump(&c->limit_time, 1);
+        /* Its limit, not the time measured: the count stays the same on a
+         * slow machine (or under valgrind), where the cut comes later. */
+        s->share += (int64_t)ms * sb_ticks_per_ms;
     } else if (st != LUA_OK) {
         char why[ERR_MAX - 16];
         describe(L, why, sizeof why);
@@ -1225,7 +1249,7 @@ int sandbox_stats(const char *name, sandbox_stats_t *st)
 void sandbox_metrics(buf_t *out, void *ctx)
 {
     static const char *const kinds[SB_OUTCOMES] = {"ok", "lua_error", "memory", "timeout",
-                                                   "bad_return", "not_loaded"};
+                                                   "bad_return", "not_loaded", "throttled"};
     (void)ctx;
     pthread_mutex_lock(&reg.lock);
     tenant_t *list = reg.list;

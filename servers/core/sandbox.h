@@ -69,6 +69,7 @@ enum sandbox_outcome {
     SB_TIMEOUT,    /* over its time: 504 */
     SB_BAD_RETURN, /* handle() returned something that is not an answer: 500 */
     SB_NOT_LOADED, /* the tenant exists but no version of it ever loaded here: 500 */
+    SB_THROTTLED,  /* over its share of the thread's time: 503, not run */
     SB_OUTCOMES
 };
 
