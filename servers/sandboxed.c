@@ -8,7 +8,9 @@
  * every other route (/, /ping, /metrics with per-tenant counters...) is
  * served natively, so the sandbox's cost shows on the same server.
  * Weakness: a tenant runs on the loop that owns the connection, so a slow
- * one (up to its time limit) delays that loop's other connections. */
+ * one (up to its time limit) delays that loop's other connections; one that
+ * keeps timing out is held to about a quarter of the loop (the sandbox
+ * answers it 503 without running), which bounds the harm but not to zero. */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
