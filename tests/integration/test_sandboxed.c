@@ -60,14 +60,7 @@ static int setup_hostile(void **state)
 
 static void write_file(const char *dir, const char *name, const char *text)
 {
-    char path[512], tmp[512];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name);
-    FILE *f = fopen(tmp, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-    assert_int_equal(rename(tmp, path), 0); /* atomically, as an editor saves */
+    assert_int_equal(tfile_write(dir, name, text), 0);
 }
 
 static int setup_scratch(void **state)

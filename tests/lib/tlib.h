@@ -112,6 +112,10 @@ void *tguard_copy(const void *p, size_t n);
 /* Release a copy from tguard_copy. */
 void tguard_free(void *copy, size_t n);
 
+/* Write text to dir/name atomically (a temporary file renamed over it, as an
+ * editor saves), so a reader never sees half a file. Returns 0 or -errno. */
+int tfile_write(const char *dir, const char *name, const char *text);
+
 /* ---- time ---- */
 
 /* Monotonic milliseconds. */

@@ -25,6 +25,7 @@
 
 #include <cmocka.h>
 
+#include "../lib/tlib.h"
 #include "core/sandbox.h"
 
 #define MS 100 /* the default time limit in these tests */
@@ -482,14 +483,7 @@ static void test_bad_versions_keep_old(void **state)
 
 static void write_file(const char *name, const char *text)
 {
-    char path[512], tmp[512];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name);
-    FILE *f = fopen(tmp, "w");
-    assert_non_null(f);
-    fputs(text, f);
-    fclose(f);
-    assert_int_equal(rename(tmp, path), 0); /* atomically, as an editor would */
+    assert_int_equal(tfile_write(dir, name, text), 0);
 }
 
 static void remove_file(const char *name)
