@@ -4,9 +4,10 @@
  * A tenant is DIR/<name>.lua defining a global `handle(req)`. Each runner (one
  * per thread that serves requests) keeps, per tenant it has served, a Lua
  * state in its own fixed-address arena: built once (libraries, the tenant's
- * chunk), then snapshotted. Every request first copies the snapshot back over
- * the arena, so it starts from exactly that state whatever the previous
- * request did (globals, upvalues, metatables, the random generator, which is
+ * chunk), then snapshotted. Every request first restores the snapshot (it
+ * copies back the pages the previous request wrote: the others are
+ * write-protected until a write marks them), so it starts from exactly that
+ * state whatever the previous request did (globals, upvalues, metatables, the random generator, which is
  * reseeded from getrandom() entropy). No lua_close, no lua_newstate per
  * request. Details and measurements: sandbox.c and docs in the file heads.
  *
@@ -89,7 +90,8 @@ typedef struct sandbox_stats {
     uint64_t outcomes[SB_OUTCOMES];
     uint64_t limit_memory;  /* requests and loads that hit the memory limit */
     uint64_t limit_time;    /* ... the time limit */
-    double seconds;         /* time spent in the sandbox, requests only */
+    double seconds;         /* time spent in the sandbox (restore, reseed, call), requests only */
+    uint64_t restored_bytes; /* copied back from snapshots before requests */
     uint64_t reloads;       /* versions published (the first load counts) */
     uint64_t reload_errors; /* files that failed to compile or run, bad .conf */
     int loaded;             /* a version is being served */
@@ -141,6 +143,14 @@ int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sa
 /* Give back the memory of large requests (pages above each snapshot): for an
  * idle moment, e.g. the reactor's tick. */
 void sandbox_runner_trim(sandbox_runner_t *r);
+
+/* A restore copies back only the pages a request wrote: the others are
+ * read-only, and the sandbox takes the write faults on them in its SIGSEGV
+ * handler, which passes every other fault on to the handler it replaced.
+ * sandbox_init installs it; a program that installs a SIGSEGV handler of its
+ * own afterwards (a test framework does, around every test) calls this after
+ * it. Returns 0 or -errno. */
+int sandbox_claim_faults(void);
 
 /* Stop the reloader and the watchdog and forget every tenant, once every
  * runner has been freed (tests, valgrind). */

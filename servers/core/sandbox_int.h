@@ -18,20 +18,23 @@
  * inside, so copying the used bytes back restores the allocator too. */
 typedef struct sb_arena sb_arena_t;
 
-#define SB_HOLE_MIN 256 /* free blocks at least this large are not copied back */
+typedef struct sb_run {
+    size_t first, n; /* pages */
+} sb_run_t;
 
-typedef struct sb_extent {
-    size_t off, len;
-} sb_extent_t;
-
-/* A copy of an arena's used bytes, to copy back before every request, and
- * the ranges that matter (all but the inside of large free blocks). */
+/* A copy of an arena's used pages, and which of them a restore copies back
+ * (see "snapshots" in sandbox_arena.c). Owned by one thread. */
 typedef struct sb_snap {
     char *copy;
-    size_t len;         /* bytes below the bump pointer */
-    sb_extent_t *ext;
-    size_t next;
-    size_t copied;      /* bytes copied back per restore */
+    size_t len;         /* bytes below the bump pointer when taken */
+    size_t npages;      /* pages copied: [0, npages * 4096) */
+    uint8_t *hot;       /* per page: written since the snapshot (else read-only) */
+    sb_run_t *runs;     /* runs of hot pages, as of the last restore */
+    size_t nruns;
+    int changed;        /* pages became hot since */
+    int armed;          /* the pages that are not hot are read-only */
+    int full;           /* no protection: every restore copies every page */
+    size_t copied;      /* bytes the last restore copied back */
 } sb_snap_t;
 
 /* Map an arena of `size` bytes (address space only, pages come on first
@@ -54,17 +57,29 @@ unsigned sb_arena_settle(sb_arena_t *a);
 /* Bytes of the mapping in use (header and every block ever handed out). */
 size_t sb_arena_used(const sb_arena_t *a);
 
-/* Copy the used bytes into snap (malloc'd; free with sb_snap_free).
+/* Install the handler of write faults on snapshot pages (once, before any
+ * restore). SANDBOX_NOPROTECT in the environment turns the tracking off:
+ * every restore copies every page. Returns 0 or -errno. */
+int sb_snap_init(void);
+/* Install that handler again if another replaced it (it then chains to
+ * that one). Returns 0 or -errno. */
+int sb_snap_claim(void);
+/* Copy the used pages into snap (malloc'd; free with sb_snap_free).
  * Returns 0 or -ENOMEM. */
 int sb_snap_take(const sb_arena_t *a, sb_snap_t *snap);
-/* Put the arena back exactly as it was when snap was taken. */
-void sb_snap_restore(sb_arena_t *a, const sb_snap_t *snap);
+/* Put the arena back exactly as it was when snap was taken, and make it the
+ * calling thread's running arena: until the next restore on this thread,
+ * writes to its clean pages are tracked (so run nothing on an arena but
+ * right after its restore). The first restore write-protects the pages. */
+void sb_snap_restore(sb_arena_t *a, sb_snap_t *snap);
 void sb_snap_free(sb_snap_t *snap);
 
 /* Give the pages above the snapshot back to the kernel (MADV_DONTNEED). */
 void sb_arena_trim(sb_arena_t *a, size_t keep);
 
 /* ---- the time limit (sandbox_limit.c) ---- */
+
+#define SB_SIGNAL (SIGRTMIN + 3) /* the watchdog's, to a runner over its deadline */
 
 /* A runner's side of the time limit. The watchdog thread reads deadline
  * and seq; the signal handler, on the runner's thread, reads the rest. */

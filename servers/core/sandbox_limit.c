@@ -13,9 +13,10 @@
  *     doing. Repeated every look until it lands.
  *
  * Why the jump is safe. Everything the call could have left half-done is
- * thrown away: the runner copies the snapshot over the whole arena before the
- * next call (every byte of the Lua state, its stacks and its allocator live
- * there), and the C frames skipped belong to Lua and to the runner. What
+ * thrown away: before the next call, the runner puts back every page of the
+ * arena the call wrote (sandbox_arena.c tracks them; every byte of the Lua
+ * state, its stacks and its allocator live there), and the C frames skipped
+ * belong to Lua and to the runner. What
  * remains is the process outside the arena, which a sandboxed call reaches
  * only through the libc functions Lua calls: string and memory functions,
  * math, snprintf into a caller's buffer (glibc's vsnprintf uses no FILE
@@ -42,7 +43,6 @@
 
 #include <lauxlib.h>
 
-#define SB_SIGNAL (SIGRTMIN + 3)
 #define LOOK_MAX_NS 10000000L /* the watchdog looks at least every 10 ms */
 #define LOOK_MIN_NS 250000L   /* ... and at most every 0.25 ms */
 

@@ -12,5 +12,8 @@ command -v valgrind >/dev/null || { echo "skip: no valgrind"; exit 0; }
 # Timing is judged by the plain run of the same tests; under valgrind a
 # signal can wait seconds for a long C call (a pattern bomb) to return, so
 # the time bounds get 30 s of slack here.
+# The sandbox takes write faults on its snapshots' pages and lets the write
+# go on (sandbox_arena.c): valgrind must keep every register exact at every
+# memory access for that instruction to be run again correctly.
 SANDBOX_TEST_SCALE=10 SANDBOX_TEST_SLACK_MS=30000 \
-    valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect "$t"
+    valgrind -q --px-default=allregs-at-mem-access --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect "$t"
