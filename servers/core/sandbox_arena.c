@@ -199,7 +199,9 @@ size_t sb_arena_used(const sb_arena_t *a) { return a->bump; }
  * A page is faulted at most once: a fault and its mprotect cost about 20 us
  * in a VM here, as much as copying 300 pages, so a page written once is
  * copied from then on rather than protected again. When most pages are hot,
- * the protection goes (every page is copied, as without it).
+ * or the hot ones make more than MAX_RUNS runs (each run among read-only
+ * pages is two more mappings, and a process has 65530), the protection goes:
+ * every page is copied, as without it.
  *
  * Exactness does not depend on which pages are hot: a page that is not hot
  * has not been written since the snapshot was taken. The handler acts only
@@ -208,7 +210,8 @@ size_t sb_arena_used(const sb_arena_t *a) { return a->bump; }
  * protection is not available (mprotect fails: too many mappings, say), the
  * snapshot falls back to copying every page. */
 
-#define PAGE 4096
+#define PAGE     4096
+#define MAX_RUNS 64 /* runs of hot pages in one snapshot */
 
 static __thread sb_arena_t *cur_arena; /* the arena this thread restored last */
 static __thread sb_snap_t *cur_snap;
@@ -222,11 +225,15 @@ static void on_fault(int sig, siginfo_t *si, void *ctx)
     if (s && s->armed && si->si_code == SEGV_ACCERR && at >= base && at < base + s->npages * PAGE) {
         size_t i = (at - base) / PAGE;
         if (!s->hot[i]) {
+            int left = i > 0 && s->hot[i - 1], right = i + 1 < s->npages && s->hot[i + 1];
             s->hot[i] = 1;
             s->changed = 1;
-            if (mprotect((char *)cur_arena + i * PAGE, PAGE, PROT_READ | PROT_WRITE) == 0)
+            s->runs_now += 1 - left - right;
+            if (s->runs_now <= MAX_RUNS &&
+                mprotect((char *)cur_arena + i * PAGE, PAGE, PROT_READ | PROT_WRITE) == 0)
                 return;
-            /* Can't split the mapping: everything writable, every page hot. */
+            /* Too many runs, or can't split the mapping: everything writable
+             * (one mapping again), every page copied. */
             if (mprotect(cur_arena, s->npages * PAGE, PROT_READ | PROT_WRITE) == 0) {
                 s->armed = 0;
                 s->full = 1;

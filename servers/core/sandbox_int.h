@@ -32,6 +32,7 @@ typedef struct sb_snap {
     sb_run_t *runs;     /* runs of hot pages, as of the last restore */
     size_t nruns;
     int changed;        /* pages became hot since */
+    long runs_now;      /* runs of hot pages, kept by the fault handler */
     int armed;          /* the pages that are not hot are read-only */
     int full;           /* no protection: every restore copies every page */
     size_t copied;      /* bytes the last restore copied back */

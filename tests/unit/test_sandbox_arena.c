@@ -21,13 +21,13 @@
 #define PAGE   4096
 #define NPAGES 24
 
-/* An arena whose used bytes span NPAGES pages of known, varied content. */
-static sb_arena_t *filled_arena(void)
+/* An arena whose used bytes span `pages` pages of known, varied content. */
+static sb_arena_t *filled_arena(size_t pages)
 {
-    sb_arena_t *a = sb_arena_new(1 << 20, 1 << 20);
+    sb_arena_t *a = sb_arena_new(4 << 20, 4 << 20);
     assert_non_null(a);
     unsigned x = 12345;
-    while (sb_arena_used(a) < (size_t)(NPAGES - 1) * PAGE + 100) {
+    while (sb_arena_used(a) < (pages - 1) * PAGE + 100) {
         unsigned char *p = sb_arena_alloc(a, NULL, 0, 200);
         assert_non_null(p);
         for (int i = 0; i < 200; i++)
@@ -46,7 +46,7 @@ static void test_copies_written_pages(void **state)
 {
     (void)state;
     assert_int_equal(sb_snap_claim(), 0); /* cmocka replaced the handler */
-    sb_arena_t *a = filled_arena();
+    sb_arena_t *a = filled_arena(NPAGES);
     sb_snap_t s;
     assert_int_equal(sb_snap_take(a, &s), 0);
     assert_int_equal(s.npages, NPAGES);
@@ -85,13 +85,33 @@ static void test_copies_written_pages(void **state)
     sb_arena_free(a);
 }
 
+/* Scattered writes: past 64 runs of hot pages the protection goes at once
+ * (every run among read-only pages costs the process two mappings). */
+static void test_scattered_writes_unprotect(void **state)
+{
+    (void)state;
+    assert_int_equal(sb_snap_claim(), 0);
+    sb_arena_t *a = filled_arena(200);
+    sb_snap_t s;
+    assert_int_equal(sb_snap_take(a, &s), 0);
+    sb_snap_restore(a, &s);
+    for (size_t i = 0; i < 200; i += 3) /* 67 runs, a third of the pages */
+        ((char *)a)[i * PAGE + 1] ^= 1;
+    assert_true(s.full);
+    sb_snap_restore(a, &s);
+    assert_int_equal(s.copied, s.npages * PAGE);
+    assert_restored(a, &s);
+    sb_snap_free(&s);
+    sb_arena_free(a);
+}
+
 /* Random writes anywhere in the used pages, allocations among them: after
  * every restore the arena is the snapshot, byte for byte. */
 static void test_restore_exact(void **state)
 {
     (void)state;
     assert_int_equal(sb_snap_claim(), 0);
-    sb_arena_t *a = filled_arena();
+    sb_arena_t *a = filled_arena(NPAGES);
     size_t live = sb_arena_live(a);
     sb_snap_t s;
     assert_int_equal(sb_snap_take(a, &s), 0);
@@ -137,7 +157,7 @@ static int child_status(void (*body)(void))
 
 static void write_other_arena(void)
 {
-    sb_arena_t *a = filled_arena(), *b = filled_arena();
+    sb_arena_t *a = filled_arena(NPAGES), *b = filled_arena(NPAGES);
     sb_snap_t sa, sb;
     if (sb_snap_take(a, &sa) < 0 || sb_snap_take(b, &sb) < 0)
         _exit(4);
@@ -170,6 +190,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_copies_written_pages),
         cmocka_unit_test(test_restore_exact),
+        cmocka_unit_test(test_scattered_writes_unprotect),
         cmocka_unit_test(test_other_faults_kill),
     };
     if (sb_snap_init() < 0)
