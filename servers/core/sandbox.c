@@ -10,10 +10,11 @@
  * the built state, and the snapshot of the arena's used bytes. The request
  * path takes no lock: find the slot by name (the runner's own hash table),
  * compare the tenant's generation with the slot's (one atomic load: a new
- * version is built here, between two requests), restore the snapshot (put
- * back the pages the previous request wrote, see sandbox_arena.c), reseed math.random's state from getrandom() entropy, and call
- * handle(req) under the time limit. The snapshot's Lua stack holds [entry,
- * handle, req] already, so a request pushes a single value before lua_pcall.
+ * version is built here, between two requests), restore the snapshot (copy
+ * back the pages requests write, see sandbox_arena.c), reseed
+ * math.random's state from getrandom() entropy, and call handle(req) under
+ * the time limit. The snapshot's Lua stack holds [entry, handle, req]
+ * already, so a request pushes a single value before lua_pcall.
  * req is an empty table whose fields are made on first read (__index, and
  * __pairs fills them all): a tenant that ignores req pays nothing for it.
  *
@@ -21,7 +22,8 @@
  * metamethod of a returned value ever runs outside the limits.
  *
  * SANDBOX_DEBUG=1 in the environment prints the size of every snapshot built
- * (hello: 18.6 KB used, 17.6 KB copied back per request). */
+ * (hello: 18.6 KB in 5 pages, of which requests write 2: 8 KB copied back
+ * per request, sandbox_restored_bytes_total in /metrics). */
 #include "sandbox.h"
 
 #include <ctype.h>

@@ -5,11 +5,11 @@
  * per thread that serves requests) keeps, per tenant it has served, a Lua
  * state in its own fixed-address arena: built once (libraries, the tenant's
  * chunk), then snapshotted. Every request first restores the snapshot (it
- * copies back the pages the previous request wrote: the others are
- * write-protected until a write marks them), so it starts from exactly that
- * state whatever the previous request did (globals, upvalues, metatables, the random generator, which is
- * reseeded from getrandom() entropy). No lua_close, no lua_newstate per
- * request. Details and measurements: sandbox.c and docs in the file heads.
+ * copies back the pages requests write: the others are write-protected until
+ * a write marks them), so it starts from exactly that state whatever the
+ * previous request did (globals, upvalues, metatables, the random generator,
+ * which is reseeded from getrandom() entropy). No lua_close, no lua_newstate
+ * per request. Details and measurements: sandbox.c and docs in the file heads.
  *
  * Limits (see sandbox_limit.c): memory by the arena's allocator, which refuses
  * beyond the tenant's budget (503); time by a watchdog thread that signals a
