@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -302,6 +303,19 @@ def figures(run, duration=None):
             "threads_max": srv.get("threads_max"),
         })
     return f
+
+
+def tenant_metrics(port, tenant):
+    """A tenant's sandbox_* counters from a server's /metrics, without the
+    prefix and the _total suffix: requests, seconds, restored_bytes..."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as f:
+        text = f.read().decode()
+    out = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name.startswith("sandbox_") and rest.startswith(f'tenant="{tenant}"}}'):
+            out[name[len("sandbox_"):].removesuffix("_total")] = float(rest.split()[-1])
+    return out
 
 
 def loadgen_bound(run, gen_cpus):

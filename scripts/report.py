@@ -47,6 +47,9 @@ TABLES = {
     "sandbox": ("7. sandbox: tenant hello against native GET / (same server)", [
         ("native req/s", "native GET /", "rps"), ("tenant req/s", "tenant /t/hello/", "rps"),
         ("ratio", "tenant /t/hello/", "ratio_to_native"), ("tenant p99 us", "tenant /t/hello/", "p99_us"),
+        ("CPU ratio", "tenant /t/hello/", "cpu_ratio_to_native"),
+        ("sandbox ns/req", "tenant /t/hello/", "sandbox_ns_per_req"),
+        ("restored B/req", "tenant /t/hello/", "restored_bytes_per_req"),
     ], (3, "max")),
     "incrementor": ("8. incrementor: POST /increment over 10,000 keys at -c64", [
         ("req/s", "*", "rps"), ("exact", "*", "exact"), ("p99 us", "*", "p99_us"),
