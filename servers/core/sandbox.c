@@ -272,8 +272,10 @@ static int setup(lua_State *L)
 {
     build_t *b = lua_touserdata(L, 1);
     /* The call frames of a request's first levels, made first: they are
-     * written by every request, and here they share a page with the Lua
-     * stack, so a restore copies back 2 pages instead of 3 (a hello). */
+     * written by every request, and made here they sit next to the Lua
+     * stack, so a restore copies back 2 pages instead of 3 (a hello; the
+     * collection at the end frees every other spare frame, and what is
+     * left still covers a request's first levels). */
     lua_pushcfunction(L, nest);
     lua_pushinteger(L, CALL_DEPTH);
     lua_call(L, 1, 0);

@@ -14,10 +14,12 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #define SMALL_MAX   512 /* classes of 16-byte steps up to here */
 #define NSMALL      (SMALL_MAX / 16)
@@ -198,52 +200,85 @@ size_t sb_arena_used(const sb_arena_t *a) { return a->bump; }
  *
  * A page is faulted at most once: a fault and its mprotect cost about 20 us
  * in a VM here, as much as copying 300 pages, so a page written once is
- * copied from then on rather than protected again. When most pages are hot,
- * or the hot ones make more than MAX_RUNS runs (each run among read-only
- * pages is two more mappings, and a process has 65530), the protection goes:
- * every page is copied, as without it.
+ * copied from then on rather than protected again. Protection splits the
+ * arena's mapping: a run of hot pages among read-only ones costs two more
+ * mappings, and a process has 65530 for everything (threads' stacks, malloc,
+ * files), which tenants choosing their writes must not use up. So a snapshot
+ * whose hot pages make more than MAX_RUNS runs, or are most of its pages, or
+ * that finds the process-wide budget of mappings for snapshots spent (a
+ * quarter of vm.max_map_count), drops its protection: every restore then
+ * copies every page.
  *
  * Exactness does not depend on which pages are hot: a page that is not hot
  * has not been written since the snapshot was taken. The handler acts only
  * for the arena the calling thread restored last (the one it runs), on a
- * protected page; any other fault goes to the handler it replaced. If
- * protection is not available (mprotect fails: too many mappings, say), the
- * snapshot falls back to copying every page. */
+ * protected page; any other fault goes to the handler it replaced. */
 
 #define PAGE     4096
-#define MAX_RUNS 64 /* runs of hot pages in one snapshot */
+#define MAX_RUNS 16 /* runs of hot pages in one snapshot */
 
 static __thread sb_arena_t *cur_arena; /* the arena this thread restored last */
 static __thread sb_snap_t *cur_snap;
-static struct sigaction prev_segv;
-static int protect_off; /* SANDBOX_NOPROTECT: copy every page (to measure the difference) */
+static struct sigaction prev_segv;     /* never on_fault itself */
+static int protect_off;  /* SANDBOX_NOPROTECT, or pages are not 4 KiB: copy every page */
+static long maps_left;   /* atomic: mappings snapshots may still add to the process */
+
+/* Take n (may be negative: give back) of the budget of mappings for s.
+ * Returns 0, or -1 when it is spent. Async-signal-safe. */
+static int charge(sb_snap_t *s, long n)
+{
+    if (__atomic_sub_fetch(&maps_left, n, __ATOMIC_RELAXED) < 0 && n > 0) {
+        __atomic_add_fetch(&maps_left, n, __ATOMIC_RELAXED);
+        return -1;
+    }
+    s->maps += n;
+    return 0;
+}
+
+/* Every page writable (one mapping again) and copied by every restore.
+ * Returns 0, or -1 when mprotect fails. Async-signal-safe. */
+static int go_full(sb_arena_t *a, sb_snap_t *s)
+{
+    if (s->armed && mprotect(a, s->npages * PAGE, PROT_READ | PROT_WRITE) < 0)
+        return -1;
+    s->armed = 0;
+    s->full = 1;
+    charge(s, -s->maps);
+    return 0;
+}
 
 static void on_fault(int sig, siginfo_t *si, void *ctx)
 {
+    int saved = errno;
     sb_snap_t *s = cur_snap;
-    uintptr_t at = (uintptr_t)si->si_addr, base = (uintptr_t)cur_arena;
+    sb_arena_t *a = cur_arena;
+    uintptr_t at = (uintptr_t)si->si_addr, base = (uintptr_t)a;
     if (s && s->armed && si->si_code == SEGV_ACCERR && at >= base && at < base + s->npages * PAGE) {
         size_t i = (at - base) / PAGE;
         if (!s->hot[i]) {
             int left = i > 0 && s->hot[i - 1], right = i + 1 < s->npages && s->hot[i + 1];
+            int more = 1 - left - right; /* runs: a new one, one longer, two joined */
             s->hot[i] = 1;
             s->changed = 1;
-            s->runs_now += 1 - left - right;
-            if (s->runs_now <= MAX_RUNS &&
-                mprotect((char *)cur_arena + i * PAGE, PAGE, PROT_READ | PROT_WRITE) == 0)
+            s->runs_now += more;
+            if (s->runs_now <= MAX_RUNS && charge(s, 2 * more) == 0 &&
+                mprotect((char *)a + i * PAGE, PAGE, PROT_READ | PROT_WRITE) == 0) {
+                errno = saved;
                 return;
-            /* Too many runs, or can't split the mapping: everything writable
-             * (one mapping again), every page copied. */
-            if (mprotect(cur_arena, s->npages * PAGE, PROT_READ | PROT_WRITE) == 0) {
-                s->armed = 0;
-                s->full = 1;
+            }
+            if (go_full(a, s) == 0) {
+                errno = saved;
                 return;
             }
         }
     }
-    /* Not ours: as if this handler were not there (with the signal mask of
-     * the faulting code, in case that handler does not return). */
-    pthread_sigmask(SIG_SETMASK, &((ucontext_t *)ctx)->uc_sigmask, NULL);
+    /* Not ours: as if this handler were not there, with the faulting code's
+     * signal mask (that handler may not return), but no time-limit jump
+     * into the middle of it. */
+    sigset_t mask = ((ucontext_t *)ctx)->uc_sigmask;
+    sigaddset(&mask, SB_SIGNAL);
+    pthread_sigmask(SIG_SETMASK, &mask, NULL);
+    errno = saved;
     if (prev_segv.sa_flags & SA_SIGINFO) {
         prev_segv.sa_sigaction(sig, si, ctx);
     } else if (prev_segv.sa_handler != SIG_DFL && prev_segv.sa_handler != SIG_IGN) {
@@ -263,12 +298,18 @@ int sb_snap_claim(void)
     sigemptyset(&sa.sa_mask);
     sigaddset(&sa.sa_mask, SB_SIGNAL); /* no time-limit jump out of the handler */
     pthread_mutex_lock(&lock);
-    if (sigaction(SIGSEGV, NULL, &now) < 0)
+    if (sigaction(SIGSEGV, NULL, &now) < 0) {
         rc = -errno;
-    else if (!((now.sa_flags & SA_SIGINFO) && now.sa_sigaction == on_fault)) {
-        /* Recorded before the handler is in place: a fault on another
-         * thread in between finds the handler it chains to. */
-        prev_segv = now;
+    } else if (now.sa_sigaction != on_fault || (now.sa_flags & (SA_SIGINFO | SA_NODEFER)) !=
+                                                   (SA_SIGINFO | SA_NODEFER)) {
+        /* Ours, put back by signal() (a test framework's) without its flags:
+         * installed again, chaining to the same one as before. Otherwise
+         * the current handler is recorded, before ours is in place, so a
+         * fault on another thread in between finds it. (Only tests claim
+         * while other threads run.) */
+        if (now.sa_sigaction != on_fault)
+            prev_segv = now;
+        sa.sa_flags |= prev_segv.sa_flags & SA_ONSTACK; /* a stack overflow reporter's */
         if (sigaction(SIGSEGV, &sa, NULL) < 0)
             rc = -errno;
     }
@@ -278,7 +319,15 @@ int sb_snap_claim(void)
 
 int sb_snap_init(void)
 {
-    protect_off = getenv("SANDBOX_NOPROTECT") != NULL;
+    long max = 65530;
+    FILE *f = fopen("/proc/sys/vm/max_map_count", "r");
+    if (f) {
+        if (fscanf(f, "%ld", &max) != 1)
+            max = 65530;
+        fclose(f);
+    }
+    __atomic_store_n(&maps_left, max / 4, __ATOMIC_RELAXED);
+    protect_off = getenv("SANDBOX_NOPROTECT") != NULL || sysconf(_SC_PAGESIZE) != PAGE;
     return sb_snap_claim();
 }
 
@@ -317,10 +366,8 @@ static void find_runs(sb_arena_t *a, sb_snap_t *snap)
         else
             snap->runs[snap->nruns++] = (sb_run_t){i, 1};
     }
-    if (2 * nhot > n && mprotect(a, n * PAGE, PROT_READ | PROT_WRITE) == 0) {
-        snap->armed = 0; /* most pages hot: protecting the rest saves little */
-        snap->full = 1;
-    }
+    if (2 * nhot > n) /* most pages hot: protecting the rest saves little */
+        go_full(a, snap);
 }
 
 void sb_snap_restore(sb_arena_t *a, sb_snap_t *snap)
@@ -328,21 +375,16 @@ void sb_snap_restore(sb_arena_t *a, sb_snap_t *snap)
     size_t n = snap->npages, copied = 0;
     cur_arena = a;
     cur_snap = snap;
-    if (snap->full) {
+    if (!snap->armed && !snap->full) { /* the first restore: every page read-only */
         memcpy(a, snap->copy, n * PAGE);
         snap->copied = n * PAGE;
-        return;
-    }
-    if (!snap->armed) { /* the first restore: every page read-only */
-        memcpy(a, snap->copy, n * PAGE);
-        snap->copied = n * PAGE;
-        if (mprotect(a, n * PAGE, PROT_READ) == 0)
+        if (charge(snap, 1) == 0 && mprotect(a, n * PAGE, PROT_READ) == 0)
             snap->armed = 1;
         else
-            snap->full = 1;
+            go_full(a, snap); /* nothing protected yet: can't fail */
         return;
     }
-    if (snap->changed)
+    if (snap->changed && !snap->full)
         find_runs(a, snap);
     if (snap->full) {
         memcpy(a, snap->copy, n * PAGE);
@@ -359,6 +401,7 @@ void sb_snap_restore(sb_arena_t *a, sb_snap_t *snap)
 
 void sb_snap_free(sb_snap_t *snap)
 {
+    charge(snap, -snap->maps);
     if (cur_snap == snap) {
         cur_snap = NULL;
         cur_arena = NULL;

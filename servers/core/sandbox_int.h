@@ -33,6 +33,7 @@ typedef struct sb_snap {
     size_t nruns;
     int changed;        /* pages became hot since */
     long runs_now;      /* runs of hot pages, kept by the fault handler */
+    long maps;          /* mappings its protection adds to the process (charged) */
     int armed;          /* the pages that are not hot are read-only */
     int full;           /* no protection: every restore copies every page */
     size_t copied;      /* bytes the last restore copied back */

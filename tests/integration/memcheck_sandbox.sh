@@ -17,6 +17,7 @@ command -v valgrind >/dev/null || { echo "skip: no valgrind"; exit 0; }
 for t in "$BIN/tests/unit-test_sandbox" "$BIN/tests/unit-test_sandbox_arena"; do
     [ -x "$t" ] || { echo "missing $t"; exit 1; }
     SANDBOX_TEST_SCALE=10 SANDBOX_TEST_SLACK_MS=30000 \
-        valgrind -q --px-default=allregs-at-mem-access --error-exitcode=9 --leak-check=full \
+        valgrind -q --px-default=allregs-at-mem-access --child-silent-after-fork=yes \
+        --error-exitcode=9 --leak-check=full \
         --errors-for-leak-kinds=definite,indirect "$t" || exit 1
 done

@@ -235,8 +235,8 @@ static void test_isolation_large_state(void **state)
     put_ok("big", big_src, 0, 30);
     for (int i = 0; i < 1500 / scale; i++) {
         static const char *const cut[] = {"/spin", "/cspin"};
-        int hostile = i % 300 == 150;
-        const char *path = hostile ? cut[(i / 300) % 2] : "/";
+        int period = 300 / scale, hostile = i % period == period / 2;
+        const char *path = hostile ? cut[(i / period) % 2] : "/";
         sandbox_req_t q = {"GET", 3, path, strlen(path), NULL, 0, NULL, 0, NULL, 0};
         char body[64];
         int st = run_req(runner, "big", &q, body, sizeof body, NULL);
