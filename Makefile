@@ -142,9 +142,9 @@ test-unit: tests
 test-integration: tests
 	$(Q)BIN=$(BIN) scripts/test integration
 
-# make bench DESIGNS=epoll,reactor SCENARIOS=throughput,c10k DURATION=5
+# make bench DESIGNS=epoll,reactor SCENARIOS=throughput,c10k DURATION=5 REPEAT=5
 BENCH_ARGS = $(if $(DESIGNS),--designs $(DESIGNS)) $(if $(SCENARIOS),--scenarios $(SCENARIOS)) \
-             $(if $(DURATION),--duration $(DURATION))
+             $(if $(DURATION),--duration $(DURATION)) $(if $(REPEAT),--repeat $(REPEAT))
 
 bench: all
 	$(Q)scripts/deps.sh bench

@@ -120,9 +120,49 @@ class Exactness(unittest.TestCase):
         shutil.rmtree(d)
 
 
+class Rounds(unittest.TestCase):
+    """Throughput points run in rounds: the run with the median req/s is kept."""
+
+    def bench(self):
+        import argparse
+        bench = load_bench_module()
+        out = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, out)
+        args = argparse.Namespace(quick=True, duration=None, repeat=3, out=str(out), designs=None,
+                                  scenarios=None)
+        b = bench.Bench(args)
+        self.addCleanup(shutil.rmtree, b.tmp, True)
+        return b
+
+    def run_with(self, rps):
+        run = json.loads((DATA / "runs" / "throughput-epoll-c64.json").read_text())
+        run["rps"] = rps
+        return run, None
+
+    def test_median_run_is_kept_with_the_spread(self):
+        b = self.bench()
+        b.keep_median("epoll", "throughput", "c64", [self.run_with(r) for r in (90.0, 120.0, 100.0)])
+        (rec,) = b.runs
+        self.assertEqual(rec["figures"]["rps"], 100.0)
+        self.assertEqual((rec["figures"]["rps_min"], rec["figures"]["rps_max"]), (90.0, 120.0))
+        self.assertEqual(rec["figures"]["repeats"], 3)
+        self.assertEqual(b.max_rps["epoll"], 100.0)  # the rate scenario's reference
+
+    def test_a_failed_round_leaves_the_others(self):
+        b = self.bench()
+        b.keep_median("epoll", "throughput", "c8",
+                      [self.run_with(50.0), (H.HarnessError("loadgen: boom"), None), self.run_with(70.0)])
+        self.assertTrue(b.runs[0]["ok"])
+        self.assertIn(b.runs[0]["figures"]["rps"], (50.0, 70.0))
+        b.keep_median("select", "throughput", "c8", [(H.HarnessError("loadgen: boom"), None)] * 3)
+        self.assertFalse(b.runs[1]["ok"])
+        self.assertIn("boom", b.runs[1]["reason"])
+
+
 class EndToEnd(unittest.TestCase):
     def test_bad_flags_exit_2(self):
-        for args in (["--designs", "nosuch"], ["--scenarios", "nosuch"], ["--duration", "0"], ["--bogus"]):
+        for args in (["--designs", "nosuch"], ["--scenarios", "nosuch"], ["--duration", "0"],
+                     ["--repeat", "0"], ["--bogus"]):
             p = subprocess.run([str(BENCH), *args], capture_output=True, text=True, timeout=30)
             self.assertEqual(p.returncode, 2, args)
             self.assertEqual(len(p.stderr.strip().splitlines()[-1:]), 1)
