@@ -235,16 +235,16 @@ static int charge(sb_snap_t *s, long n)
     return 0;
 }
 
-/* Every page writable (one mapping again) and copied by every restore.
- * Returns 0, or -1 when mprotect fails. Async-signal-safe. */
-static int go_full(sb_arena_t *a, sb_snap_t *s)
+/* Every page copied by every restore, and writable (one mapping again; a
+ * page left read-only by a failed mprotect is made writable by the handler
+ * when written). Async-signal-safe. */
+static void go_full(sb_arena_t *a, sb_snap_t *s)
 {
-    if (s->armed && mprotect(a, s->npages * PAGE, PROT_READ | PROT_WRITE) < 0)
-        return -1;
+    if (s->armed)
+        mprotect(a, s->npages * PAGE, PROT_READ | PROT_WRITE);
     s->armed = 0;
     s->full = 1;
     charge(s, -s->maps);
-    return 0;
 }
 
 static void on_fault(int sig, siginfo_t *si, void *ctx)
@@ -253,23 +253,28 @@ static void on_fault(int sig, siginfo_t *si, void *ctx)
     sb_snap_t *s = cur_snap;
     sb_arena_t *a = cur_arena;
     uintptr_t at = (uintptr_t)si->si_addr, base = (uintptr_t)a;
-    if (s && s->armed && si->si_code == SEGV_ACCERR && at >= base && at < base + s->npages * PAGE) {
+    if (s && (s->armed || s->full) && si->si_code == SEGV_ACCERR && at >= base &&
+        at < base + s->npages * PAGE) {
         size_t i = (at - base) / PAGE;
-        if (!s->hot[i]) {
+        char *page = (char *)a + i * PAGE;
+        if (!s->full && !s->hot[i]) {
             int left = i > 0 && s->hot[i - 1], right = i + 1 < s->npages && s->hot[i + 1];
             int more = 1 - left - right; /* runs: a new one, one longer, two joined */
             s->hot[i] = 1;
             s->changed = 1;
             s->runs_now += more;
-            if (s->runs_now <= MAX_RUNS && charge(s, 2 * more) == 0 &&
-                mprotect((char *)a + i * PAGE, PAGE, PROT_READ | PROT_WRITE) == 0) {
-                errno = saved;
-                return;
-            }
-            if (go_full(a, s) == 0) {
-                errno = saved;
-                return;
-            }
+            if (s->runs_now > MAX_RUNS || charge(s, 2 * more) < 0)
+                go_full(a, s);
+        }
+        /* In full mode too: a page a failed mprotect left read-only. */
+        int ok = mprotect(page, PAGE, PROT_READ | PROT_WRITE) == 0;
+        if (!ok && !s->full) { /* can't split the mapping: everything writable */
+            go_full(a, s);
+            ok = mprotect(page, PAGE, PROT_READ | PROT_WRITE) == 0;
+        }
+        if (ok) {
+            errno = saved;
+            return;
         }
     }
     /* Not ours: as if this handler were not there, with the faulting code's
@@ -378,10 +383,9 @@ void sb_snap_restore(sb_arena_t *a, sb_snap_t *snap)
     if (!snap->armed && !snap->full) { /* the first restore: every page read-only */
         memcpy(a, snap->copy, n * PAGE);
         snap->copied = n * PAGE;
-        if (charge(snap, 1) == 0 && mprotect(a, n * PAGE, PROT_READ) == 0)
-            snap->armed = 1;
-        else
-            go_full(a, snap); /* nothing protected yet: can't fail */
+        snap->armed = 1;
+        if (charge(snap, 1) < 0 || mprotect(a, n * PAGE, PROT_READ) < 0)
+            go_full(a, snap);
         return;
     }
     if (snap->changed && !snap->full)
