@@ -204,7 +204,7 @@ size_t sb_arena_used(const sb_arena_t *a) { return a->bump; }
  * arena's mapping: a run of hot pages among read-only ones costs two more
  * mappings, and a process has 65530 for everything (threads' stacks, malloc,
  * files), which tenants choosing their writes must not use up. So a snapshot
- * whose hot pages make more than MAX_RUNS runs, or are most of its pages, or
+ * whose hot pages make more than SB_MAX_RUNS runs, or are most of its pages, or
  * that finds the process-wide budget of mappings for snapshots spent (a
  * quarter of vm.max_map_count), drops its protection: every restore then
  * copies every page.
@@ -214,8 +214,7 @@ size_t sb_arena_used(const sb_arena_t *a) { return a->bump; }
  * for the arena the calling thread restored last (the one it runs), on a
  * protected page; any other fault goes to the handler it replaced. */
 
-#define PAGE     4096
-#define MAX_RUNS 16 /* runs of hot pages in one snapshot */
+#define PAGE 4096
 
 static __thread sb_arena_t *cur_arena; /* the arena this thread restored last */
 static __thread sb_snap_t *cur_snap;
@@ -263,7 +262,7 @@ static void on_fault(int sig, siginfo_t *si, void *ctx)
             s->hot[i] = 1;
             s->changed = 1;
             s->runs_now += more;
-            if (s->runs_now > MAX_RUNS || charge(s, 2 * more) < 0)
+            if (s->runs_now > SB_MAX_RUNS || charge(s, 2 * more) < 0)
                 go_full(a, s);
         }
         /* In full mode too: a page a failed mprotect left read-only. */
@@ -343,8 +342,7 @@ int sb_snap_take(const sb_arena_t *a, sb_snap_t *snap)
     snap->npages = (a->bump + PAGE - 1) / PAGE;
     snap->copy = malloc(snap->npages * PAGE);
     snap->hot = calloc(snap->npages, 1);
-    snap->runs = malloc(snap->npages * sizeof *snap->runs);
-    if (!snap->copy || !snap->hot || !snap->runs) {
+    if (!snap->copy || !snap->hot) {
         sb_snap_free(snap);
         return -ENOMEM;
     }
@@ -366,10 +364,14 @@ static void find_runs(sb_arena_t *a, sb_snap_t *snap)
             continue;
         nhot++;
         sb_run_t *last = snap->nruns ? &snap->runs[snap->nruns - 1] : NULL;
-        if (last && last->first + last->n == i)
+        if (last && last->first + last->n == i) {
             last->n++;
-        else
+        } else if (snap->nruns == SB_MAX_RUNS) { /* the handler went full before this */
+            go_full(a, snap);
+            return;
+        } else {
             snap->runs[snap->nruns++] = (sb_run_t){i, 1};
+        }
     }
     if (2 * nhot > n) /* most pages hot: protecting the rest saves little */
         go_full(a, snap);
@@ -412,7 +414,6 @@ void sb_snap_free(sb_snap_t *snap)
     }
     free(snap->copy);
     free(snap->hot);
-    free(snap->runs);
     memset(snap, 0, sizeof *snap);
 }
 

@@ -18,6 +18,8 @@
  * inside, so copying the used bytes back restores the allocator too. */
 typedef struct sb_arena sb_arena_t;
 
+#define SB_MAX_RUNS 16 /* runs of hot pages a protected snapshot may have */
+
 typedef struct sb_run {
     size_t first, n; /* pages */
 } sb_run_t;
@@ -29,7 +31,7 @@ typedef struct sb_snap {
     size_t len;         /* bytes below the bump pointer when taken */
     size_t npages;      /* pages copied: [0, npages * 4096) */
     uint8_t *hot;       /* per page: written since the snapshot (else read-only) */
-    sb_run_t *runs;     /* runs of hot pages, as of the last restore */
+    sb_run_t runs[SB_MAX_RUNS]; /* runs of hot pages, as of the last restore */
     size_t nruns;
     int changed;        /* pages became hot since */
     long runs_now;      /* runs of hot pages, kept by the fault handler */
