@@ -438,6 +438,54 @@ static void test_read_back(void **state)
     assert_int_equal(tproc_stop(pid, STOP_MS), 0);
 }
 
+/* A durable POST waits for its commit behind answers still queued in the
+ * session, and the client resets the connection: the session must wait for
+ * the writer's answer (it was freed at once, and the answer went to freed
+ * memory or to whichever connection took its place). */
+static void test_reset_while_commit_waits(void **state)
+{
+    (void)state;
+    enum { PIPELINED = 3000, ROUNDS = 3 };
+    static const char get[] = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+    static const char post[] = "POST /increment HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                               "application/json\r\nContent-Length: 12\r\n\r\n{\"reset\": 5}";
+    const char *db = db_path("reset");
+    int port;
+    pid_t pid = start(db, "0", "durable", "300", "1", &port);
+    assert_true(pid > 0);
+    size_t len = PIPELINED * (sizeof get - 1) + sizeof post - 1;
+    char *req = malloc(len + 1), *at = req;
+    for (int i = 0; i < PIPELINED; i++, at += sizeof get - 1)
+        memcpy(at, get, sizeof get - 1);
+    memcpy(at, post, sizeof post);
+    for (int round = 0; round < ROUNDS; round++) {
+        /* The commit waits while another connection holds the database. */
+        sqlite3 *h;
+        assert_int_equal(sqlite3_open(db, &h), SQLITE_OK);
+        assert_int_equal(sqlite3_exec(h, "BEGIN EXCLUSIVE", NULL, NULL, NULL), SQLITE_OK);
+        int fd = tconn_open_narrow(port); /* about 100 KB of answers stay queued */
+        assert_true(fd >= 0);
+        assert_int_equal(tconn_send(fd, req, len), 0);
+        usleep(200 * 1000); /* the POST is taken and waits for its commit */
+        tconn_reset(fd);
+        usleep(200 * 1000);
+        assert_int_equal(sqlite3_exec(h, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+        sqlite3_close(h);
+        usleep(500 * 1000); /* the commit answers a connection that is gone */
+    }
+    free(req);
+    int fd = tconn_open(port);
+    assert_true(fd >= 0);
+    thttp_resp_t r = {0};
+    assert_int_equal(thttp_do(fd, "GET /counters/reset HTTP/1.1\r\nHost: t\r\n\r\n", &r, RESP_MS),
+                     0);
+    /* Taken before the reset, so applied, once per round. */
+    assert_string_equal(r.body, "{\"key\":\"reset\",\"value\":15}\n");
+    thttp_free(&r);
+    close(fd);
+    assert_int_equal(tproc_stop(pid, STOP_MS), 0);
+}
+
 /* ---- a file that is not a database; bad flags ---- */
 
 static int run_exit(const char *const argv[])
@@ -525,6 +573,7 @@ int main(void)
         cmocka_unit_test_setup(test_bad_inputs_buffered, skip_unless_built),
         cmocka_unit_test_setup(test_bad_inputs_durable, skip_unless_built),
         cmocka_unit_test_setup(test_read_back, skip_unless_built),
+        cmocka_unit_test_setup(test_reset_while_commit_waits, skip_unless_built),
         cmocka_unit_test_setup(test_startup_errors, skip_unless_built),
         cmocka_unit_test_setup(test_two_processes, skip_unless_built),
     };

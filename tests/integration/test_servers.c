@@ -716,6 +716,37 @@ static void test_reactor_ping_beside_burn(void **state)
     close(a);
 }
 
+/* A connection reset while a worker runs its BURN and answers are still
+ * queued in the session: the session must live until the BURN comes back
+ * (it was freed at once, and the worker's answer wrote into freed memory:
+ * a heap-use-after-free under ASan, "double free or corruption" without). */
+static void test_reactor_reset_during_burn(void **state)
+{
+    struct srv *s = srv(state);
+    enum { PIPELINED = 3000, ROUNDS = 4 };
+    static const char get[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    static const char burn[] = "GET /burn?n=400000000 HTTP/1.1\r\nHost: x\r\n\r\n";
+    size_t len = PIPELINED * (sizeof get - 1) + sizeof burn - 1;
+    char *req = malloc(len + 1), *at = req;
+    for (int i = 0; i < PIPELINED; i++, at += sizeof get - 1)
+        memcpy(at, get, sizeof get - 1);
+    memcpy(at, burn, sizeof burn);
+    for (int round = 0; round < ROUNDS; round++) {
+        /* About 100 KB of the 220 KB of answers stay in the session. */
+        int fd = tconn_open_narrow(s->port);
+        assert_true(fd >= 0);
+        send_str(fd, req);
+        sleep_ms(150); /* the answers queue, the BURN reaches a worker */
+        tconn_reset(fd);
+    }
+    free(req);
+    sleep_ms(1500); /* the BURNs come back to connections that are gone */
+    assert_true(ping_ms(s) < T);
+    int fd = conn(s);
+    http_expect(fd, "GET /burn?n=1000 HTTP/1.1\r\nHost: x\r\n\r\n", 200, NULL);
+    close(fd);
+}
+
 /* The lesson of the iterative server: a PING waits for another client's WAIT. */
 static void test_iterative_ping_waits(void **state)
 {
@@ -832,7 +863,7 @@ static int run_design(struct srv *s)
         TEST(test_protocol_detection),    TEST(test_sigterm_idle),     TEST(test_sigterm_in_flight),
         TEST(test_ping_beside_wait),   TEST(test_ping_beside_stalled_stream),
         TEST(test_iterative_ping_waits), TEST(test_select_fd_setsize),
-        TEST(test_reactor_ping_beside_burn),
+        TEST(test_reactor_ping_beside_burn), TEST(test_reactor_reset_during_burn),
     };
     struct CMUnitTest run[sizeof common / sizeof common[0]];
     size_t n = 0;
