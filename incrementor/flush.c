@@ -18,7 +18,7 @@
  *    whose per-key, per-thread, per-window sum of |v| stays <= 2^40. So one
  *    process holds at most 2^50 of acknowledged, uncommitted delta per key
  *    in its open windows (1024 threads at most), 2^51 counting one failed
- *    commit; at most 1024 processes register in incrementor_writers. From a
+ *    commit; at most 1024 processes register as writers (db.c). From a
  *    value in +-2^61 no combination of such deltas reaches 2^63: a fast
  *    acknowledgement can never overflow, whatever order things commit in.
  * 2. Every other request (durable mode: all of them) is decided here, inside
@@ -31,8 +31,9 @@
  *      unknown pending delta (bounded in 1.), so no value needs reading.
  *    - Otherwise the value is read, and the result must stay within int64
  *      shrunk by a headroom H for acknowledged deltas we can't see: those of
- *      this process's open windows (2^50) and of each other registered
- *      buffered process (2^51 each). Before refusing, the writer closes the
+ *      this process's open windows (2^50) and of each other live buffered
+ *      writer (2^51 each), counted in the transaction from the locks of
+ *      PATH-writers, so in any PID namespace (db.c). Before refusing, the writer closes the
  *      fast path and takes every window again (a barrier, see barrier()):
  *      then this process has no unseen delta and H covers only the others.
  *    So with one process (any mode, any threads), or with processes that are

@@ -5,8 +5,12 @@
  *   2. durable, SIGKILL during load five times on the same database: every
  *      acknowledged increment is there, nothing beyond what was in flight;
  *   3. a table of bad inputs: each gets its status and changes nothing;
- *   4. two processes on one port and one database: exact. */
+ *   4. two processes on one port and one database: exact;
+ *   5. a writer in another PID namespace keeps its int64 headroom, and no
+ *      counter ever becomes a REAL. */
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -500,11 +504,160 @@ static void test_two_processes(void **state)
     check_exact(db, acked);
 }
 
+/* ---- one request ---- */
+
+/* POST /increment with `ctype` and `payload`, plus the header lines `extra`
+ * ("" for none, else each ending in CRLF), on a new connection. Returns the
+ * status (or a negative errno) and copies the body into body[cap]. */
+static int post(int port, const char *extra, const char *ctype, const char *payload, char *body,
+                size_t cap)
+{
+    char req[2048];
+    thttp_resp_t r = {0};
+    int fd = tconn_open(port);
+    if (fd < 0)
+        return fd;
+    snprintf(req, sizeof req,
+             "POST /increment HTTP/1.1\r\nHost: t\r\n%sContent-Type: %s\r\n"
+             "Content-Length: %zu\r\n\r\n%s",
+             extra, ctype, strlen(payload), payload);
+    int rc = thttp_do(fd, req, &r, RESP_MS);
+    close(fd);
+    if (body && cap)
+        snprintf(body, cap, "%s", rc == 0 && r.body ? r.body : "");
+    thttp_free(&r);
+    return rc < 0 ? rc : r.status;
+}
+
+/* The value of one counter and its SQLite type ("integer", "real"; "absent"). */
+static int64_t db_counter(const char *path, const char *key, char *type, size_t cap)
+{
+    sqlite3 *h;
+    sqlite3_stmt *st;
+    int64_t v = 0;
+    snprintf(type, cap, "absent");
+    assert_int_equal(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    sqlite3_busy_timeout(h, 5000);
+    assert_int_equal(sqlite3_prepare_v2(h, "SELECT value, typeof(value) FROM counters WHERE key = ?1",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        v = sqlite3_column_int64(st, 0);
+        snprintf(type, cap, "%s", (const char *)sqlite3_column_text(st, 1));
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    return v;
+}
+
+/* ---- 5. a writer in another PID namespace ---- */
+
+#define UNSHARE "/usr/bin/unshare"
+
+/* Can this process make PID namespaces? (root, and not denied by a
+ * container). Prints why not. */
+static int can_unshare_pid(void)
+{
+    if (geteuid() != 0) {
+        fprintf(stderr, "skipped: needs root to run a writer in another PID namespace "
+                        "(unshare --pid)\n");
+        return 0;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 2);
+        execl(UNSHARE, UNSHARE, "--pid", "--fork", "--kill-child", "/bin/true", (char *)NULL);
+        _exit(127);
+    }
+    int st = 0;
+    if (pid < 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        fprintf(stderr, "skipped: %s --pid --fork does not work here\n", UNSHARE);
+        return 0;
+    }
+    return 1;
+}
+
+/* A PID that no process of this namespace has now. */
+static pid_t unused_pid(void)
+{
+    for (pid_t p = 10000 + getpid() % 10000; p < 30000; p++)
+        if (kill(p, 0) < 0 && errno == ESRCH)
+            return p;
+    return -1;
+}
+
+/* Two buffered incrementors on one database file, A in a PID namespace of
+ * its own (as two containers would run them) with a PID that does not exist
+ * in B's namespace. A acknowledges 2^40 on counter k and holds it for its
+ * --flush-ms; B is then asked to take k close to INT64_MAX. B must leave A's
+ * headroom (2^51: what one buffered process may hold unwritten, see flush.c):
+ * an increment to within 2^40 of the limit is refused, one to exactly
+ * INT64_MAX - 2^51 is taken; when A writes its 2^40 the counter is an exact
+ * integer. Counting A as dead (a PID probe from B's namespace) makes B take
+ * the first one, and A's write then overflows into a REAL. */
+static void test_writer_in_other_pid_namespace(void **state)
+{
+    (void)state;
+    if (!can_unshare_pid())
+        skip();
+    const char *db = db_path("pidns");
+    char dbp[512], last[16], body[512], type[16];
+    snprintf(dbp, sizeof dbp, "%s", db);
+    pid_t inner = unused_pid();
+    assert_true(inner > 0);
+    snprintf(last, sizeof last, "%d", (int)inner - 1);
+    /* sh is the namespace's init: it sets the namespace's next PID, then runs
+     * the incrementor as its child (so with PID `inner`) and waits for it. */
+    const char *argv[] = {UNSHARE, "--pid", "--fork", "--kill-child", "/bin/sh", "-c",
+                          "echo \"$1\" > /proc/sys/kernel/ns_last_pid || exit 99; shift; "
+                          "\"$@\" & wait $!",
+                          "sh", last, tproc_bin("incrementor"), "--db", dbp, "--port", "0",
+                          "--ack", "buffered", "--flush-ms", "60000", "--threads", "1", NULL};
+    int pa, pb;
+    pid_t a = tproc_start(argv, &pa);
+    assert_true(a > 0);
+    assert_int_equal(post(pa, "", FORM, "key=k&value=1099511627776", body, sizeof body), 200);
+    pid_t b = start(dbp, "0", "buffered", "20", "1", &pb);
+    assert_true(b > 0);
+    if (kill(inner, 0) == 0)
+        fprintf(stderr, "note: PID %d now exists here too; the test still holds\n", (int)inner);
+    /* INT64_MAX - 2^40 + 1, then INT64_MAX - 2^51. */
+    int near = post(pb, "", FORM, "key=k&value=9223370937343148032", body, sizeof body);
+    int edge = post(pb, "", FORM, "key=k&value=9221120237041090559", body, sizeof body);
+    /* A writes its 2^40 on SIGTERM (sent to its group: unshare and the
+     * namespace's init ignore it, the incrementor flushes and exits 0). */
+    kill(-a, SIGTERM);
+    int a_status = tproc_stop(a, STOP_MS);
+    int64_t v = db_counter(dbp, "k", type, sizeof type);
+    fprintf(stderr, "B answered %d then %d; A exited %d; k = %lld (%s)\n", near, edge, a_status,
+            (long long)v, type);
+    assert_int_equal(near, 422);
+    assert_int_equal(edge, 200);
+    assert_int_equal(a_status, 0);
+    assert_string_equal(type, "integer");
+    assert_true(v == INT64_C(9221121336552718335)); /* INT64_MAX - 2^51 + 2^40 */
+    assert_int_equal(tproc_stop(b, STOP_MS), 0);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
     snprintf(dir, sizeof dir, "%s/incrementor.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     return mkdtemp(dir) ? 0 : -1;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+    (void)sb, (void)type, (void)ftw;
+    return remove(path);
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    return nftw(dir, rm_one, 8, FTW_DEPTH | FTW_PHYS) < 0 ? -1 : 0;
 }
 
 static int skip_unless_built(void **state)
@@ -527,6 +680,10 @@ int main(void)
         cmocka_unit_test_setup(test_read_back, skip_unless_built),
         cmocka_unit_test_setup(test_startup_errors, skip_unless_built),
         cmocka_unit_test_setup(test_two_processes, skip_unless_built),
+        cmocka_unit_test_setup(test_writer_in_other_pid_namespace, skip_unless_built),
     };
-    return cmocka_run_group_tests(tests, group_setup, NULL);
+    /* TEST_FILTER=pattern runs the matching cases only (cmocka's wildcards). */
+    if (getenv("TEST_FILTER"))
+        cmocka_set_test_filter(getenv("TEST_FILTER"));
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

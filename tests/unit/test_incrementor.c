@@ -1,7 +1,9 @@
 /* Unit tests of the incrementor's modules: the body parsers (form and JSON,
- * keys, int64 values, content types) and the aggregation map. Every parsed
- * input sits right before a guard page. */
+ * keys, int64 values, content types), the aggregation map, and the database
+ * layer (the registry of live writers, the int64 guard of the writes). Every
+ * parsed input sits right before a guard page. */
 #include <errno.h>
+#include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,9 +13,12 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
+#include <unistd.h>
 
 #include "../lib/tlib.h"
 #include "../../incrementor/agg.h"
+#include "../../incrementor/db.h"
 #include "../../incrementor/lag.h"
 #include "../../incrementor/parse.h"
 
@@ -311,6 +316,125 @@ static void test_lag_quantiles(void **state)
     assert_int_equal(h.max, 120000);
 }
 
+/* ---- the database ---- */
+
+static char db_dir[256];
+
+/* A fresh database path in a temporary directory (removed by db_teardown). */
+static const char *db_file(const char *name)
+{
+    static char p[512];
+    if (!db_dir[0]) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(db_dir, sizeof db_dir, "%s/unit-incr.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        assert_non_null(mkdtemp(db_dir));
+    }
+    snprintf(p, sizeof p, "%s/%s.db", db_dir, name);
+    return p;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+    (void)sb, (void)type, (void)ftw;
+    return remove(path);
+}
+
+static int db_teardown(void **state)
+{
+    (void)state;
+    if (db_dir[0] && nftw(db_dir, rm_one, 8, FTW_DEPTH | FTW_PHYS) < 0)
+        return -1;
+    db_dir[0] = 0;
+    return 0;
+}
+
+static int64_t others(db_t *d)
+{
+    int64_t n = -1;
+    assert_int_equal(db_other_buffered(d, &n), 0);
+    return n;
+}
+
+/* Writers are told apart by something the database file's users share, not
+ * by their PID: two writers with one PID (here: one process; in production:
+ * two containers whose incrementors are both PID 1, or a PID that another
+ * namespace reuses) are two writers, and each counts the other. */
+static void test_db_writers_one_pid(void **state)
+{
+    (void)state;
+    const char *path = db_file("writers");
+    char err[512];
+    db_t *a = NULL, *b = NULL, *c = NULL;
+    assert_int_equal(db_open_writer(&a, path, 0, err, sizeof err), 0);
+    assert_int_equal(others(a), 0);
+    assert_int_equal(db_open_writer(&b, path, 0, err, sizeof err), 0);
+    assert_int_equal(db_open_writer(&c, path, 1, err, sizeof err), 0); /* durable */
+    assert_int_equal(others(a), 1);                                     /* b; c is durable */
+    assert_int_equal(others(b), 1);
+    assert_int_equal(others(c), 2);
+    db_close(b); /* a writer that is gone is not counted */
+    assert_int_equal(others(a), 0);
+    assert_int_equal(others(c), 1);
+    assert_int_equal(db_open_writer(&b, path, 0, err, sizeof err), 0);
+    assert_int_equal(others(a), 1);
+    db_close(a);
+    db_close(b);
+    db_close(c);
+}
+
+static const char *value_type(const char *path, const char *key)
+{
+    static char type[16];
+    sqlite3 *h;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, "SELECT typeof(value) FROM counters WHERE key = ?1",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    snprintf(type, sizeof type, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    return type;
+}
+
+/* SQLite turns an int64 overflow in `value + ?` into a REAL: whatever the
+ * caller believed, a write that would leave int64 fails and changes
+ * nothing. */
+static void test_db_add_never_real(void **state)
+{
+    (void)state;
+    const char *path = db_file("real");
+    char err[512];
+    db_t *d = NULL;
+    int64_t v = 0;
+    assert_int_equal(db_open_writer(&d, path, 1, err, sizeof err), 0);
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_add(d, "k", 1, INT64_MAX - 1), 0);
+    assert_int_equal(db_add(d, "m", 1, INT64_MIN + 1), 0);
+    assert_int_equal(db_commit(d), 0);
+    assert_int_equal(db_begin(d), 0);
+    assert_true(db_add(d, "k", 1, 2) < 0);
+    db_rollback(d);
+    assert_int_equal(db_begin(d), 0);
+    assert_true(db_add(d, "m", 1, -2) < 0);
+    db_rollback(d);
+    assert_int_equal(db_value(d, "k", 1, &v), 1);
+    assert_true(v == INT64_MAX - 1);
+    assert_int_equal(db_value(d, "m", 1, &v), 1);
+    assert_true(v == INT64_MIN + 1);
+    assert_string_equal(value_type(path, "k"), "integer");
+    assert_string_equal(value_type(path, "m"), "integer");
+    /* Up to the limit is fine. */
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_add(d, "k", 1, 1), 0);
+    assert_int_equal(db_commit(d), 0);
+    assert_int_equal(db_value(d, "k", 1, &v), 1);
+    assert_true(v == INT64_MAX);
+    db_close(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -319,6 +443,8 @@ int main(void)
         cmocka_unit_test(test_i64),           cmocka_unit_test(test_content_kind),
         cmocka_unit_test(test_agg_sums),      cmocka_unit_test(test_agg_binary_keys),
         cmocka_unit_test(test_lag_quantiles),
+        cmocka_unit_test_teardown(test_db_writers_one_pid, db_teardown),
+        cmocka_unit_test_teardown(test_db_add_never_real, db_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
