@@ -15,6 +15,7 @@ struct db {
     int writer;
     int lockfd; /* writer: the registry file, holding this writer's slot (-1: none) */
     sqlite3_stmt *begin, *commit, *rollback, *add, *get, *red, *page;
+    sqlite3_stmt *idem_get, *idem_put, *idem_expire, *idem_count, *idem_evict;
 };
 
 /* The schema, created in one transaction so that the 'red' count and the
@@ -31,6 +32,16 @@ static const char schema[] =
     "CREATE TRIGGER IF NOT EXISTS incrementor_int64_upd BEFORE UPDATE OF value ON counters"
     " WHEN typeof(new.value) <> 'integer'"
     " BEGIN SELECT RAISE(ABORT, 'counter value outside int64 (or not an integer)'); END;"
+    "CREATE TABLE IF NOT EXISTS incrementor_idempotency(key TEXT PRIMARY KEY,"
+    " fp INTEGER NOT NULL, status INTEGER NOT NULL CHECK(status IN (200, 422)),"
+    " at INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS incrementor_idempotency_at ON incrementor_idempotency(at);"
+    "INSERT OR IGNORE INTO incrementor_meta VALUES('idempotency_keys',"
+    " (SELECT count(*) FROM incrementor_idempotency));"
+    "CREATE TRIGGER IF NOT EXISTS incrementor_idem_ins AFTER INSERT ON incrementor_idempotency"
+    " BEGIN UPDATE incrementor_meta SET value = value + 1 WHERE name = 'idempotency_keys'; END;"
+    "CREATE TRIGGER IF NOT EXISTS incrementor_idem_del AFTER DELETE ON incrementor_idempotency"
+    " BEGIN UPDATE incrementor_meta SET value = value - 1 WHERE name = 'idempotency_keys'; END;"
     "INSERT OR IGNORE INTO incrementor_meta VALUES('red',"
     " (SELECT count(*) FROM counters WHERE value NOT BETWEEN -" G " AND " G "));"
     "CREATE TRIGGER IF NOT EXISTS incrementor_red_ins AFTER INSERT ON counters"
@@ -240,7 +251,21 @@ int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t 
         (rc = prep(d, &d->add, "INSERT INTO counters(key, value) VALUES(?1, ?2)"
                                " ON CONFLICT(key) DO UPDATE SET value = value + excluded.value")) < 0 ||
         (rc = prep(d, &d->get, "SELECT value FROM counters WHERE key = ?1")) < 0 ||
-        (rc = prep(d, &d->red, "SELECT value FROM incrementor_meta WHERE name = 'red'")) < 0) {
+        (rc = prep(d, &d->red, "SELECT value FROM incrementor_meta WHERE name = 'red'")) < 0 ||
+        (rc = prep(d, &d->idem_get, "SELECT fp, status FROM incrementor_idempotency"
+                                    " WHERE key = ?1 AND at > ?2")) < 0 ||
+        (rc = prep(d, &d->idem_put,
+                   "INSERT INTO incrementor_idempotency(key, fp, status, at)"
+                   " VALUES(?1, ?2, ?3, ?4) ON CONFLICT(key) DO UPDATE SET fp = excluded.fp,"
+                   " status = excluded.status, at = excluded.at")) < 0 ||
+        (rc = prep(d, &d->idem_expire,
+                   "DELETE FROM incrementor_idempotency WHERE rowid IN (SELECT rowid FROM"
+                   " incrementor_idempotency WHERE at <= ?1 ORDER BY at LIMIT ?2)")) < 0 ||
+        (rc = prep(d, &d->idem_count, "SELECT value FROM incrementor_meta"
+                                      " WHERE name = 'idempotency_keys'")) < 0 ||
+        (rc = prep(d, &d->idem_evict,
+                   "DELETE FROM incrementor_idempotency WHERE rowid IN (SELECT rowid FROM"
+                   " incrementor_idempotency ORDER BY at, rowid LIMIT ?1)")) < 0) {
         snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(d->h));
         goto err;
     }
@@ -283,7 +308,9 @@ void db_close(db_t *d)
 {
     if (!d)
         return;
-    sqlite3_stmt *all[] = {d->begin, d->commit, d->rollback, d->add, d->get, d->red, d->page};
+    sqlite3_stmt *all[] = {d->begin,    d->commit,   d->rollback,    d->add,
+                           d->get,      d->red,      d->page,        d->idem_get,
+                           d->idem_put, d->idem_expire, d->idem_count, d->idem_evict};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         sqlite3_finalize(all[i]);
     sqlite3_close(d->h);
@@ -335,6 +362,50 @@ int db_other_buffered(db_t *d, int64_t *n)
 {
     *n = 0;
     return count_buffered(d->lockfd, 0, 2 * (off_t)DB_WRITERS_MAX, n);
+}
+
+int db_idem_get(db_t *d, const char *key, size_t len, int64_t after_ms, int64_t *fp, int *status)
+{
+    sqlite3_bind_text(d->idem_get, 1, key, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(d->idem_get, 2, after_ms);
+    int rc = sqlite3_step(d->idem_get);
+    int found = rc == SQLITE_ROW;
+    if (found) {
+        *fp = sqlite3_column_int64(d->idem_get, 0);
+        *status = sqlite3_column_int(d->idem_get, 1);
+    }
+    sqlite3_reset(d->idem_get);
+    sqlite3_clear_bindings(d->idem_get);
+    return found ? 1 : rc == SQLITE_DONE ? 0 : map_rc(rc);
+}
+
+int db_idem_put(db_t *d, const char *key, size_t len, int64_t fp, int status, int64_t at_ms)
+{
+    sqlite3_bind_text(d->idem_put, 1, key, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(d->idem_put, 2, fp);
+    sqlite3_bind_int(d->idem_put, 3, status);
+    sqlite3_bind_int64(d->idem_put, 4, at_ms);
+    return run(d, d->idem_put);
+}
+
+int db_idem_trim(db_t *d, int64_t expired_ms, int64_t max_keys, int64_t *evicted, int64_t *kept)
+{
+    int64_t n = 0;
+    *evicted = 0;
+    sqlite3_bind_int64(d->idem_expire, 1, expired_ms);
+    sqlite3_bind_int64(d->idem_expire, 2, DB_IDEM_SWEEP);
+    int rc = run(d, d->idem_expire);
+    if (rc < 0 || (rc = one_int(d->idem_count, &n)) < 0)
+        return rc;
+    if (n > max_keys) {
+        sqlite3_bind_int64(d->idem_evict, 1, n - max_keys);
+        if ((rc = run(d, d->idem_evict)) < 0)
+            return rc;
+        *evicted = sqlite3_changes(d->h);
+        n -= *evicted;
+    }
+    *kept = n;
+    return 0;
 }
 
 int db_page(db_t *d, const char *after, size_t after_len, int limit,

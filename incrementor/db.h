@@ -11,6 +11,12 @@
  * It stays beside the database, like a lock file. (Older versions kept a
  * table incrementor_writers; it is no longer read.)
  *
+ * Idempotency keys live in incrementor_idempotency(key TEXT PRIMARY KEY, fp,
+ * status, at): the request's fingerprint, the answer it got (200 or 422)
+ * and when (wall-clock ms), written in the transaction that applies the
+ * request, so that the key and the increment commit or vanish together.
+ * incrementor_meta's 'idempotency_keys' counts the rows (triggers).
+ *
  * A db_t is one connection with its prepared statements, used by one thread
  * at a time: the writer has one, each loop thread a read-only one. Functions
  * return 0 (or a count), or a negative SQLite-derived errno: -EBUSY for a
@@ -25,6 +31,7 @@
 #define DB_GREEN      (INT64_C(1) << 61) /* |value| above this counts as 'red' */
 #define DB_BUSY_MS    5000               /* busy timeout: then the flush fails and is retried */
 #define DB_WRITERS_MAX 1024              /* processes sharing one database (see flush.c) */
+#define DB_IDEM_SWEEP 10000              /* expired idempotency keys deleted per db_idem_trim */
 
 typedef struct db db_t;
 
@@ -80,6 +87,21 @@ int db_red(db_t *d, int64_t *n);
  * transaction (BEGIN IMMEDIATE): a writer registers only while it holds the
  * write lock. Writer connections only. */
 int db_other_buffered(db_t *d, int64_t *n);
+
+/* The idempotency key `key`, recorded after after_ms: returns 1 and sets
+ * *fp and *status (200 or 422), 0 when there is none, or a negative errno.
+ * Writer connections only. */
+int db_idem_get(db_t *d, const char *key, size_t len, int64_t after_ms, int64_t *fp, int *status);
+
+/* Record key (replacing an expired record of it) with the request's
+ * fingerprint, its answer (200 or 422) and the time. Inside the transaction
+ * that applies the request. Writer connections only. */
+int db_idem_put(db_t *d, const char *key, size_t len, int64_t fp, int status, int64_t at_ms);
+
+/* Delete up to DB_IDEM_SWEEP keys recorded at or before expired_ms, then the
+ * oldest keys beyond max_keys. Sets *evicted (keys deleted for the bound)
+ * and *kept (keys left). In a write transaction. Writer connections only. */
+int db_idem_trim(db_t *d, int64_t expired_ms, int64_t max_keys, int64_t *evicted, int64_t *kept);
 
 /* Counters with key > after, in key order, at most limit: calls fn for
  * each. Returns the number visited, or a negative errno. */

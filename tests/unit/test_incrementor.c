@@ -232,6 +232,96 @@ static void test_content_kind(void **state)
     assert_int_equal(req_content_kind(NULL, 0), 0);
 }
 
+/* ---- Idempotency-Key ---- */
+
+struct idem_case {
+    const char *value;
+    int status;
+    const char *err;
+};
+
+static void test_idem_key(void **state)
+{
+    (void)state;
+    char long_ok[REQ_IDEM_MAX + 1], too_long[REQ_IDEM_MAX + 2];
+    memset(long_ok, 'k', REQ_IDEM_MAX);
+    long_ok[REQ_IDEM_MAX] = 0;
+    memset(too_long, 'k', REQ_IDEM_MAX + 1);
+    too_long[REQ_IDEM_MAX + 1] = 0;
+    const struct idem_case cases[] = {
+        {"8e03978e-40d5-43e8-bc93-6894a57f9324", 0, NULL},
+        {"\"quoted\"", 0, NULL}, /* opaque: the quotes are part of it */
+        {"!~", 0, NULL},
+        {long_ok, 0, NULL},
+        {too_long, 400, "longer than 255"},
+        {"", 400, "empty"},
+        {"a b", 400, "visible ASCII"},
+        {"a\tb", 400, "visible ASCII"},
+        {"a\x7f", 400, "visible ASCII"},
+        {"caf\xc3\xa9", 400, "visible ASCII"},
+        {"\x01", 400, "visible ASCII"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n = strlen(cases[i].value);
+        char *v = tguard_copy(cases[i].value, n ? n : 1);
+        http_header_t h[2] = {{"Content-Type", 12, "application/json", 16},
+                              {i % 2 ? "idempotency-key" : "Idempotency-Key", 15, v, n}};
+        const char *key = NULL;
+        size_t len = 99;
+        char err[256] = "";
+        int st = req_idem_key(h, 2, &key, &len, err, sizeof err);
+        if (st != cases[i].status)
+            fail_msg("case %zu: status %d, want %d (%s)", i, st, cases[i].status, err);
+        if (st == 0) {
+            assert_int_equal(len, n);
+            assert_ptr_equal(key, v);
+        } else if (!strstr(err, cases[i].err)) {
+            fail_msg("case %zu: reason '%s', want '%s'", i, err, cases[i].err);
+        }
+        tguard_free(v, n ? n : 1);
+    }
+    /* None: no key. Twice: refused, even when both are equal. */
+    http_header_t h[3] = {{"Host", 4, "t", 1},
+                          {"Idempotency-Key", 15, "a", 1},
+                          {"IDEMPOTENCY-KEY", 15, "a", 1}};
+    const char *key;
+    size_t len = 99;
+    char err[256];
+    assert_int_equal(req_idem_key(h, 1, &key, &len, err, sizeof err), 0);
+    assert_int_equal(len, 0);
+    assert_int_equal(req_idem_key(h, 3, &key, &len, err, sizeof err), 400);
+    assert_non_null(strstr(err, "twice"));
+}
+
+static void test_fingerprint(void **state)
+{
+    (void)state;
+    req_item_t ab[] = {{"a", 1, 1}, {"b", 1, -2}};
+    req_item_t ba[] = {{"b", 1, -2}, {"a", 1, 1}};
+    req_item_t a1[] = {{"a", 1, 1}};
+    req_item_t a2[] = {{"a", 1, 2}};
+    req_item_t c1[] = {{"c", 1, 1}};
+    req_item_t a1b0[] = {{"a", 1, 1}, {"b", 1, 0}};
+    req_item_t swapped[] = {{"a", 1, -2}, {"b", 1, 1}};
+    assert_true(req_fingerprint(ab, 2) == req_fingerprint(ba, 2));
+    assert_true(req_fingerprint(a1, 1) == req_fingerprint(a1, 1));
+    assert_true(req_fingerprint(a1, 1) != req_fingerprint(a2, 1));
+    assert_true(req_fingerprint(a1, 1) != req_fingerprint(c1, 1));
+    assert_true(req_fingerprint(a1, 1) != req_fingerprint(a1b0, 2));
+    assert_true(req_fingerprint(ab, 2) != req_fingerprint(swapped, 2));
+    /* The same increment parsed from a form and from JSON. */
+    char keybuf[REQ_KEY_MAX], err[256];
+    req_item_t form, *items;
+    json_t *root;
+    size_t n;
+    const char *f = "key=a&value=1", *j = "{\"a\": 1}";
+    assert_int_equal(req_parse_form(f, strlen(f), keybuf, &form, err, sizeof err), 0);
+    assert_int_equal(req_parse_json(j, strlen(j), &root, &items, &n, err, sizeof err), 0);
+    assert_true(req_fingerprint(&form, 1) == req_fingerprint(items, n));
+    json_decref(root);
+    free(items);
+}
+
 /* ---- the aggregation map ---- */
 
 static void test_agg_sums(void **state)
@@ -435,6 +525,60 @@ static void test_db_add_never_real(void **state)
     db_close(d);
 }
 
+/* Keys are found while recorded after the given time, expire, and are
+ * trimmed to the bound oldest first; the count the triggers keep stays
+ * exact through replacements. */
+static void test_db_idempotency(void **state)
+{
+    (void)state;
+    const char *path = db_file("idem");
+    char err[512];
+    db_t *d = NULL;
+    int64_t fp = 0, evicted = -1, kept = -1;
+    int status = 0;
+    assert_int_equal(db_open_writer(&d, path, 1, err, sizeof err), 0);
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_idem_put(d, "k1", 2, 11, 200, 1000), 0);
+    assert_int_equal(db_idem_put(d, "k2", 2, 22, 422, 2000), 0);
+    assert_int_equal(db_idem_put(d, "k3", 2, -33, 200, 3000), 0);
+    assert_true(db_idem_put(d, "k4", 2, 44, 503, 3000) < 0); /* only answers that applied */
+    /* Seen inside the transaction that wrote it. */
+    assert_int_equal(db_idem_get(d, "k2", 2, 0, &fp, &status), 1);
+    assert_true(fp == 22 && status == 422);
+    assert_int_equal(db_commit(d), 0);
+    assert_int_equal(db_idem_get(d, "k3", 2, 0, &fp, &status), 1);
+    assert_true(fp == -33 && status == 200);
+    assert_int_equal(db_idem_get(d, "k1", 2, 999, &fp, &status), 1);
+    assert_int_equal(db_idem_get(d, "k1", 2, 1000, &fp, &status), 0); /* expired */
+    assert_int_equal(db_idem_get(d, "k9", 2, 0, &fp, &status), 0);
+
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_idem_trim(d, 1000, 10, &evicted, &kept), 0); /* k1 expired */
+    assert_true(evicted == 0 && kept == 2);
+    assert_int_equal(db_idem_put(d, "k2", 2, 23, 200, 4000), 0); /* replaces: k2 expired */
+    assert_int_equal(db_idem_trim(d, 0, 2, &evicted, &kept), 0);
+    assert_true(evicted == 0 && kept == 2);
+    assert_int_equal(db_idem_trim(d, 0, 1, &evicted, &kept), 0); /* k3 is the oldest now */
+    assert_true(evicted == 1 && kept == 1);
+    assert_int_equal(db_commit(d), 0);
+    assert_int_equal(db_idem_get(d, "k3", 2, 0, &fp, &status), 0);
+    assert_int_equal(db_idem_get(d, "k2", 2, 0, &fp, &status), 1);
+    assert_true(fp == 23 && status == 200);
+    db_close(d);
+
+    /* The count survives a reopen; a rolled-back record leaves nothing. */
+    assert_int_equal(db_open_writer(&d, path, 1, err, sizeof err), 0);
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_idem_put(d, "k5", 2, 55, 200, 5000), 0);
+    db_rollback(d);
+    assert_int_equal(db_idem_get(d, "k5", 2, 0, &fp, &status), 0);
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_idem_trim(d, 0, 1000, &evicted, &kept), 0);
+    assert_true(evicted == 0 && kept == 1);
+    db_rollback(d);
+    db_close(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -445,6 +589,9 @@ int main(void)
         cmocka_unit_test(test_lag_quantiles),
         cmocka_unit_test_teardown(test_db_writers_one_pid, db_teardown),
         cmocka_unit_test_teardown(test_db_add_never_real, db_teardown),
+        cmocka_unit_test(test_idem_key),
+        cmocka_unit_test(test_fingerprint),
+        cmocka_unit_test_teardown(test_db_idempotency, db_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
