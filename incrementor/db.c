@@ -12,7 +12,6 @@
 
 struct db {
     sqlite3 *h;
-    int writer;
     int lockfd; /* writer: the registry file, holding this writer's slot (-1: none) */
     sqlite3_stmt *begin, *commit, *rollback, *add, *get, *red, *page;
     sqlite3_stmt *idem_get, *idem_put, *idem_expire, *idem_count, *idem_evict;
@@ -244,7 +243,6 @@ int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t 
     if ((rc = register_writer(d, path, !durable, err, errlen)) < 0)
         goto err;
     sqlite3_wal_autocheckpoint(d->h, 0); /* the checkpointer's job, see db_checkpoint */
-    d->writer = 1;
     if ((rc = prep(d, &d->begin, "BEGIN IMMEDIATE")) < 0 ||
         (rc = prep(d, &d->commit, "COMMIT")) < 0 ||
         (rc = prep(d, &d->rollback, "ROLLBACK")) < 0 ||
@@ -308,8 +306,8 @@ void db_close(db_t *d)
 {
     if (!d)
         return;
-    sqlite3_stmt *all[] = {d->begin,    d->commit,   d->rollback,    d->add,
-                           d->get,      d->red,      d->page,        d->idem_get,
+    sqlite3_stmt *all[] = {d->begin,    d->commit,      d->rollback,   d->add,
+                           d->get,      d->red,         d->page,       d->idem_get,
                            d->idem_put, d->idem_expire, d->idem_count, d->idem_evict};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         sqlite3_finalize(all[i]);

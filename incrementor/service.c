@@ -101,10 +101,10 @@ static int take_fast(svc_window_t *w, const req_item_t *it, size_t n, int64_t no
     return 1;
 }
 
-/* Keep the request (with its Idempotency-Key, ik_len 0 for none) for the
- * writer. 0 or -ENOMEM. Lock held. */
+/* Keep the request (with its Idempotency-Key, ik_len 0 for none, and the
+ * items' fingerprint) for the writer. 0 or -ENOMEM. Lock held. */
 static int take_deferred(svc_window_t *w, session_t *s, const req_item_t *it, size_t n,
-                         const char *ik, size_t ik_len, int64_t now)
+                         const char *ik, size_t ik_len, uint64_t fp, int64_t now)
 {
     size_t klen = ik_len;
     for (size_t i = 0; i < n; i++)
@@ -124,7 +124,7 @@ static int take_deferred(svc_window_t *w, session_t *s, const req_item_t *it, si
         w->keys_len += it[i].key_len;
     }
     if (ik_len) {
-        d->fp = req_fingerprint(it, n);
+        d->fp = fp;
         d->idem_off = (uint32_t)w->keys_len;
         d->idem_len = (uint16_t)ik_len; /* <= REQ_IDEM_MAX */
         memcpy(w->keys + w->keys_len, ik, ik_len);
@@ -164,6 +164,7 @@ static void increment(svc_t *svc, session_t *s, const http_request_t *r, const c
         respond_error(s, st, err);
         return;
     }
+    uint64_t fp = ik_len ? req_fingerprint(items, n) : 0;
     int64_t now = time_now_ms();
     pthread_mutex_lock(&t->lock);
     /* fast_open is read under the lock: the writer closes it before it
@@ -175,7 +176,7 @@ static void increment(svc_t *svc, session_t *s, const http_request_t *r, const c
     int fast = !svc->cfg.durable && !ik_len &&
                __atomic_load_n(&svc->fast_open, __ATOMIC_RELAXED) &&
                take_fast(t->cur, items, n, now);
-    int rc = fast ? 0 : take_deferred(t->cur, s, items, n, ik, ik_len, now);
+    int rc = fast ? 0 : take_deferred(t->cur, s, items, n, ik, ik_len, fp, now);
     pthread_mutex_unlock(&t->lock);
     if (fast) {
         __atomic_store_n(&t->counts.accepted_items, t->counts.accepted_items + n,

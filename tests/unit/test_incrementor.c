@@ -470,6 +470,28 @@ static void test_db_writers_one_pid(void **state)
     db_close(a);
     db_close(b);
     db_close(c);
+
+    /* Slots with gaps: buffered and durable writers interleaved, some gone;
+     * a new writer takes a free slot. */
+    const int durable[8] = {0, 1, 0, 0, 1, 0, 1, 0};
+    db_t *w[8];
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(db_open_writer(&w[i], path, durable[i], err, sizeof err), 0);
+    assert_int_equal(others(w[0]), 4);
+    assert_int_equal(others(w[1]), 5);
+    db_close(w[2]);
+    db_close(w[5]);
+    db_close(w[6]);
+    assert_int_equal(others(w[0]), 2); /* w3, w7 */
+    assert_int_equal(others(w[4]), 3); /* w0, w3, w7 */
+    assert_int_equal(db_open_writer(&w[2], path, 0, err, sizeof err), 0);
+    assert_int_equal(others(w[0]), 3);
+    assert_int_equal(others(w[2]), 3);
+    db_close(w[0]);
+    assert_int_equal(others(w[2]), 2);
+    for (int i = 1; i < 8; i++)
+        if (i != 5 && i != 6)
+            db_close(w[i]);
 }
 
 static const char *value_type(const char *path, const char *key)
