@@ -5,19 +5,21 @@
  * reference-counted) and a generation number that changes whenever the
  * version does. Publishing validates the new version first: it is built once
  * on the publisher's thread (the reloader's), with the limits; a failure
- * leaves the old one. The state built is kept as the tenant's spare, for the
- * first runner that wants the version.
+ * leaves the old one.
  *
  * Loading: a state holds absolute pointers into its arena, and each runner's
  * arenas are mappings of its own, so a state can't be copied from one runner
  * to another: each runner needs the version's top-level code run for it
- * once. A runner's thread serves requests, so that never happens there: the
- * first runner to see a new generation takes the spare, and the others ask
- * the loader thread, which builds states one at a time (a single thread: the
- * loading of every tenant together takes at most one core from the loops)
- * and hands them over. Until its state arrives, a runner keeps serving the
- * version it has; one that has none answers -EAGAIN, and its caller waits
- * (sandbox_wait: the server defers the request and runs it when built).
+ * once. A runner's thread serves requests, so that never happens there. The
+ * publisher hands its own state to one runner that serves the tenant, and
+ * has the loader thread build one for each of the others, at once: the
+ * loader builds states one at a time (a single thread: the loading of every
+ * tenant together takes at most one core from the loops). A runner takes
+ * its new state between two requests, and keeps serving the version it has
+ * until then. A runner that serves the tenant for the first time takes the
+ * publisher's state if nobody did (the spare), or asks the loader: until
+ * its state is built it answers -EAGAIN, and its caller waits (sandbox_wait:
+ * the server defers the request and runs it when built).
  *
  * Runners: a runner keeps one slot per tenant it has served: an arena with
  * the built state, and the snapshot of the arena's used bytes. The request
@@ -85,15 +87,16 @@ typedef struct version {
 typedef struct counts {
     uint64_t requests, outcomes[SB_OUTCOMES], limit_memory, limit_time, ticks, restored;
     struct counts *next;
+    struct slot *slot; /* whose: so that a publisher finds the runners serving the tenant */
 } counts_t;
 
 struct slot;
 
 typedef struct tenant {
     char name[SANDBOX_NAME_MAX + 1];
-    pthread_mutex_t lock; /* guards cur, spare, counts, the totals below */
+    pthread_mutex_t lock; /* guards cur, spare, counts, its slots' job, the totals below */
     version_t *cur;       /* NULL: not served */
-    struct slot *spare;   /* cur built by its publisher, for the first runner to want it */
+    struct slot *spare;   /* cur built by its publisher, for the first new runner to want it */
     uint64_t gen;         /* atomic: changes with cur */
     counts_t *counts;     /* one per runner that has a slot */
     counts_t retired;     /* of runners freed since */
@@ -130,7 +133,8 @@ typedef struct slot {
     int64_t share;      /* fair-share bucket: run time not yet drained (ticks) */
     int64_t share_at;   /* when it was last drained */
     counts_t *counts;
-    struct job *job;    /* a state of a newer version, being built by the loader */
+    struct job *job;    /* atomic, written under the tenant's lock: a state of a newer
+                           version, built or being built for this slot */
 } slot_t;
 
 /* A state the loader builds for one runner's slot. Owned by the slot and,
@@ -141,11 +145,13 @@ typedef struct job {
     int done;              /* atomic: ended (ok says how) */
     int cancelled;         /* atomic: the slot wants it no more */
     int ok;                /* built holds the state (written before done) */
+    uint64_t gen;          /* the tenant's generation it is for */
     tenant_t *t;
     version_t *v;          /* the version to build (ours until built holds it) */
     slot_t built;          /* the result: a, snap, L, rand, ver */
     sandbox_waiter_t *waiters;
     struct job *next;      /* the loader's queue */
+    struct job *stale;     /* a publisher's list of jobs to cancel */
 } job_t;
 
 /* The loader thread and its queue of jobs, first come first built. */
@@ -530,31 +536,59 @@ static void job_end(job_t *j)
     }
 }
 
-/* The slot gives up its job (superseded, removed, runner freed): the loader
- * skips it, or throws its result away. Its waiters are told now, so that
- * they run again and find what the slot has instead. */
-static void slot_cancel(slot_t *s)
+/* Give up a job taken off its slot (superseded, removed, runner freed):
+ * the loader skips it, or throws its result away. Its waiters are told now,
+ * so that they run again and find what the slot has instead. */
+static void job_cancel(job_t *j)
 {
-    job_t *j = s->job;
     if (!j)
         return;
-    s->job = NULL;
     __atomic_store_n(&j->cancelled, 1, __ATOMIC_RELAXED);
     job_end(j);
     job_release(j);
 }
 
-/* The slot's job has ended: take its state, if it made one. */
-static void slot_take_job(slot_t *s)
+/* A new job for generation gen of t: version v (whose reference it takes). */
+static job_t *job_new(tenant_t *t, version_t *v, uint64_t gen)
 {
+    job_t *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->refs = 1;
+    pthread_mutex_init(&j->lock, NULL);
+    j->t = t;
+    j->v = v;
+    j->gen = gen;
+    return j;
+}
+
+/* Put j in s (t->lock held); what was there is returned, to cancel once
+ * the lock is released. */
+static job_t *slot_swap_job(slot_t *s, job_t *j)
+{
+    return __atomic_exchange_n(&s->job, j, __ATOMIC_ACQ_REL);
+}
+
+/* The slot has a job: if it has ended, take its state (if it made one). */
+static void slot_poll(slot_t *s)
+{
+    tenant_t *t = s->t;
+    pthread_mutex_lock(&t->lock);
     job_t *j = s->job;
-    s->job = NULL;
+    if (j && __atomic_load_n(&j->done, __ATOMIC_ACQUIRE))
+        slot_swap_job(s, NULL);
+    else
+        j = NULL;
+    pthread_mutex_unlock(&t->lock);
+    if (!j)
+        return;
     if (j->ok)
         slot_adopt(s, &j->built);
     job_release(j);
 }
 
-/* Queue j for the loader (which then holds a reference). Returns 0, or
+/* Queue j for the loader (which then holds a reference). Takes ld.lock,
+ * possibly under a tenant's lock (never the other way round). Returns 0, or
  * -ESRCH when the loader is not running. */
 static int loader_submit(job_t *j)
 {
@@ -657,52 +691,48 @@ static void loader_stop(void)
     pthread_mutex_unlock(&ld.lock);
 }
 
-/* The tenant has a new generation. Nothing is built here: take the state
- * its publisher built, if no other runner took it first, or ask the loader
- * for one and keep serving the previous version meanwhile. */
+/* The tenant has a new generation. Nothing is built here: its publisher
+ * has given this slot a state (or a job building one) already, or the slot
+ * takes the spare, or asks the loader for one; it serves its previous
+ * version meanwhile. */
 static void refresh(slot_t *s)
 {
     tenant_t *t = s->t;
+    job_t *old = NULL;
     slot_t *spare = NULL;
     pthread_mutex_lock(&t->lock);
     version_t *v = t->cur;
     uint64_t gen = t->gen;
-    if (v) {
-        spare = t->spare; /* always of cur */
-        t->spare = NULL;
-        if (!spare)
+    job_t *j = s->job;
+    if (!v) {
+        old = slot_swap_job(s, NULL);
+    } else if (!j || j->gen != gen) { /* not given one: a slot new since */
+        if (t->spare) {
+            spare = t->spare; /* always of cur */
+            t->spare = NULL;
+            old = slot_swap_job(s, NULL);
+        } else if ((j = job_new(t, v, gen)) != NULL) {
             __atomic_add_fetch(&v->refs, 1, __ATOMIC_ACQ_REL);
+            if (loader_submit(j) == 0) {
+                old = slot_swap_job(s, j);
+            } else {
+                job_release(j);
+                gen = (uint64_t)-1; /* no loader: ask again at the next request */
+            }
+        } else {
+            gen = (uint64_t)-1; /* out of memory: the same */
+        }
     }
     pthread_mutex_unlock(&t->lock);
-    slot_cancel(s); /* of an older generation */
+    job_cancel(old); /* of an older generation */
     s->gen = gen;
-    if (!v) {
+    s->removed = v == NULL;
+    if (!v)
         slot_drop_state(s);
-        s->removed = 1;
-        return;
-    }
-    s->removed = 0;
     if (spare) {
         slot_adopt(s, spare);
         free(spare);
-        return;
     }
-    job_t *j = calloc(1, sizeof *j);
-    if (!j) {
-        version_release(v);
-        s->gen = (uint64_t)-1; /* out of memory: ask again at the next request */
-        return;
-    }
-    j->refs = 1;
-    pthread_mutex_init(&j->lock, NULL);
-    j->t = t;
-    j->v = v;
-    if (loader_submit(j) < 0) {
-        job_release(j);
-        s->gen = (uint64_t)-1;
-        return;
-    }
-    s->job = j;
 }
 
 /* ---- runners ---- */
@@ -733,10 +763,9 @@ void sandbox_runner_free(sandbox_runner_t *r)
         slot_t *s = r->tab[i];
         if (!s)
             continue;
-        slot_cancel(s);
-        slot_drop_state(s);
         tenant_t *t = s->t;
         pthread_mutex_lock(&t->lock);
+        job_t *j = slot_swap_job(s, NULL);
         for (counts_t **p = &t->counts; *p; p = &(*p)->next)
             if (*p == s->counts) {
                 *p = s->counts->next;
@@ -751,6 +780,8 @@ void sandbox_runner_free(sandbox_runner_t *r)
         t->retired.ticks += c->ticks;
         t->retired.restored += c->restored;
         pthread_mutex_unlock(&t->lock);
+        job_cancel(j);
+        slot_drop_state(s);
         free(c);
         free(s);
     }
@@ -824,6 +855,7 @@ static slot_t *slot_new(sandbox_runner_t *r, const char *name, size_t n)
     s->t = t;
     s->gen = (uint64_t)-1; /* never built: refresh on first use */
     s->counts = c;
+    c->slot = s;
     pthread_mutex_lock(&t->lock);
     c->next = t->counts;
     t->counts = c;
@@ -961,11 +993,11 @@ int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sa
         return -ENOENT;
     if (__atomic_load_n(&s->t->gen, __ATOMIC_ACQUIRE) != s->gen)
         refresh(s);
-    if (s->job && __atomic_load_n(&s->job->done, __ATOMIC_ACQUIRE))
-        slot_take_job(s);
+    if (__atomic_load_n(&s->job, __ATOMIC_RELAXED))
+        slot_poll(s);
     if (s->removed)
         return -ENOENT;
-    if (!s->a && s->job)
+    if (!s->a && __atomic_load_n(&s->job, __ATOMIC_RELAXED))
         return -EAGAIN; /* its first state here is being built */
     resp->content_type = "text/plain";
     resp->body = "";
@@ -1040,17 +1072,23 @@ int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sa
 int sandbox_wait(sandbox_runner_t *r, const char *name, size_t name_len, sandbox_waiter_t *w)
 {
     slot_t *s = slot_lookup(r, name, name_len);
-    job_t *j = s ? s->job : NULL;
     int rc = -EALREADY;
-    if (!j)
+    if (!s)
         return rc;
-    pthread_mutex_lock(&j->lock);
-    if (!__atomic_load_n(&j->done, __ATOMIC_RELAXED)) {
-        w->next = j->waiters;
-        j->waiters = w;
-        rc = 0;
+    /* Under the tenant's lock: a publisher may replace the job (and then
+     * cancel it, which tells its waiters). */
+    pthread_mutex_lock(&s->t->lock);
+    job_t *j = s->job;
+    if (j) {
+        pthread_mutex_lock(&j->lock);
+        if (!__atomic_load_n(&j->done, __ATOMIC_RELAXED)) {
+            w->next = j->waiters;
+            j->waiters = w;
+            rc = 0;
+        }
+        pthread_mutex_unlock(&j->lock);
     }
-    pthread_mutex_unlock(&j->lock);
+    pthread_mutex_unlock(&s->t->lock);
     return rc;
 }
 
@@ -1089,6 +1127,44 @@ static void spare_free(slot_t *spare)
     }
 }
 
+/* A new version v (generation gen) of t, built in spare, is published (t's
+ * lock held): give every runner serving t its new state now, so that none
+ * serves the old version any longer than a build takes. The first slot gets
+ * spare, ended already; the others get jobs for the loader. A slot left
+ * without (out of memory) asks for itself on its next request; with no
+ * slot at all, spare waits for the first runner. Returns the jobs the slots
+ * had, linked through stale, to cancel once the lock is released. */
+static job_t *deliver(tenant_t *t, version_t *v, uint64_t gen, slot_t *spare)
+{
+    job_t *stale = NULL;
+    for (counts_t *c = t->counts; c; c = c->next) {
+        job_t *j = job_new(t, NULL, gen);
+        if (!j)
+            continue;
+        if (spare) {
+            slot_adopt(&j->built, spare);
+            free(spare);
+            spare = NULL;
+            j->ok = 1;
+            j->done = 1;
+        } else {
+            j->v = v;
+            __atomic_add_fetch(&v->refs, 1, __ATOMIC_ACQ_REL);
+            if (loader_submit(j) < 0) {
+                job_release(j);
+                continue;
+            }
+        }
+        job_t *old = slot_swap_job(c->slot, j);
+        if (old) {
+            old->stale = stale;
+            stale = old;
+        }
+    }
+    t->spare = spare;
+    return stale;
+}
+
 /* Validate and publish a version of t. Returns 0 or -ENOEXEC (err says why). */
 static int publish(tenant_t *t, const char *src, size_t len, const sandbox_limits_t *lim, char *err,
                    size_t errlen)
@@ -1116,21 +1192,25 @@ static int publish(tenant_t *t, const char *src, size_t len, const sandbox_limit
         goto err;
     }
     sandbox_runner_free(r);
-    /* The state built is the spare: the first runner that wants this
-     * version takes it instead of having it built again. */
     spare->ver = v;
     v->refs = 2;
     pthread_mutex_lock(&t->lock);
     version_t *old = t->cur;
     slot_t *old_spare = t->spare;
     t->cur = v;
-    t->spare = spare;
+    t->spare = NULL;
     t->reloads++;
     uint64_t gen = __atomic_add_fetch(&reg.gen, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&t->gen, gen, __ATOMIC_RELEASE);
+    job_t *stale = deliver(t, v, gen, spare);
     pthread_mutex_unlock(&t->lock);
     version_release(old);
     spare_free(old_spare);
+    while (stale) {
+        job_t *next = stale->stale;
+        job_cancel(stale);
+        stale = next;
+    }
     update_shortest();
     return 0;
 err:
