@@ -22,9 +22,9 @@
  *
  * No tenant code runs at load time on a runner's thread: a version is built
  * by whoever publishes it (the reloader, sandbox_put's caller), and that
- * state goes to the first runner to ask; the others get theirs built by the
- * loader thread, keeping the previous version meanwhile (a runner that has
- * none gets -EAGAIN, and sandbox_wait says when to run again).
+ * state goes to one runner; the loader thread builds one for each other
+ * runner, which keeps serving its previous version meanwhile (a runner that
+ * has none gets -EAGAIN, and sandbox_wait says when to run again).
  *
  * Everything here is process-wide: one tenant registry, one watchdog, one
  * loader. */
@@ -118,18 +118,19 @@ typedef struct sandbox_stats {
 
 typedef struct sandbox_runner sandbox_runner_t;
 
-/* Set up the process-wide parts: the signal handler, the watchdog thread,
- * the tenant registry, the metrics writer (call before the server starts
- * its threads). Loads cfg->dir once (load errors are reported, not fatal).
- * Returns 0, or -errno with a message in err. */
+/* Set up the process-wide parts: the signal handler, the watchdog and
+ * loader threads, the tenant registry, the metrics writer (call before the
+ * server starts its threads). Loads cfg->dir once (load errors are
+ * reported, not fatal). Returns 0, or -errno with a message in err. */
 int sandbox_init(const sandbox_cfg_t *cfg, char *err, size_t errlen);
 
 /* Look at the tenants directory now: load new and changed files, drop
  * removed ones. A version that fails to compile, to run its top-level code
  * within the limits, or to define handle() is reported (stderr, metrics) and
  * the previous version keeps serving. Call from one thread at a time (the
- * reloader, or a test). Returns the number of tenants published or removed,
- * or a negative errno when the directory can't be read. */
+ * reloader, or a test), not one that serves requests: the new versions'
+ * top-level code runs on it. Returns the number of tenants published or
+ * removed, or a negative errno when the directory can't be read. */
 int sandbox_scan(void);
 
 /* Start a thread calling sandbox_scan every interval_ms (it builds what it
@@ -138,7 +139,9 @@ int sandbox_scan(void);
 int sandbox_start_reloader(int interval_ms);
 
 /* Publish a tenant version from memory (tests, embedding), with the same
- * validation as sandbox_scan. lim may be NULL (the defaults). Returns 0, or
+ * validation as sandbox_scan: its top-level code runs on the calling thread
+ * (so not on one that serves requests). lim may be NULL (the defaults).
+ * Returns 0, or
  * -EINVAL (bad name) / -ENOEXEC (did not load; why in err, the previous
  * version keeps serving) / -ENOMEM. */
 int sandbox_put(const char *name, const char *src, size_t len, const sandbox_limits_t *lim,
