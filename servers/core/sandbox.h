@@ -15,7 +15,10 @@
  * beyond the tenant's budget (503); time by a watchdog thread that signals a
  * runner over its deadline: first a Lua hook that raises errors, then, if the
  * request still runs (a C function, a finalizer), a siglongjmp out of it,
- * which is safe because the whole state is discarded afterwards (504).
+ * which is safe because the whole state is discarded afterwards (504). And
+ * the C stack: every call into a tenant's state runs on a stack of the
+ * runner's own, with a guard below it; nested C calls that reach the guard
+ * are cut by the same jump (503), at load time as at request time.
  *
  * Everything here is process-wide: one tenant registry, one watchdog. */
 #ifndef CORE_SANDBOX_H
@@ -71,6 +74,7 @@ enum sandbox_outcome {
     SB_BAD_RETURN, /* handle() returned something that is not an answer: 500 */
     SB_NOT_LOADED, /* the tenant exists but no version of it ever loaded here: 500 */
     SB_THROTTLED,  /* over its share of the thread's time: 503, not run */
+    SB_STACK,      /* its nested C calls reached the end of the sandbox's stack: 503 */
     SB_OUTCOMES
 };
 
@@ -90,6 +94,7 @@ typedef struct sandbox_stats {
     uint64_t outcomes[SB_OUTCOMES];
     uint64_t limit_memory;  /* requests and loads that hit the memory limit */
     uint64_t limit_time;    /* ... the time limit */
+    uint64_t limit_stack;   /* ... the end of the sandbox's C stack */
     double seconds;         /* time spent in the sandbox (restore, reseed, call), requests only */
     uint64_t restored_bytes; /* copied back from snapshots before requests */
     uint64_t reloads;       /* versions published (the first load counts) */
@@ -107,7 +112,7 @@ int sandbox_init(const sandbox_cfg_t *cfg, char *err, size_t errlen);
 
 /* Look at the tenants directory now: load new and changed files, drop
  * removed ones. A version that fails to compile, to run its top-level code
- * within the limits, or to define handle() is reported (stderr, metrics) and
+ * within the limits (memory, time, stack), or to define handle() is reported (stderr, metrics) and
  * the previous version keeps serving. Call from one thread at a time (the
  * reloader, or a test). Returns the number of tenants published or removed,
  * or a negative errno when the directory can't be read. */
