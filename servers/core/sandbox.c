@@ -272,6 +272,116 @@ static int nest(lua_State *L)
     return 0;
 }
 
+/* ---- coroutines ----
+ *
+ * coroutine.resume, wrap and close, done again so that the time limit knows
+ * which Lua thread runs (a hook is per thread: its first stage must hook the
+ * one running, see sb_guard_running). Otherwise they behave as the
+ * library's. */
+
+#if LUA_VERSION_RELEASE_NUM >= 50406
+#define close_thread(co, from) lua_closethread(co, from)
+#else
+#define close_thread(co, from) ((void)(from), lua_resetthread(co))
+#endif
+
+/* Resume co from L with the n values on top of L. Returns the number of
+ * values it yielded or returned, moved onto L, or -1 with the error on top
+ * of L. */
+static int co_run(lua_State *L, lua_State *co, int n)
+{
+    int nres;
+    if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
+        lua_pushliteral(L, "cannot resume dead coroutine");
+        return -1;
+    }
+    if (!lua_checkstack(co, n)) {
+        lua_pushliteral(L, "too many arguments to resume");
+        return -1;
+    }
+    lua_xmove(L, co, n);
+    sb_guard_running(co);
+    int st = lua_resume(co, L, n, &nres);
+    sb_guard_running(L);
+    if (st != LUA_OK && st != LUA_YIELD) {
+        lua_xmove(co, L, 1);
+        return -1;
+    }
+    if (!lua_checkstack(L, nres + 1)) {
+        lua_pop(co, nres);
+        lua_pushliteral(L, "too many results to resume");
+        return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+}
+
+static int co_resume(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    lua_State *co = lua_tothread(L, 1);
+    int n = co_run(L, co, lua_gettop(L) - 1);
+    lua_pushboolean(L, n >= 0);
+    lua_insert(L, n >= 0 ? -(n + 1) : -2);
+    return n >= 0 ? n + 1 : 2;
+}
+
+/* The function coroutine.wrap returns: co is its upvalue. */
+static int co_call(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    int n = co_run(L, co, lua_gettop(L));
+    if (n >= 0)
+        return n;
+    int st = lua_status(co);
+    if (st != LUA_OK && st != LUA_YIELD) { /* it died: close its variables */
+        sb_guard_running(co);
+        st = close_thread(co, L);
+        sb_guard_running(L);
+        lua_pop(L, 1);
+        lua_xmove(co, L, 1); /* the error, or a __close handler's */
+    }
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) { /* where it was called from */
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+static int co_wrap(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushcclosure(L, co_call, 1);
+    return 1;
+}
+
+static int co_close(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    lua_State *co = lua_tothread(L, 1);
+    lua_Debug ar;
+    /* Suspended or dead only: not L itself, nor one that resumed another. */
+    if (co == L || (lua_status(co) == LUA_OK && lua_getstack(co, 0, &ar)))
+        return luaL_error(L, "cannot close a %s coroutine", co == L ? "running" : "normal");
+    sb_guard_running(co); /* its __close handlers run on it */
+    int st = close_thread(co, L);
+    sb_guard_running(L);
+    if (st == LUA_OK) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_xmove(co, L, 1);
+    return 2;
+}
+
+static const luaL_Reg co_funcs[] = {
+    {"resume", co_resume}, {"wrap", co_wrap}, {"close", co_close}, {NULL, NULL}};
+
 /* Protected: the safe libraries, then the tenant's chunk. Leaves handle. */
 static int setup(lua_State *L)
 {
@@ -293,6 +403,9 @@ static int setup(lua_State *L)
         luaL_requiref(L, l->name, l->func, 1);
         lua_pop(L, 1);
     }
+    lua_getglobal(L, LUA_COLIBNAME);
+    luaL_setfuncs(L, co_funcs, 0);
+    lua_pop(L, 1);
     /* Base functions that reach files, the collector or stdout. */
     static const char *const drop[] = {"dofile", "loadfile", "collectgarbage", "print", NULL};
     for (const char *const *d = drop; *d; d++) {

@@ -106,6 +106,7 @@ typedef struct sb_guard {
     pid_t tid;
     sigjmp_buf jb;
     lua_State *L;          /* the state being run (NULL while it is being made) */
+    lua_State *cur;        /* the thread of L running now: L or a coroutine */
     int in_call;           /* between sb_guard_enter and sb_guard_leave */
     uint64_t seq;          /* calls so far: tells a stale signal from a fresh one */
     int64_t deadline;      /* sb_ticks: the hook from here */
@@ -190,8 +191,13 @@ void sb_guard_jumped(sb_guard_t *g);
  * (does not return); otherwise return. */
 void sb_guard_fault(void *addr);
 
-/* The hook raising "time limit exceeded" (also set by sandbox.c when a
- * coroutine is resumed after the deadline). */
+/* Lua thread co (a coroutine being resumed or closed, or its resumer when
+ * that is over) runs now in the calling thread's guarded call, if any: the
+ * first stage of the time limit hooks that thread, and co is hooked at once
+ * when the deadline has passed already. (sandbox.c's coroutine functions.) */
+void sb_guard_running(lua_State *co);
+
+/* The hook raising "time limit exceeded". */
 void sb_timeout_hook(lua_State *L, lua_Debug *ar);
 
 #endif

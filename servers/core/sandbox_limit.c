@@ -5,9 +5,12 @@
  * finalizers. So a watchdog thread looks at every runner now and then (a
  * quarter of the shortest limit, at most 10 ms apart) and, when a call is
  * past its deadline, signals that runner's thread (tgkill):
- *   stage 1, at the deadline: the handler sets a count hook on the state,
- *     which raises "time limit exceeded" at every Lua instruction from then
- *     on (so a pcall that catches it gets it again at once);
+ *   stage 1, at the deadline: the handler sets a count hook on the Lua
+ *     thread running (the main one or a coroutine: sandbox.c's resume, wrap
+ *     and close say which, sb_guard_running), which raises "time limit
+ *     exceeded" at every Lua instruction from then on (so a pcall that
+ *     catches it gets it again at once); a thread that runs again after the
+ *     deadline (a resumer, when its coroutine ends) is hooked then;
  *   stage 2, at the deadline plus half the limit: the call is still running,
  *     so the handler siglongjmps back to the runner, out of whatever it was
  *     doing. Repeated every look until it lands.
@@ -174,8 +177,13 @@ static void on_signal(int sig, siginfo_t *si, void *ctx)
     g->hit = 1;
     if (__atomic_load_n(&g->kill_stage, __ATOMIC_RELAXED) >= 2 && !in_ldso(ctx))
         cut_call(g, SB_CUT_TIME);
-    if (g->L)
-        lua_sethook(g->L, sb_timeout_hook, LUA_MASKCOUNT, 1); /* signal-safe by design */
+    /* lua_sethook is signal-safe by design. A hook is per Lua thread: the
+     * one running gets it (and the main one, for when it runs again). */
+    lua_State *cur = __atomic_load_n(&g->cur, __ATOMIC_RELAXED);
+    if (cur)
+        lua_sethook(cur, sb_timeout_hook, LUA_MASKCOUNT, 1);
+    if (g->L && g->L != cur)
+        lua_sethook(g->L, sb_timeout_hook, LUA_MASKCOUNT, 1);
 out:
     errno = saved;
 }
@@ -497,6 +505,19 @@ void sb_guard_fault(void *addr)
     cut_call(g, SB_CUT_STACK);
 }
 
+void sb_guard_running(lua_State *co)
+{
+    sb_guard_t *g = self;
+    if (!g)
+        return;
+    /* cur first: a signal from here on hooks co, one before it hooked the
+     * thread that was running and set hit, which is looked at next. */
+    __atomic_store_n(&g->cur, co, __ATOMIC_RELAXED);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    if (g->hit && __atomic_load_n(&g->in_call, __ATOMIC_RELAXED))
+        lua_sethook(co, sb_timeout_hook, LUA_MASKCOUNT, 1);
+}
+
 /* ---- guards ---- */
 
 int sb_guard_register(sb_guard_t *g)
@@ -537,6 +558,7 @@ void sb_guard_arm(sb_guard_t *g, lua_State *L, int64_t start, int ms)
 {
     int64_t limit = (int64_t)ms * sb_ticks_per_ms;
     g->L = L;
+    g->cur = L;
     g->hit = 0;
     __atomic_store_n(&g->grace, limit / 2, __ATOMIC_RELAXED);
     __atomic_store_n(&g->deadline, start + limit, __ATOMIC_RELAXED);
