@@ -182,7 +182,10 @@ void server_process_init(void)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    struct sigaction sa = {.sa_handler = on_signal};
+    /* On the thread's alternate stack when it has one: a sandbox runner's
+     * thread may be at the very end of the sandbox's stack (sandbox_limit.c),
+     * with no room for a signal frame. */
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_ONSTACK};
     sigemptyset(&sa.sa_mask);
     /* No SA_RESTART: a blocked accept/poll returns EINTR and sees the flag. */
     sigaction(SIGINT, &sa, NULL);
