@@ -43,6 +43,10 @@
  * The returned values are read with lua_type and raw conversions only, so no
  * metamethod of a returned value ever runs outside the limits.
  *
+ * Every call into a tenant's state (its top-level code, handle(req)) runs
+ * on the runner's own stack (sandbox_limit.c): nested C calls that reach
+ * its end are cut like a timeout, answered 503 "stack limit exceeded".
+ *
  * SANDBOX_DEBUG=1 in the environment prints the size of every snapshot built
  * (hello: 18.6 KB in 5 pages, of which requests write 2: 8 KB copied back
  * per request, sandbox_restored_bytes_total in /metrics). */
@@ -85,7 +89,8 @@ typedef struct version {
 
 /* Counters of one (runner, tenant): one writer, read by sandbox_stats. */
 typedef struct counts {
-    uint64_t requests, outcomes[SB_OUTCOMES], limit_memory, limit_time, ticks, restored;
+    uint64_t requests, outcomes[SB_OUTCOMES], limit_memory, limit_time, limit_stack, ticks,
+        restored;
     struct counts *next;
     struct slot *slot; /* whose: so that a publisher finds the runners serving the tenant */
 } counts_t;
@@ -100,7 +105,7 @@ typedef struct tenant {
     uint64_t gen;         /* atomic: changes with cur */
     counts_t *counts;     /* one per runner that has a slot */
     counts_t retired;     /* of runners freed since */
-    uint64_t reloads, reload_errors, load_limit_memory, load_limit_time;
+    uint64_t reloads, reload_errors, load_limit_memory, load_limit_time, load_limit_stack;
     int from_dir, seen;   /* for sandbox_scan */
     struct stat lua_st, conf_st;
     int has_conf;
@@ -324,6 +329,116 @@ static int nest(lua_State *L)
     return 0;
 }
 
+/* ---- coroutines ----
+ *
+ * coroutine.resume, wrap and close, done again so that the time limit knows
+ * which Lua thread runs (a hook is per thread: its first stage must hook the
+ * one running, see sb_guard_running). Otherwise they behave as the
+ * library's. */
+
+#if LUA_VERSION_RELEASE_NUM >= 50406
+#define close_thread(co, from) lua_closethread(co, from)
+#else
+#define close_thread(co, from) ((void)(from), lua_resetthread(co))
+#endif
+
+/* Resume co from L with the n values on top of L. Returns the number of
+ * values it yielded or returned, moved onto L, or -1 with the error on top
+ * of L. */
+static int co_run(lua_State *L, lua_State *co, int n)
+{
+    int nres;
+    if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
+        lua_pushliteral(L, "cannot resume dead coroutine");
+        return -1;
+    }
+    if (!lua_checkstack(co, n)) {
+        lua_pushliteral(L, "too many arguments to resume");
+        return -1;
+    }
+    lua_xmove(L, co, n);
+    sb_guard_running(co);
+    int st = lua_resume(co, L, n, &nres);
+    sb_guard_running(L);
+    if (st != LUA_OK && st != LUA_YIELD) {
+        lua_xmove(co, L, 1);
+        return -1;
+    }
+    if (!lua_checkstack(L, nres + 1)) {
+        lua_pop(co, nres);
+        lua_pushliteral(L, "too many results to resume");
+        return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+}
+
+static int co_resume(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    lua_State *co = lua_tothread(L, 1);
+    int n = co_run(L, co, lua_gettop(L) - 1);
+    lua_pushboolean(L, n >= 0);
+    lua_insert(L, n >= 0 ? -(n + 1) : -2);
+    return n >= 0 ? n + 1 : 2;
+}
+
+/* The function coroutine.wrap returns: co is its upvalue. */
+static int co_call(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    int n = co_run(L, co, lua_gettop(L));
+    if (n >= 0)
+        return n;
+    int st = lua_status(co);
+    if (st != LUA_OK && st != LUA_YIELD) { /* it died: close its variables */
+        sb_guard_running(co);
+        st = close_thread(co, L);
+        sb_guard_running(L);
+        lua_pop(L, 1);
+        lua_xmove(co, L, 1); /* the error, or a __close handler's */
+    }
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) { /* where it was called from */
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+static int co_wrap(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushcclosure(L, co_call, 1);
+    return 1;
+}
+
+static int co_close(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    lua_State *co = lua_tothread(L, 1);
+    lua_Debug ar;
+    /* Suspended or dead only: not L itself, nor one that resumed another. */
+    if (co == L || (lua_status(co) == LUA_OK && lua_getstack(co, 0, &ar)))
+        return luaL_error(L, "cannot close a %s coroutine", co == L ? "running" : "normal");
+    sb_guard_running(co); /* its __close handlers run on it */
+    int st = close_thread(co, L);
+    sb_guard_running(L);
+    if (st == LUA_OK) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_xmove(co, L, 1);
+    return 2;
+}
+
+static const luaL_Reg co_funcs[] = {
+    {"resume", co_resume}, {"wrap", co_wrap}, {"close", co_close}, {NULL, NULL}};
+
 /* Protected: the safe libraries, then the tenant's chunk. Leaves handle. */
 static int setup(lua_State *L)
 {
@@ -345,6 +460,9 @@ static int setup(lua_State *L)
         luaL_requiref(L, l->name, l->func, 1);
         lua_pop(L, 1);
     }
+    lua_getglobal(L, LUA_COLIBNAME);
+    luaL_setfuncs(L, co_funcs, 0);
+    lua_pop(L, 1);
     /* Base functions that reach files, the collector or stdout. */
     static const char *const drop[] = {"dofile", "loadfile", "collectgarbage", "print", NULL};
     for (const char *const *d = drop; *d; d++) {
@@ -395,6 +513,18 @@ static int setup(lua_State *L)
 
 static int entry(lua_State *L);
 
+/* A lua_pcall, for sb_guard_call (on the runner's stack). */
+typedef struct pcall_args {
+    lua_State *L;
+    int nargs, nres, st;
+} pcall_args_t;
+
+static void run_pcall(void *p)
+{
+    pcall_args_t *a = p;
+    a->st = lua_pcall(a->L, a->nargs, a->nres, 0);
+}
+
 /* Describe a failed call's error object without running anything. */
 static void describe(lua_State *L, char *out, size_t cap)
 {
@@ -407,7 +537,7 @@ static void describe(lua_State *L, char *out, size_t cap)
 /* Build version v of a tenant in a new arena, under its limits (the time
  * limit at least LOAD_MS_MIN). On success fills the slot's arena, snapshot,
  * L and rand; returns 0. Otherwise returns -1 with the reason in r->err,
- * and *limit says which limit was hit (0 none, 1 memory, 2 time). */
+ * and *limit says which limit was hit (0 none, 1 memory, 2 time, 3 stack). */
 static int build(sandbox_runner_t *r, const char *name, const version_t *v, slot_t *out,
                  int *limit)
 {
@@ -429,12 +559,15 @@ static int build(sandbox_runner_t *r, const char *name, const version_t *v, slot
         goto err;
     }
     sb_guard_arm(g, L, sb_ticks(), ms);
-    if (sigsetjmp(g->jb, 0) == 0) {
+    switch (sigsetjmp(g->jb, 0)) {
+    case 0: {
+        pcall_args_t pa = {L, 1, 2, LUA_OK};
         sb_guard_enter(g);
         lua_pushcfunction(L, setup);
         lua_pushlightuserdata(L, &b);
-        int st = lua_pcall(L, 1, 2, 0);
+        sb_guard_call(g, run_pcall, &pa);
         sb_guard_leave(g);
+        int st = pa.st;
         if (sb_arena_settle(a) || st == LUA_ERRMEM) {
             snprintf(r->err, sizeof r->err, "memory limit exceeded (top-level)");
             *limit = 1;
@@ -446,7 +579,14 @@ static int build(sandbox_runner_t *r, const char *name, const version_t *v, slot
         } else {
             rc = 0;
         }
-    } else {
+        break;
+    }
+    case SB_CUT_STACK:
+        sb_guard_jumped(g);
+        snprintf(r->err, sizeof r->err, "stack limit exceeded (top-level)");
+        *limit = 3;
+        break;
+    default:
         sb_guard_jumped(g);
         snprintf(r->err, sizeof r->err, "time limit exceeded (top-level)");
         *limit = 2;
@@ -628,6 +768,7 @@ static void loader_build(sandbox_runner_t *r, job_t *j)
     t->reload_errors++;
     t->load_limit_memory += limit == 1;
     t->load_limit_time += limit == 2;
+    t->load_limit_stack += limit == 3;
     pthread_mutex_unlock(&t->lock);
     report(t, "build for a runner failed, its previous version kept", why);
 }
@@ -748,7 +889,11 @@ sandbox_runner_t *sandbox_runner_new(void)
         free(r);
         return NULL;
     }
-    sb_guard_register(&r->guard);
+    if (sb_guard_register(&r->guard) < 0) {
+        free(r->tab);
+        free(r);
+        return NULL;
+    }
     return r;
 }
 
@@ -777,6 +922,7 @@ void sandbox_runner_free(sandbox_runner_t *r)
             t->retired.outcomes[k] += c->outcomes[k];
         t->retired.limit_memory += c->limit_memory;
         t->retired.limit_time += c->limit_time;
+        t->retired.limit_stack += c->limit_stack;
         t->retired.ticks += c->ticks;
         t->retired.restored += c->restored;
         pthread_mutex_unlock(&t->lock);
@@ -966,23 +1112,33 @@ static void fail(sandbox_runner_t *r, sandbox_resp_t *resp, int outcome, int sta
     resp->body_len = strlen(r->err);
 }
 
-/* One guarded call of handle(req) (a function of its own so that nothing
- * the jump could clobber lives in the caller). Returns the pcall status, or
- * -1 when the call was cut by the time limit's jump. */
+#define CUT_TIME  (-1) /* guarded_call: cut by the time limit's jump */
+#define CUT_STACK (-2) /* ... by the jump off the stack's guard */
+
+/* One guarded call of handle(req), on the runner's stack (a function of its
+ * own so that nothing the jump could clobber lives in the caller). Returns
+ * the pcall status, or CUT_TIME or CUT_STACK. */
 static __attribute__((noinline)) int guarded_call(sandbox_runner_t *r, lua_State *L, int ms,
                                                   int64_t start)
 {
     sb_guard_t *g = &r->guard;
+    pcall_args_t pa = {L, 3, 3, LUA_OK};
     sb_guard_arm(g, L, start, ms);
-    if (sigsetjmp(g->jb, 0) != 0) {
+    switch (sigsetjmp(g->jb, 0)) {
+    case 0:
+        break;
+    case SB_CUT_STACK:
         sb_guard_jumped(g);
-        return -1;
+        return CUT_STACK;
+    default:
+        sb_guard_jumped(g);
+        return CUT_TIME;
     }
     sb_guard_enter(g);
     lua_pushlightuserdata(L, r);
-    int st = lua_pcall(L, 3, 3, 0);
+    sb_guard_call(g, run_pcall, &pa);
     sb_guard_leave(g);
-    return st;
+    return pa.st;
 }
 
 int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sandbox_req_t *req,
@@ -1048,10 +1204,13 @@ int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sa
     bump(&c->ticks, (uint64_t)(end - now)); /* the restore and the reseed count too */
     s->share += end - now;
 
-    if (sb_arena_settle(s->a) || st == LUA_ERRMEM) {
+    if (st == CUT_STACK) { /* first: a refusal the jump left pending is no matter */
+        fail(r, resp, SB_STACK, 503, "stack limit exceeded");
+        bump(&c->limit_stack, 1);
+    } else if (sb_arena_settle(s->a) || st == LUA_ERRMEM) {
         fail(r, resp, SB_MEMORY, 503, "memory limit exceeded");
         bump(&c->limit_memory, 1);
-    } else if (st < 0 || r->guard.hit || took > (int64_t)ms * sb_ticks_per_ms) {
+    } else if (st == CUT_TIME || r->guard.hit || took > (int64_t)ms * sb_ticks_per_ms) {
         fail(r, resp, SB_TIMEOUT, 504, "time limit exceeded");
         bump(&c->limit_time, 1);
     } else if (st != LUA_OK) {
@@ -1224,6 +1383,7 @@ err:
     t->reload_errors++;
     t->load_limit_memory += limit == 1;
     t->load_limit_time += limit == 2;
+    t->load_limit_stack += limit == 3;
     pthread_mutex_unlock(&t->lock);
     return rc;
 }
@@ -1514,6 +1674,10 @@ static const char warm_src[] =
     "t[#t + 1] = select('#', pcall(error, {})) .. select(2, pcall(error, 'x'))\n"
     "t[#t + 1] = load('return 1 + 1')() .. #string.pack('i4 d s1', 1, 2.5, 'z')\n"
     "local co = coroutine.wrap(function(a) coroutine.yield(a) end); co(1)\n"
+    "pcall(coroutine.wrap(function() local x <close> = setmetatable({}, {__close = function() end})"
+    " error('x') end))\n"
+    "co = coroutine.create(function() coroutine.yield() end); coroutine.resume(co)"
+    " coroutine.close(co)\n"
     "t[#t + 1] = math.tointeger(3.0) .. math.fmod(7, 3) .. tostring(math.ult(1, 2)) .. (1e308 * 10)\n"
     "t[#t + 1] = ('%5.1f'):format(-1/0) .. ('x'):rep(0) .. string.reverse('ab')\n"
     "function handle() return s .. n end\n";
@@ -1622,6 +1786,7 @@ static void sum_stats(tenant_t *t, sandbox_stats_t *st)
             all.outcomes[k] += get(&c->outcomes[k]);
         all.limit_memory += get(&c->limit_memory);
         all.limit_time += get(&c->limit_time);
+        all.limit_stack += get(&c->limit_stack);
         all.ticks += get(&c->ticks);
         all.restored += get(&c->restored);
     }
@@ -1629,6 +1794,7 @@ static void sum_stats(tenant_t *t, sandbox_stats_t *st)
     st->reload_errors = t->reload_errors;
     st->limit_memory = all.limit_memory + t->load_limit_memory;
     st->limit_time = all.limit_time + t->load_limit_time;
+    st->limit_stack = all.limit_stack + t->load_limit_stack;
     st->loaded = t->cur != NULL;
     pthread_mutex_unlock(&t->lock);
     st->requests = all.requests;
@@ -1651,7 +1817,8 @@ int sandbox_stats(const char *name, sandbox_stats_t *st)
 void sandbox_metrics(buf_t *out, void *ctx)
 {
     static const char *const kinds[SB_OUTCOMES] = {"ok", "lua_error", "memory", "timeout",
-                                                   "bad_return", "not_loaded", "throttled"};
+                                                   "bad_return", "not_loaded", "throttled",
+                                                   "stack"};
     (void)ctx;
     pthread_mutex_lock(&reg.lock);
     tenant_t *list = reg.list;
@@ -1678,12 +1845,14 @@ void sandbox_metrics(buf_t *out, void *ctx)
         buf_printf(out,
                    "sandbox_limit_hits_total{tenant=\"%s\",limit=\"memory\"} %llu\n"
                    "sandbox_limit_hits_total{tenant=\"%s\",limit=\"time\"} %llu\n"
+                   "sandbox_limit_hits_total{tenant=\"%s\",limit=\"stack\"} %llu\n"
                    "sandbox_seconds_total{tenant=\"%s\"} %.6f\n"
                    "sandbox_restored_bytes_total{tenant=\"%s\"} %llu\n"
                    "sandbox_reloads_total{tenant=\"%s\"} %llu\n"
                    "sandbox_reload_errors_total{tenant=\"%s\"} %llu\n"
                    "sandbox_tenant_loaded{tenant=\"%s\"} %d\n",
                    n, (unsigned long long)st.limit_memory, n, (unsigned long long)st.limit_time, n,
+                   (unsigned long long)st.limit_stack, n,
                    st.seconds, n, (unsigned long long)st.restored_bytes, n,
                    (unsigned long long)st.reloads, n,
                    (unsigned long long)st.reload_errors, n, st.loaded);

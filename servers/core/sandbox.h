@@ -18,7 +18,10 @@
  * which is safe because the whole state is discarded afterwards (504). And a
  * share of each runner's time: a tenant's time in the sandbox fills a bucket
  * that drains at its share of the clock (a quarter by default); while the
- * bucket is over 100 ms the tenant is answered 503 without running.
+ * bucket is over 100 ms the tenant is answered 503 without running. And the
+ * C stack: every call into a tenant's state runs on a stack of the runner's
+ * own, with a guard below it; nested C calls that reach the guard are cut by
+ * the same jump (503), at load time as at request time.
  *
  * No tenant code runs at load time on a runner's thread: a version is built
  * by whoever publishes it (the reloader, sandbox_put's caller), and that
@@ -83,6 +86,7 @@ enum sandbox_outcome {
     SB_BAD_RETURN, /* handle() returned something that is not an answer: 500 */
     SB_NOT_LOADED, /* the tenant exists but no version of it ever loaded here: 500 */
     SB_THROTTLED,  /* over its share of the runner's time: 503, not run */
+    SB_STACK,      /* its nested C calls reached the end of the sandbox's stack: 503 */
     SB_OUTCOMES
 };
 
@@ -109,6 +113,7 @@ typedef struct sandbox_stats {
     uint64_t outcomes[SB_OUTCOMES];
     uint64_t limit_memory;  /* requests and loads that hit the memory limit */
     uint64_t limit_time;    /* ... the time limit */
+    uint64_t limit_stack;   /* ... the end of the sandbox's C stack */
     double seconds;         /* time spent in the sandbox (restore, reseed, call), requests only */
     uint64_t restored_bytes; /* copied back from snapshots before requests */
     uint64_t reloads;       /* versions published (the first load counts) */
@@ -126,8 +131,8 @@ int sandbox_init(const sandbox_cfg_t *cfg, char *err, size_t errlen);
 
 /* Look at the tenants directory now: load new and changed files, drop
  * removed ones. A version that fails to compile, to run its top-level code
- * within the limits, or to define handle() is reported (stderr, metrics) and
- * the previous version keeps serving. Call from one thread at a time (the
+ * within the limits (memory, time, stack), or to define handle() is
+ * reported (stderr, metrics) and the previous version keeps serving. Call from one thread at a time (the
  * reloader, or a test), not one that serves requests: the new versions'
  * top-level code runs on it. Returns the number of tenants published or
  * removed, or a negative errno when the directory can't be read. */

@@ -1,12 +1,13 @@
 /* Integration tests of bin/server-sandboxed as a real process: tenant
  * routes beside the native ones, isolation over several connections and
  * loop threads, every hostile tenant of tests/integration/tenants-hostile
- * cut by its limit (503/504/500) with the server still serving the others,
- * hot reload under load (no failed request, a new version within 1 s, a
- * broken file keeping the old one, removal, a new tenant), a tenant whose
- * top-level code takes most of a second loading beside requests that stay
- * fast, and a tenant that burns half its time limit on every request held
- * to its share of the loop, so that the others' p99 stays under 100 ms.
+ * cut by its limit (503/504/500, the end of the sandbox's C stack among
+ * them) with the server still serving the others, hot reload under load (no
+ * failed request, a new version within 1 s, a broken file keeping the old
+ * one, removal, a new tenant), a tenant whose top-level code takes most of a
+ * second loading beside requests that stay fast, and a tenant that burns
+ * half its time limit on every request held to its share of the loop, so
+ * that the others' p99 stays under 100 ms.
  *
  * Skipped when the binary is not built. Every wait is bounded. */
 #include <errno.h>
@@ -347,6 +348,42 @@ static void test_hostile_beside_others(void **state)
     }
     /* A hostile request holds its loop for at most 2 x 100 ms. */
     assert_true(took < 100 * 200);
+}
+
+/* ---- the stack ---- */
+
+/* Nested C calls that Lua does not bound (tenants-hostile/stack.lua, one
+ * shape per path): each is cut at the end of the sandbox's stack (503), and
+ * the server goes on serving that tenant, the others and its own routes.
+ * stack_load.lua does it in its top-level code: refused at load, never
+ * served. Before tenants ran on a stack of their own, each killed the
+ * server (SIGSEGV; stack_load at its start). */
+static void test_stack(void **state)
+{
+    struct srv *s = srv(state);
+    static const char *const shapes[] = {"pcall", "wrap", "gsub", "sort", "close", "index"};
+    const size_t n = sizeof shapes / sizeof shapes[0];
+    for (size_t i = 0; i < n; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/t/stack/%s", shapes[i]);
+        for (int k = 0; k < 2; k++) { /* on either loop, from the restored snapshot */
+            expect(s, path, 503, "stack limit exceeded\n");
+            expect(s, "/t/hello/", 200, "hello, world\n");
+            expect(s, "/", 200, "hello, world\n");
+        }
+    }
+    expect(s, "/t/stack/none", 404, "no such shape\n"); /* the tenant itself is fine */
+    expect(s, "/t/stack_load/", 404, NULL);
+    char body[65536], want[128];
+    assert_int_equal(ask(s, "/metrics", body, sizeof body, NULL), 200);
+    snprintf(want, sizeof want, "sandbox_errors_total{tenant=\"stack\",kind=\"stack\"} %zu\n", 2 * n);
+    assert_non_null(strstr(body, want));
+    snprintf(want, sizeof want, "sandbox_limit_hits_total{tenant=\"stack\",limit=\"stack\"} %zu\n",
+             2 * n);
+    assert_non_null(strstr(body, want));
+    assert_non_null(strstr(body, "sandbox_tenant_loaded{tenant=\"stack_load\"} 0\n"));
+    assert_non_null(strstr(body, "sandbox_reload_errors_total{tenant=\"stack_load\"} 1\n"));
+    assert_non_null(strstr(body, "sandbox_limit_hits_total{tenant=\"stack_load\",limit=\"stack\"} 1\n"));
 }
 
 /* ---- hot reload ---- */
@@ -704,6 +741,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_isolation, setup_hostile, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup_hostile, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_beside_others, setup_hostile, teardown),
+        cmocka_unit_test_setup_teardown(test_stack, setup_hostile, teardown),
         cmocka_unit_test_setup_teardown(test_hot_reload, setup_scratch, teardown),
         cmocka_unit_test_setup_teardown(test_load_off_loop, setup_one_loop, teardown),
         cmocka_unit_test_setup_teardown(test_fair_share, setup_one_loop, teardown),
