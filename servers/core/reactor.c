@@ -234,7 +234,7 @@ static void *loop_main(void *arg)
             timeout = hooks->tick_ms;
         if (L->lfd < 0 && (timeout < 0 || timeout > 100))
             timeout = 100; /* draining: look at the clock now and then */
-        int n = epoll_wait(L->ep, evs, 256, timeout);
+        int n = epoll_wait(L->ep, evs, 256, timeout), posted = 0;
         time_update();
         for (int i = 0; i < n; i++) {
             void *p = evs[i].data.ptr;
@@ -244,7 +244,7 @@ static void *loop_main(void *arg)
             else if (p == &listener)
                 accept_all(L);
             else if (p == &waker)
-                run_posts(L);
+                posted = 1; /* after the batch: see below */
             else if (ev & EPOLLIN)
                 apply(L, p, session_on_readable(p));
             else if (ev & EPOLLOUT)
@@ -252,6 +252,11 @@ static void *loop_main(void *arg)
             else
                 apply(L, p, session_on_error(p));
         }
+        /* Posts only now: a post may free any session of this loop (its
+         * work is back and its peer gone), and this batch may still hold
+         * an event for it. Each event frees at most its own session. */
+        if (posted)
+            run_posts(L);
         timer_node_t *t;
         while ((t = timers_expired(&L->timers, time_now_ms())) != NULL) {
             session_t *s = (session_t *)((char *)t - offsetof(session_t, timer));

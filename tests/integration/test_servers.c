@@ -6,6 +6,7 @@
  *
  * A design whose binary is not built is skipped. Every wait is bounded. */
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -747,6 +748,64 @@ static void test_reactor_reset_during_burn(void **state)
     close(fd);
 }
 
+/* Load for test_reactor_reset_after_burn: inline BURNs keep the loop busy
+ * (about 1 ms each), or connections reset 2 to 7 ms after a BURN that goes
+ * to a worker, until the deadline. */
+struct churn {
+    int port, busy;
+    long long until;
+};
+
+static void *churn_main(void *arg)
+{
+    struct churn *c = arg;
+    unsigned seed = (unsigned)c->busy * 7919u + 1;
+    char buf[64];
+    while (tnow_ms() < c->until) {
+        int fd = tconn_open(c->port);
+        if (fd < 0)
+            break; /* the server is gone: the test sees it */
+        if (c->busy) {
+            for (int i = 0; i < 50 && tnow_ms() < c->until; i++)
+                if (tconn_sends(fd, "BURN 900000\n") < 0 ||
+                    tconn_recv_until(fd, buf, sizeof buf, "\n", 0, T) < 0)
+                    break;
+            close(fd);
+        } else {
+            tconn_sends(fd, "BURN 1000000\n");
+            sleep_ms(2 + (int)(rand_r(&seed) % 6));
+            tconn_reset(fd);
+        }
+    }
+    return NULL;
+}
+
+/* A worker's answer and the client's reset reach a busy loop in the same
+ * wake-up: the answer (run first) freed the session, and the reset's event,
+ * later in the same batch, used it (heap-use-after-free under ASan, a
+ * double free without; found by scripts/soak). */
+static void test_reactor_reset_after_burn(void **state)
+{
+    struct srv *s = srv(state);
+    tproc_stop(s->pid, STOP_MS);
+    const char *const one[] = {"--threads", "1", "--workers", "1", NULL};
+    const char *const *saved = s->args;
+    s->args = no_args;
+    int rc = start_with(s, one);
+    s->args = saved;
+    assert_int_equal(rc, 0);
+    enum { N = 6 };
+    struct churn c[N];
+    pthread_t tid[N];
+    for (int i = 0; i < N; i++) {
+        c[i] = (struct churn){s->port, i < 4, tnow_ms() + 4000};
+        assert_int_equal(pthread_create(&tid[i], NULL, churn_main, &c[i]), 0);
+    }
+    for (int i = 0; i < N; i++)
+        pthread_join(tid[i], NULL);
+    assert_true(ping_ms(s) < T);
+}
+
 /* --max-conns holds across loops accepting at once: the check and the count
  * were two steps, so each loop could admit one connection too many. */
 static void test_reactor_max_conns(void **state)
@@ -909,7 +968,7 @@ static int run_design(struct srv *s)
         TEST(test_ping_beside_wait),   TEST(test_ping_beside_stalled_stream),
         TEST(test_iterative_ping_waits), TEST(test_select_fd_setsize),
         TEST(test_reactor_ping_beside_burn), TEST(test_reactor_reset_during_burn),
-        TEST(test_reactor_max_conns),
+        TEST(test_reactor_max_conns), TEST(test_reactor_reset_after_burn),
     };
     struct CMUnitTest run[sizeof common / sizeof common[0]];
     size_t n = 0;
