@@ -367,6 +367,10 @@ static int http_step(session_t *s)
         http_fail(s, 505, "only HTTP/1.x is served here\n");
         return 1;
     }
+    if (http_check_host(&req) != 0) { /* RFC 9112 3.2: a MUST, after the version is known */
+        http_fail(s, 400, "missing, repeated or invalid Host\n");
+        return 1;
+    }
     size_t total = (size_t)r, blen = 0;
     char *body = head + r;
     if (chunked) {
