@@ -498,7 +498,11 @@ int session_on_readable(session_t *s)
 {
     if (s->eof || s->closing)
         return session_wants(s);
-    int rc = buf_reserve(&s->in, READ_CHUNK, HTTP_MAX_HEAD + s->cfg->max_body + READ_CHUNK);
+    size_t max = HTTP_MAX_HEAD + s->cfg->max_body + READ_CHUNK, used = buf_used(&s->in);
+    /* Near the limit, ask for what is left of it: a whole READ_CHUNK would
+     * be refused, and the buffer would stop short of its limit (a request
+     * within it answered 413). */
+    int rc = buf_reserve(&s->in, max - used < READ_CHUNK ? max - used : READ_CHUNK, max);
     if (rc == -ENOMEM)
         return SESS_CLOSE;
     if (buf_room(&s->in) == 0) {
