@@ -8,8 +8,8 @@
  * valid request the harness frames itself and knows the answer of, or junk),
  * or moves things: deliver the next n bytes of it (so requests are split
  * wherever the input says), read n bytes of answers, move the clock, finish a
- * worker's BURN or an extension's deferred answer, half-close, shut down, or
- * report a socket error. At the end the client sends the rest and a FIN and
+ * worker's BURN or an extension's deferred answer, half-close, reset, shut
+ * down, or report a socket error. At the end the client sends the rest and a FIN and
  * everything is run to completion.
  *
  * Invariants, beyond no crash and no leak (LeakSanitizer):
@@ -19,7 +19,8 @@
  *   - when nothing disturbed the connection (no junk, socket error, shutdown
  *     or timeout), every such request fully sent is answered, and nothing else;
  *   - a session whose BURN a worker has, or whose answer an extension holds,
- *     is never closed under it (issue 11, defect 2);
+ *     is never closed under it: a dead one is SESS_GONE until the work comes
+ *     back (issue 11, defect 2), and only such a session is ever gone;
  *   - the session always comes to an end: no livelock, no hang.
  * Build and run: make fuzz. */
 #include <errno.h>
@@ -46,6 +47,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 /* FUZZ_TRACE=1 in the environment: say what each op does (to read a crash). */
 static int trace;
 #define TRACE(...) (trace ? fprintf(stderr, __VA_ARGS__) : 0)
+
+const char *__asan_default_options(void);
+
+/* A small quarantine: every run allocates fresh buffers, and touching new
+ * pages for them (page faults) cost more than the session itself. */
+const char *__asan_default_options(void)
+{
+    return "quarantine_size_mb=16";
+}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -133,7 +143,7 @@ typedef struct harness {
     int fin;            /* the client half-closed */
     size_t nexp;        /* answers expected (those fully sent before a FIN) */
     int wants;          /* the last SESS_* bits */
-    int unwatched;      /* hung up with work outstanding: no more events */
+    int unwatched;      /* gone (SESS_GONE) while its work is held: no more events */
     int work;           /* a worker has the session's BURN */
     uint8_t refuse[MAX_ANS]; /* for each offloaded BURN framed, in order: refused? */
     size_t nrefuse, irefuse;
@@ -147,9 +157,17 @@ static void put(buf_t *b, const void *p, size_t n)
         CHECK(buf_append(b, p, n) == 0);
 }
 
-static void puts_(buf_t *b, const char *s)
+static void put_str(buf_t *b, const char *s)
 {
     put(b, s, strlen(s));
+}
+
+/* n bytes of c (one call: a loop of put() costs more than the session does). */
+static void fill(buf_t *b, char c, size_t n)
+{
+    CHECK(buf_reserve(b, n + 1, (size_t)-1) == 0);
+    memset(b->data + b->len, c, n);
+    b->len += n;
 }
 
 /* A new expected answer for the request just framed (req.len is its end). */
@@ -167,46 +185,63 @@ static answer_t *expect(harness_t *h)
 
 /* ---- framing valid requests ---- */
 
+enum { K_FIXED, K_BURN, K_STREAM, K_ANY, K_ECHO }; /* how the answer is known */
+
+/* Line commands: the word, then (when range) a number from the script, v %
+ * range + base; the answer (K_FIXED) or how to compute it. */
+static const struct line_kind {
+    const char *word;
+    unsigned range, base;
+    int kind;
+    const char *answer;
+} line_kinds[] = {
+    {"PING", 0, 0, K_FIXED, "PONG\n"},
+    {"ping", 0, 0, K_FIXED, "PONG\n"},
+    {"WAIT ", 200, 0, K_FIXED, "DONE\n"},
+    {"WAIT 0", 0, 0, K_FIXED, "DONE\n"},
+    {"BURN ", 2000, 0, K_BURN, NULL},
+    {"STREAM ", 5000, 0, K_STREAM, "DONE\n"},
+    {"FOO ", 65536, 0, K_FIXED, "ERR unknown command\n"},
+    {"", 0, 0, K_FIXED, "ERR empty command\n"},
+    {"WAIT x", 65536, 0, K_FIXED, "ERR bad number\n"},
+    {"WAIT ", 65536, 60001, K_FIXED, "ERR number out of range\n"},
+    {"STREAM", 0, 0, K_FIXED, "ERR missing number\n"},
+    {"PING ", 65536, 0, K_FIXED, "ERR bad number\n"},
+};
+
+/* A BURN of n steps was framed: its answer, RESULT or (when offloaded and
+ * the script says the worker queue refuses it) the refusal. */
+static const char *burn_answer(harness_t *h, uint64_t n, unsigned v, char *text, size_t cap,
+                               const char *busy)
+{
+    int refused = 0;
+    if (h->cfg.offload_min && n >= h->cfg.offload_min && h->nrefuse < MAX_ANS)
+        refused = h->refuse[h->nrefuse++] = (uint8_t)(v >> 15);
+    snprintf(text, cap, "RESULT %llu\n", (unsigned long long)proto_burn(n));
+    return refused ? busy : text;
+}
+
 static void frame_line(harness_t *h, script_t *in)
 {
     unsigned k = take(in), v = take16(in);
-    const char *eol = (k & 0x80) ? "\r\n" : "\n";
-    char line[64], ans[32];
-    const char *answer = NULL;
-    uint64_t n = 0;
-    int burn = 0, stream = 0;
-    switch (k % 11) {
-    case 0: snprintf(line, sizeof line, "%s", (k & 0x40) ? "ping" : "PING"); answer = "PONG\n"; break;
-    case 1: n = v % 200; snprintf(line, sizeof line, "WAIT %llu", (unsigned long long)n); answer = "DONE\n"; break;
-    case 2: snprintf(line, sizeof line, "WAIT 0"); answer = "DONE\n"; break;
-    case 3: n = v % 2000; snprintf(line, sizeof line, "BURN %llu", (unsigned long long)n); burn = 1; break;
-    case 4: n = v % 5000; snprintf(line, sizeof line, "STREAM %llu", (unsigned long long)n); stream = 1; break;
-    case 5: snprintf(line, sizeof line, "FOO %u", v); answer = "ERR unknown command\n"; break;
-    case 6: line[0] = '\0'; answer = "ERR empty command\n"; break;
-    case 7: snprintf(line, sizeof line, "WAIT x%u", v); answer = "ERR bad number\n"; break;
-    case 8: snprintf(line, sizeof line, "WAIT %u", 60001 + v); answer = "ERR number out of range\n"; break;
-    case 9: snprintf(line, sizeof line, "STREAM"); answer = "ERR missing number\n"; break;
-    default: snprintf(line, sizeof line, "PING %u", v); answer = "ERR bad number\n"; break;
+    const struct line_kind *lk = &line_kinds[k % (sizeof line_kinds / sizeof line_kinds[0])];
+    uint64_t n = lk->range ? lk->base + v % lk->range : 0;
+    char num[24], text[32];
+    put_str(&h->req, lk->word);
+    if (lk->range) {
+        snprintf(num, sizeof num, "%llu", (unsigned long long)n);
+        put_str(&h->req, num);
     }
-    puts_(&h->req, line);
-    puts_(&h->req, eol);
+    put_str(&h->req, (k & 0x80) ? "\r\n" : "\n");
+    const char *answer = lk->answer;
+    if (lk->kind == K_BURN)
+        answer = burn_answer(h, n, v, text, sizeof text, "ERR server busy\n");
     answer_t *a = expect(h);
-    if (burn) {
-        int refused = 0;
-        if (h->cfg.offload_min && n >= h->cfg.offload_min && h->nrefuse < MAX_ANS)
-            refused = h->refuse[h->nrefuse++] = (uint8_t)(v >> 15);
-        snprintf(ans, sizeof ans, "RESULT %llu\n", (unsigned long long)proto_burn(n));
-        answer = refused ? "ERR server busy\n" : ans;
-    }
     if (!a)
         return;
-    if (stream) {
-        CHECK(buf_reserve(&a->body, n + 5, (size_t)-1) == 0);
-        memset(a->body.data, 'A', n);
-        a->body.len = n;
-        answer = "DONE\n";
-    }
-    puts_(&a->body, answer);
+    if (lk->kind == K_STREAM)
+        fill(&a->body, 'A', n);
+    put_str(&a->body, answer);
 }
 
 /* A body for POST, as Content-Length or chunked with extensions and trailers. */
@@ -215,19 +250,19 @@ static void frame_body(harness_t *h, script_t *in, int chunked, const char *eol,
     size_t n = take(in) % 64;
     if (take(in) & 1)
         n *= 37; /* up to 2.3 KB */
-    for (size_t i = 0; i < n; i++) {
-        char c = (char)('a' + (i * 7 + n) % 26);
-        put(body, &c, 1);
-    }
+    CHECK(buf_reserve(body, n + 1, (size_t)-1) == 0);
+    for (size_t i = 0; i < n; i++)
+        body->data[i] = (char)('a' + (i * 7 + n) % 26);
+    body->len = n;
     char line[128];
     if (!chunked) {
         snprintf(line, sizeof line, "Content-Length: %zu%s%s", n, eol, eol);
-        puts_(&h->req, line);
+        put_str(&h->req, line);
         put(&h->req, body->data, n);
         return;
     }
     snprintf(line, sizeof line, "Transfer-Encoding: chunked%s%s", eol, eol);
-    puts_(&h->req, line);
+    put_str(&h->req, line);
     for (size_t off = 0; off <= n;) {
         unsigned k = take(in);
         size_t c = off == n ? 0 : 1 + k % (n - off < 300 ? n - off : 300);
@@ -237,127 +272,153 @@ static void frame_body(harness_t *h, script_t *in, int chunked, const char *eol,
                           : (k & 0x30) == 0x20 ? " ; q = \"x\\\"y;z\" ;n"
                                                : "";
         snprintf(line, sizeof line, "%s%zx%s%s", (k & 0x40) ? "000" : "", c, ext, eol);
-        puts_(&h->req, line);
+        put_str(&h->req, line);
         if (c == 0) {
             if (k & 0x80) { /* trailers */
                 snprintf(line, sizeof line, "X-Trailer: %u%sT:%s", k, eol, eol);
-                puts_(&h->req, line);
+                put_str(&h->req, line);
             }
-            puts_(&h->req, eol);
+            put_str(&h->req, eol);
             break;
         }
         put(&h->req, body->data + off, c);
-        puts_(&h->req, eol);
+        put_str(&h->req, eol);
         off += c;
     }
 }
 
+/* HTTP requests: the target (a number from the script after it when range),
+ * POST or GET/HEAD, and the answer. */
+static const struct http_kind {
+    const char *target;
+    unsigned range;
+    int post;
+    int kind;
+    int status;
+    const char *body;
+} http_kinds[] = {
+    {"/", 0, 0, K_FIXED, 200, "hello, world\n"},
+    {"/ping", 0, 0, K_FIXED, 200, "PONG\n"},
+    {"/wait?ms=", 200, 0, K_FIXED, 200, "DONE\n"},
+    {"/burn?x=1&n=", 2000, 0, K_BURN, 200, NULL},
+    {"/stream?n=", 5000, 0, K_STREAM, 200, NULL},
+    {"/healthz", 0, 0, K_FIXED, 200, "ok\n"},
+    {"/metrics", 0, 0, K_ANY, 200, NULL},
+    {"/nope", 65536, 0, K_FIXED, 404, "not found\n"},
+    {"/wait?ms=x", 0, 0, K_FIXED, 400, "ms must be an integer from 0 to 60000\n"},
+    {"/ping", 0, 1, K_FIXED, 405, "method not allowed\n"},
+    {"/stream?n=4294967297", 0, 0, K_FIXED, 400, "n must be an integer from 0 to 4294967296\n"},
+    {"/ext", 0, 1, K_ECHO, 200, NULL},
+    {"/defer", 0, 1, K_ECHO, 200, NULL},
+};
+
 static void frame_http(harness_t *h, script_t *in)
 {
     unsigned k = take(in), f = take(in), v = take16(in);
+    const struct http_kind *hk = &http_kinds[k % (sizeof http_kinds / sizeof http_kinds[0])];
     const char *eol = (f & 1) ? "\n" : "\r\n";
-    int head = (f & 2) != 0, v10 = (f & 0x0c) == 0x0c, absolute = (f & 0x30) == 0x30;
+    int head = !hk->post && (f & 2), v10 = (f & 0x0c) == 0x0c, absolute = (f & 0x30) == 0x30;
     int conn = (f >> 6) & 3; /* 1: close, 2: keep-alive, else no Connection header */
-    char target[64], line[256], text[64];
-    const char *method = head ? "HEAD" : "GET";
-    int status = 200, any = 0, burn = 0, post = 0, chunked = 0, defer = 0;
-    uint64_t n = 0;
-    const char *body = NULL;
+    uint64_t n = hk->range ? v % hk->range : 0;
+    char line[160], text[32];
     buf_t posted = {0};
 
-    switch (k % 13) {
-    case 0: snprintf(target, sizeof target, "/"); body = "hello, world\n"; break;
-    case 1: snprintf(target, sizeof target, "/ping"); body = "PONG\n"; break;
-    case 2: n = v % 200; snprintf(target, sizeof target, "/wait?ms=%llu", (unsigned long long)n); body = "DONE\n"; break;
-    case 3: n = v % 2000; snprintf(target, sizeof target, "/burn?x=1&n=%llu", (unsigned long long)n); burn = 1; break;
-    case 4: n = v % 5000; snprintf(target, sizeof target, "/stream?n=%llu", (unsigned long long)n); break;
-    case 5: snprintf(target, sizeof target, "/healthz"); body = "ok\n"; break;
-    case 6: snprintf(target, sizeof target, "/metrics"); any = 1; break;
-    case 7: snprintf(target, sizeof target, "/nope%u", v); status = 404; body = "not found\n"; break;
-    case 8: snprintf(target, sizeof target, "/wait?ms=x"); status = 400;
-            body = "ms must be an integer from 0 to 60000\n"; break;
-    case 9: snprintf(target, sizeof target, "/ping"); method = "POST"; post = 1; status = 405;
-            body = "method not allowed\n"; break;
-    case 10: snprintf(target, sizeof target, "/stream?n=4294967297"); status = 400;
-            body = "n must be an integer from 0 to 4294967296\n"; break;
-    case 11: snprintf(target, sizeof target, "/ext"); method = "POST"; post = 1; break;
-    default: snprintf(target, sizeof target, "/defer"); method = "POST"; post = 1; defer = 1; break;
+    snprintf(line, sizeof line, "%s %s%s", hk->post ? "POST" : head ? "HEAD" : "GET",
+             absolute ? "http://x" : "", hk->target);
+    put_str(&h->req, line);
+    if (hk->range) {
+        snprintf(line, sizeof line, "%llu", (unsigned long long)n);
+        put_str(&h->req, line);
     }
-    if (post) {
-        head = 0;
-        chunked = (v >> 14) & 1;
-    }
-    snprintf(line, sizeof line, "%s %s%s HTTP/1.%d%s", method, absolute ? "http://x" : "", target,
-             v10 ? 0 : 1, eol);
-    puts_(&h->req, line);
-    if (!v10 || (f & 0x10)) {
+    put_str(&h->req, v10 ? " HTTP/1.0" : " HTTP/1.1");
+    put_str(&h->req, eol);
+    if (!v10 || (f & 0x10)) { /* HTTP/1.0 may go without Host */
         snprintf(line, sizeof line, "Host: %s%s", (k & 0x80) ? "127.0.0.1:8090" : "x", eol);
-        puts_(&h->req, line);
+        put_str(&h->req, line);
     }
     if (conn == 1 || conn == 2) {
         snprintf(line, sizeof line, "Connection: %s%s", conn == 1 ? "close" : "keep-alive", eol);
-        puts_(&h->req, line);
+        put_str(&h->req, line);
     }
     if (k & 0x40) { /* padding: heads of many sizes */
-        size_t pad = (v % 64) * 61;
-        puts_(&h->req, "X-Pad: ");
-        for (size_t i = 0; i < pad; i++)
-            put(&h->req, "p", 1);
-        puts_(&h->req, eol);
+        put_str(&h->req, "X-Pad: ");
+        fill(&h->req, 'p', (v % 64) * 61);
+        put_str(&h->req, eol);
     }
-    if (post)
-        frame_body(h, in, chunked, eol, &posted);
+    if (hk->post)
+        frame_body(h, in, (v >> 14) & 1, eol, &posted);
     else
-        puts_(&h->req, eol);
+        put_str(&h->req, eol);
 
-    answer_t *a = expect(h);
-    if (burn) {
-        int refused = 0;
-        if (h->cfg.offload_min && n >= h->cfg.offload_min && h->nrefuse < MAX_ANS)
-            refused = h->refuse[h->nrefuse++] = (uint8_t)(v >> 15);
-        snprintf(text, sizeof text, "RESULT %llu\n", (unsigned long long)proto_burn(n));
-        status = refused ? 503 : 200;
-        body = refused ? "server busy\n" : text;
+    int status = hk->status;
+    const char *body = hk->body;
+    if (hk->kind == K_BURN) {
+        body = burn_answer(h, n, v, text, sizeof text, "server busy\n");
+        status = body == text ? 200 : 503;
     }
     int keep = v10 ? conn == 2 : conn != 1;
+    answer_t *a = expect(h);
     if (!keep)
         h->frozen = 1; /* what follows is not answered */
-    if (!a) {
-        buf_free(&posted);
-        return;
+    if (a) {
+        a->status = status;
+        a->head = head;
+        a->any_body = hk->kind == K_ANY;
+        a->closes = !keep;
+        a->keep_alive = v10 && keep;
+        if (hk->kind == K_STREAM) {
+            fill(&a->body, 'A', n);
+        } else if (hk->kind == K_ECHO) {
+            a->body = posted; /* echoed by the extension, now or deferred */
+            posted = (buf_t){0};
+        } else if (body) {
+            put_str(&a->body, body);
+        }
     }
-    a->status = status;
-    a->head = head;
-    a->any_body = any;
-    a->closes = !keep;
-    a->keep_alive = v10 && keep;
-    if (k % 13 == 4) {
-        CHECK(buf_reserve(&a->body, n + 1, (size_t)-1) == 0);
-        memset(a->body.data, 'A', n);
-        a->body.len = n;
-    } else if (k % 13 >= 11) {
-        a->body = posted; /* echoed by the extension, now or deferred */
-        posted = (buf_t){0};
-    } else if (body) {
-        puts_(&a->body, body);
-    }
-    (void)defer;
     buf_free(&posted);
 }
 
+/* Requests each refused in its own way, and line commands that are valid but
+ * not framed by frame_line (endless, long, at the limits). */
+static const char *const bad_http[] = {
+    "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+    "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    "GET / HTTP/2.0\r\n\r\n",
+    "GET / HTTP/1.1\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+    "GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",
+    "G(T / HTTP/1.1\r\nHost: x\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3zzz\r\nabc\r\n0\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;a\rb\r\nx\r\n0\r\n\r\n",
+    "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nfffffff\r\n",
+    "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n",
+    "POST /ext HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", /* + a run of '0'... */
+    "GET /burn?n=999999 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "GET /stream?n=4294967296 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "GET /wait?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n",
+};
+static const char *const odd_line[] = {
+    "STREAM 4294967296\n", "WAIT 60000\n", "BURN 5000\n", "BURN 5001\n", "STREAM 65536\n",
+    "GET / HTTP/1.1\r\n\r\n",
+};
+
 /* Junk: bytes from the input (mostly), a long run of one byte (to reach the
- * limits), or a valid request of the other protocol. */
+ * limits), a valid request of the other protocol, or a request or command
+ * from the tables above. */
 static void frame_junk(harness_t *h, script_t *in)
 {
     unsigned k = take(in) % 8;
     h->junk = h->frozen = 1;
-    if (k == 0) {
+    if (k == 2) {
+        unsigned i = take(in);
+        put_str(&h->req, h->http ? bad_http[i % (sizeof bad_http / sizeof bad_http[0])]
+                               : odd_line[i % (sizeof odd_line / sizeof odd_line[0])]);
+    } else if (k == 0) {
         /* past the 4 KiB line, the 8 KiB head, the input buffer of a 4 KiB body limit */
         size_t n = 1 + (take16(in) & 0x7fff);
-        char c = (char)take(in);
-        CHECK(buf_reserve(&h->req, n, (size_t)-1) == 0);
-        memset(h->req.data + h->req.len, c, n);
-        h->req.len += n;
+        fill(&h->req, (char)take(in), n);
     } else if (k == 1) {
         h->http = !h->http;
         if (h->http)
@@ -367,10 +428,10 @@ static void frame_junk(harness_t *h, script_t *in)
         h->http = !h->http;
     } else {
         size_t n = take(in) % 48;
-        for (size_t i = 0; i < n; i++) {
-            char c = (char)take(in);
-            put(&h->req, &c, 1);
-        }
+        n = n < in->n ? n : in->n;
+        put(&h->req, in->p, n);
+        in->p += n;
+        in->n -= n;
     }
 }
 
@@ -451,6 +512,14 @@ static void apply(harness_t *h, int w)
         h->s = NULL;
         return;
     }
+    if (w & SESS_GONE) {
+        /* Dead but held: kept, unwatched and without a timer, until the
+         * work or the answer comes back. Only a held session is kept. */
+        CHECK(h->work || h->deferred);
+        h->unwatched = 1;
+        h->wants = 0;
+        return;
+    }
     h->wants = w;
 }
 
@@ -470,12 +539,10 @@ static int pump(harness_t *h)
         } else if (p.revents & POLLOUT) {
             apply(h, session_on_writable(h->s));
         } else {
-            /* A hang-up: as the reactor does, stop watching a session that
-             * must wait for its work (epoll would report it forever). */
+            /* A hang-up: closed, or gone while its work is held. */
             disturb(h, 1);
             apply(h, session_on_error(h->s));
-            if (h->s)
-                h->unwatched = 1;
+            CHECK(!h->s || h->unwatched);
         }
     }
     return events;
@@ -635,7 +702,7 @@ static void check(const harness_t *h)
 /* ---- the script ---- */
 
 enum { OP_REQ, OP_REQ2, OP_REQ3, OP_JUNK, OP_DELIVER, OP_DELIVER2, OP_DRAIN, OP_TICK, OP_WORK,
-       OP_RESUME, OP_FIN, OP_SHUTDOWN, OP_ERROR, OP_N };
+       OP_RESUME, OP_FIN, OP_SHUTDOWN, OP_ERROR, OP_RESET, OP_N };
 
 static void configure(harness_t *h, script_t *in)
 {
@@ -670,7 +737,7 @@ static void step(harness_t *h, script_t *in)
 {
     static const char *const names[OP_N] = {"req", "req", "req", "junk", "deliver", "deliver",
                                             "drain", "tick", "work", "resume", "fin", "shutdown",
-                                            "error"};
+                                            "error", "reset"};
     unsigned op = take(in) % OP_N, n;
     size_t before = h->req.len;
     TRACE("op %s (sent %zu of %zu, out %zu, answers %zu)\n", names[op], h->sent, h->req.len,
@@ -718,12 +785,14 @@ static void step(harness_t *h, script_t *in)
             apply(h, session_shutdown(h->s));
         }
         break;
+    case OP_RESET: /* the client goes away, answers unread (ECONNRESET, EPIPE) */
+        reset(h);
+        break;
     case OP_ERROR: /* EPOLLERR without EPOLLIN/EPOLLOUT */
         if (h->s && !h->unwatched) {
             disturb(h, 1);
             apply(h, session_on_error(h->s));
-            if (h->s)
-                h->unwatched = 1;
+            CHECK(!h->s || h->unwatched);
         }
         break;
     }
