@@ -9,22 +9,22 @@
  * or moves things: deliver the next n bytes of it (so requests are split
  * wherever the input says), read n bytes of answers, move the clock, finish a
  * worker's BURN or an extension's deferred answer, half-close, reset, shut
- * down, or report a socket error. At the end the client sends the rest and a FIN and
- * everything is run to completion.
+ * down, or report a socket error. At the end the client sends the rest and a
+ * FIN, and everything is run to completion.
  *
  * Invariants, beyond no crash and no leak (LeakSanitizer):
- *   - every valid request sent before the first junk is answered exactly as
- *     the protocol says, once and in order (an HTTP answer is checked for its
- *     status, body and Connection header);
+ *   - every valid request sent before the first junk that the session took
+ *     is answered exactly as the protocol says, once and in order (an HTTP
+ *     answer is checked for its status, body and Connection header); when a
+ *     timeout, a shutdown or a socket error came, what it had taken by then;
  *   - when nothing disturbed the connection (no junk, socket error, shutdown
- *     or timeout), every such request fully sent is answered, and nothing else;
+ *     or timeout), every such request fully sent is answered, and nothing
+ *     else; after a header timeout, only its 408 (or ERR timeout) may follow;
  *   - a session whose BURN a worker has, or whose answer an extension holds,
  *     is never closed under it: a dead one is SESS_GONE until the work comes
  *     back (issue 11, defect 2), and only such a session is ever gone;
  *   - the session always comes to an end: no livelock, no hang.
  * Build and run: make fuzz. */
-#include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
