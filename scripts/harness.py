@@ -307,14 +307,27 @@ def figures(run, duration=None):
 
 def tenant_metrics(port, tenant):
     """A tenant's sandbox_* counters from a server's /metrics, without the
-    prefix and the _total suffix: requests, seconds, restored_bytes..."""
+    prefix and the _total suffix: requests, seconds, restored_bytes...; a
+    counter with a second label gets its value appended: errors_throttled,
+    limit_hits_time..."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as f:
-        text = f.read().decode()
+        return parse_tenant_metrics(f.read().decode(), tenant)
+
+
+def parse_tenant_metrics(text, tenant):
+    """tenant_metrics from the text of /metrics."""
     out = {}
     for line in text.splitlines():
         name, _, rest = line.partition("{")
-        if name.startswith("sandbox_") and rest.startswith(f'tenant="{tenant}"}}'):
-            out[name[len("sandbox_"):].removesuffix("_total")] = float(rest.split()[-1])
+        if not name.startswith("sandbox_") or not rest.startswith(f'tenant="{tenant}"'):
+            continue
+        key = name[len("sandbox_"):].removesuffix("_total")
+        labels = rest.partition("}")[0][len(f'tenant="{tenant}"'):]
+        if labels.startswith(","):
+            key += "_" + labels.partition("=")[2].strip('"')
+        elif labels:
+            continue  # another tenant whose name starts with this one
+        out[key] = float(rest.split()[-1])
     return out
 
 

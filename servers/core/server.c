@@ -193,7 +193,10 @@ void server_process_init(void)
         default_max_conns = rl.rlim_cur > SERVER_FD_RESERVE + 16 ? rl.rlim_cur - SERVER_FD_RESERVE
                                                                  : rl.rlim_cur / 2;
     stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    struct sigaction sa = {.sa_handler = on_signal};
+    /* On the thread's alternate stack when it has one: a sandbox runner's
+     * thread may be at the very end of the sandbox's stack (sandbox_limit.c),
+     * with no room for a signal frame. */
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_ONSTACK};
     sigemptyset(&sa.sa_mask);
     /* No SA_RESTART: a blocked accept/poll returns EINTR and sees the flag. */
     sigaction(SIGINT, &sa, NULL);
