@@ -86,7 +86,7 @@ static void trace_bytes(const char *what, const char *p, size_t n)
 
 #define MAX_OPS    256
 #define MAX_ANS    96
-#define OUT_CAP    (2 << 20) /* a client reads at most this much, then resets */
+#define OUT_CAP    (512 << 10) /* a client reads at most this much, then resets */
 #define MAX_ROUNDS 20000     /* of the final run; more is a livelock */
 
 /* ---- the input, read as a script ---- */
