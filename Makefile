@@ -48,7 +48,7 @@ UNITS    := $(patsubst tests/unit/%.c,$(BIN)/tests/unit-%,$(UNIT_SRC))
 INTEGS   := $(patsubst tests/integration/%.c,$(BIN)/tests/integration-%,$(INTEG_SRC))
 DEPS_OK  := build/.deps-ok
 
-.PHONY: all test test-unit test-integration bench bench-quick lab deps format clean help fuzz
+.PHONY: all test test-unit test-integration bench bench-quick lab deps format clean help fuzz fuzz-long
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -61,6 +61,7 @@ help:
 	@echo "make bench-quick  the same, shorter"
 	@echo "make lab          run the teaching lab's experiments"
 	@echo "make SANITIZE=address,undefined test   the suite under ASan and UBSan"
+	@echo "make fuzz-long FUZZ_TIME=600   a fuzzing campaign per target, corpora merged"
 	@echo "make V=1          show the commands"
 
 # Install missing Debian packages once per checkout (see scripts/deps.sh).
@@ -116,25 +117,57 @@ $(BIN)/tests/integration-%: $(BUILD)/tests/integration/%.o $(TLIB) $(CORE_LIB)
 
 tests: all $(UNITS) $(INTEGS)
 
-# libFuzzer targets, one per parser (tests/fuzz/fuzz_<x>.c -> build/fuzz/fuzz_<x>),
-# built with clang when it is there; `make test` runs each for FUZZ_TIME seconds.
-FUZZ_CC   ?= clang
-FUZZ_SRC  := $(wildcard tests/fuzz/fuzz_*.c)
-FUZZ_BINS := $(if $(shell command -v $(FUZZ_CC) 2>/dev/null),$(patsubst tests/fuzz/%.c,build/fuzz/%,$(FUZZ_SRC)))
-FUZZ_TIME ?= 20
+# libFuzzer targets (tests/fuzz/fuzz_<x>.c -> build/fuzz/fuzz_<x>), built with
+# clang when it is there. Each links what FUZZ_LINK_<x> names, compiled with
+# the fuzzing flags into build/fuzz/obj/, and the libraries of FUZZ_LIBS_<x>.
+# `make test` runs each for FUZZ_TIME seconds; `make fuzz-long` runs a campaign
+# per target (FUZZ_TIME seconds or FUZZ_RUNS executions each) and merges what
+# it finds, minimized, into tests/fuzz/corpus/<x>/.
+FUZZ_CC     ?= clang
+FUZZ_SRC    := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_NAMES  := $(patsubst tests/fuzz/fuzz_%.c,%,$(FUZZ_SRC))
+FUZZ_BINS   := $(if $(shell command -v $(FUZZ_CC) 2>/dev/null),$(patsubst %,build/fuzz/fuzz_%,$(FUZZ_NAMES)))
+FUZZ_TIME   ?= 10
+FUZZ_RUNS   ?=
+FUZZ_SAN     = -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_CFLAGS  = -std=gnu11 -g -O1 -D_GNU_SOURCE -I. -Iservers -MMD -MP $(WARN) $(if $(CI),-Werror) \
+               $(call pkg,cflags,jansson) $(subst fuzzer,fuzzer-no-link,$(FUZZ_SAN))
 
-build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c servers/core/http.c servers/core/proto.c $(wildcard servers/core/*.h) | $(DEPS_OK)
+FUZZ_LINK_http       = servers/core/http.c
+FUZZ_LINK_proto      = servers/core/proto.c
+FUZZ_LINK_incr_form  = incrementor/parse.c servers/core/http.c
+FUZZ_LIBS_incr_form  = $(call pkg,libs,jansson)
+FUZZ_LINK_incr_json  = incrementor/parse.c servers/core/http.c
+FUZZ_LIBS_incr_json  = $(call pkg,libs,jansson)
+FUZZ_LINK_check      = loadgen/check.c servers/core/http.c servers/core/proto.c servers/core/buf.c
+# The whole session, on a fake clock (tests/fuzz/fake_clock.c instead of timer.c).
+FUZZ_LINK_session    = servers/core/session.c servers/core/http.c servers/core/proto.c \
+                       servers/core/buf.c servers/core/metrics.c tests/fuzz/fake_clock.c
+FUZZ_LIBS_session    = -pthread
+
+fuzz_obj = $(patsubst %.c,build/fuzz/obj/%.o,$(1))
+
+build/fuzz/obj/%.o: %.c | $(DEPS_OK)
 	$(call say,FUZZCC,$<)
 	$(Q)mkdir -p $(@D)
-	$(Q)$(FUZZ_CC) -std=gnu11 -g -O1 -D_GNU_SOURCE -Iservers -fsanitize=fuzzer,address,undefined \
-	    -fno-sanitize-recover=all -o $@ $< servers/core/http.c servers/core/proto.c
+	$(Q)$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+
+define FUZZ_TARGET
+build/fuzz/fuzz_$(1): $(call fuzz_obj,tests/fuzz/fuzz_$(1).c $(FUZZ_LINK_$(1)))
+	$$(call say,FUZZLD,$$@)
+	$$(Q)$$(FUZZ_CC) $$(FUZZ_SAN) -o $$@ $$^ $$(FUZZ_LIBS_$(1))
+endef
+$(foreach t,$(FUZZ_NAMES),$(eval $(call FUZZ_TARGET,$(t))))
 
 fuzz: $(FUZZ_BINS)
 	$(Q)FUZZ_TIME=$(FUZZ_TIME) scripts/test fuzz
 
+fuzz-long: $(FUZZ_BINS)
+	$(Q)FUZZ_TIME=$(FUZZ_TIME) FUZZ_RUNS=$(FUZZ_RUNS) scripts/fuzz-campaign $(FUZZ_NAMES)
+
 # The whole suite: unit, integration and script tests, each bounded in time.
 test: tests $(FUZZ_BINS)
-	$(Q)BIN=$(BIN) scripts/test
+	$(Q)BIN=$(BIN) FUZZ_TIME=$(FUZZ_TIME) scripts/test
 
 test-unit: tests
 	$(Q)BIN=$(BIN) scripts/test unit

@@ -20,6 +20,17 @@ static const unsigned char tchar[256] = {
     ['y'] = 1, ['z'] = 1,
 };
 
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /* Length of the head (through its blank line), 0 when not complete yet. A
  * head ends at "\n\n" or "\n\r\n"; bare LF line ends are accepted. */
 static size_t head_end(const char *buf, size_t len)
@@ -234,6 +245,65 @@ int http_body_framing(const http_header_t *h, size_t n, int64_t *content_length,
     return 0;
 }
 
+/* RFC 3986 unreserved and sub-delims: the characters of a reg-name besides
+ * pct-encoded, and (with ':') of an IP-literal between its brackets. */
+static int host_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != '\0' && strchr("-._~!$&'()*+,;=", c) != NULL);
+}
+
+/* Is v[0..len) a valid Host value: uri-host [ ":" port ], possibly empty? */
+static int host_valid(const char *v, size_t len)
+{
+    size_t i = 0;
+    if (len > 0 && v[0] == '[') {
+        /* IP-literal: the characters of IPv6address and IPvFuture. */
+        for (i = 1; i < len && v[i] != ']'; i++)
+            if (!host_char(v[i]) && v[i] != ':')
+                return 0;
+        if (i == len || i == 1)
+            return 0;
+        i++;
+    } else {
+        while (i < len && v[i] != ':') {
+            if (v[i] == '%') {
+                if (i + 2 >= len || hexval(v[i + 1]) < 0 || hexval(v[i + 2]) < 0)
+                    return 0;
+                i += 3;
+            } else if (host_char(v[i])) {
+                i++;
+            } else {
+                return 0;
+            }
+        }
+    }
+    if (i == len)
+        return 1;
+    if (v[i++] != ':')
+        return 0;
+    for (; i < len; i++) /* port = *DIGIT */
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+    return 1;
+}
+
+int http_check_host(const http_request_t *req)
+{
+    const http_header_t *host = NULL;
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const http_header_t *h = &req->headers[i];
+        if (h->name_len == 4 && strncasecmp(h->name, "host", 4) == 0) {
+            if (host)
+                return 400;
+            host = h;
+        }
+    }
+    if (!host)
+        return req->major == 1 && req->minor >= 1 ? 400 : 0;
+    return host_valid(host->value, host->value_len) ? 0 : 400;
+}
+
 int http_keep_alive(const http_request_t *req)
 {
     const http_header_t *c = http_find_header(req->headers, req->num_headers, "connection");
@@ -242,48 +312,164 @@ int http_keep_alive(const http_request_t *req)
     return c && http_has_token(c->value, c->value_len, "keep-alive");
 }
 
-enum { CH_SIZE, CH_EXT, CH_DATA, CH_DATA_CR, CH_DATA_LF, CH_TRAILER_START, CH_TRAILER, CH_DONE };
+/* The decoder's states, one per position in the RFC 9112 section 7.1 grammar:
+ *   chunk      = chunk-size [ chunk-ext ] CRLF chunk-data CRLF
+ *   chunk-size = 1*HEXDIG
+ *   chunk-ext  = *( BWS ";" BWS chunk-ext-name [ BWS "=" BWS chunk-ext-val ] )
+ *   chunk-ext-val = token / quoted-string
+ *   trailer-section = *( field-line CRLF ), then CRLF
+ * Anything off the grammar is HTTP_BAD: a decoder more lenient than the
+ * proxy in front of it is how a body is smuggled (a size with junk after it
+ * read as one size by one and another by the other). A bare CR is never a
+ * line end (RFC 9112 section 2.2); a bare LF is, as everywhere in this parser. */
+enum {
+    CH_SIZE,          /* the first hex digit of a size */
+    CH_SIZE_MORE,     /* more hex digits, or what follows the size */
+    CH_EXT,           /* after the size or an extension: ';', BWS or the line end */
+    CH_EXT_BWS,       /* white space there: only a ';' may follow it */
+    CH_EXT_NAME0,     /* after ';': BWS, then the name's first character */
+    CH_EXT_NAME,      /* the name: more of it, '=', ';', BWS or the line end */
+    CH_EXT_NAME_BWS,  /* white space after the name: '=' or ';' must follow */
+    CH_EXT_VAL0,      /* after '=': BWS, then a token or a quoted string */
+    CH_EXT_TOKEN,     /* a token value */
+    CH_EXT_QUOTED,    /* inside a quoted string */
+    CH_EXT_QPAIR,     /* after a backslash in a quoted string */
+    CH_SIZE_LF,       /* a CR ended the size line: LF must follow */
+    CH_DATA,
+    CH_DATA_CR,
+    CH_DATA_LF,
+    CH_TRAILER_START, /* a trailer field's first character, or the final line end */
+    CH_TRAILER_NAME,
+    CH_TRAILER_VALUE,
+    CH_TRAILER_LF,
+    CH_END_LF,        /* a CR began the final line end: LF must follow */
+    CH_DONE
+};
 
-static int hexval(char c)
+/* RFC 9110 qdtext and the second character of a quoted-pair (obs-text included). */
+static int qdtext(unsigned char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
+    return c == '\t' || c == ' ' || c == 0x21 || (c >= 0x23 && c <= 0x5b) ||
+           (c >= 0x5d && c <= 0x7e) || c >= 0x80;
+}
+
+static int qpair_char(unsigned char c)
+{
+    return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+/* The size line ended (its LF was taken): the chunk's data follows, or after
+ * the last chunk (size 0) the trailer section. */
+static void size_line_end(http_chunked_t *d)
+{
+    d->digits = 0;
+    d->state = d->left ? CH_DATA : CH_TRAILER_START;
 }
 
 int http_decode_chunked(http_chunked_t *d, char *buf, size_t len, size_t max_body)
 {
     while (d->src < len) {
-        char c = buf[d->src];
+        unsigned char c = (unsigned char)buf[d->src];
+        int blank = c == ' ' || c == '\t';
+        int eol = c == '\r' || c == '\n';
+        /* Trailers are skipped, but can't grow without bound. */
+        if (d->state >= CH_TRAILER_START && d->state != CH_DONE && ++d->trailer > HTTP_MAX_HEAD)
+            return HTTP_TOO_LARGE;
         switch (d->state) {
-        case CH_SIZE: {
-            int v = hexval(c);
+        case CH_SIZE:
+        case CH_SIZE_MORE: {
+            int v = hexval((char)c);
             if (v >= 0) {
-                if (++d->digits > 15)
+                /* Leading zeros are valid (1*HEXDIG) and say nothing of the
+                 * size: only significant digits count toward the cap, which
+                 * keeps the value below 2^60. */
+                if ((d->digits || v) && ++d->digits > 15)
                     return HTTP_TOO_LARGE;
                 d->left = d->left * 16 + (uint64_t)v;
+                d->state = CH_SIZE_MORE;
                 d->src++;
                 break;
             }
-            if (d->digits == 0)
+            if (d->state == CH_SIZE)
                 return HTTP_BAD;
             if (d->dst + d->left > max_body)
                 return HTTP_TOO_LARGE;
-            d->state = CH_EXT;
+            d->state = CH_EXT; /* this character is looked at there */
             break;
         }
-        case CH_EXT: /* chunk extensions are ignored up to the line end */
-            d->src++;
-            if (c == '\n') {
-                d->digits = 0;
-                d->state = d->left ? CH_DATA : CH_TRAILER_START;
-            } else if ((unsigned char)c < 0x20 && c != '\t' && c != '\r') {
+        case CH_EXT:
+        case CH_EXT_BWS:
+            if (c == ';')
+                d->state = CH_EXT_NAME0;
+            else if (blank)
+                d->state = CH_EXT_BWS;
+            else if (!eol || d->state == CH_EXT_BWS) /* BWS only before a ';' */
                 return HTTP_BAD;
+            else if (c == '\r')
+                d->state = CH_SIZE_LF;
+            else
+                size_line_end(d);
+            d->src++;
+            break;
+        case CH_EXT_NAME0:
+            if (tchar[c])
+                d->state = CH_EXT_NAME;
+            else if (!blank)
+                return HTTP_BAD;
+            d->src++;
+            break;
+        case CH_EXT_NAME:
+        case CH_EXT_NAME_BWS:
+            if (c == '=')
+                d->state = CH_EXT_VAL0;
+            else if (c == ';')
+                d->state = CH_EXT_NAME0;
+            else if (blank)
+                d->state = CH_EXT_NAME_BWS;
+            else if (d->state == CH_EXT_NAME && c == '\r')
+                d->state = CH_SIZE_LF;
+            else if (d->state == CH_EXT_NAME && c == '\n')
+                size_line_end(d);
+            else if (d->state != CH_EXT_NAME || !tchar[c])
+                return HTTP_BAD;
+            d->src++;
+            break;
+        case CH_EXT_VAL0:
+            if (c == '"')
+                d->state = CH_EXT_QUOTED;
+            else if (tchar[c])
+                d->state = CH_EXT_TOKEN;
+            else if (!blank)
+                return HTTP_BAD;
+            d->src++;
+            break;
+        case CH_EXT_TOKEN:
+            if (!tchar[c]) {
+                d->state = CH_EXT; /* the value ends: this character is looked at there */
+                break;
             }
+            d->src++;
+            break;
+        case CH_EXT_QUOTED:
+            if (c == '"')
+                d->state = CH_EXT;
+            else if (c == '\\')
+                d->state = CH_EXT_QPAIR;
+            else if (!qdtext(c))
+                return HTTP_BAD;
+            d->src++;
+            break;
+        case CH_EXT_QPAIR:
+            if (!qpair_char(c))
+                return HTTP_BAD;
+            d->state = CH_EXT_QUOTED;
+            d->src++;
+            break;
+        case CH_SIZE_LF:
+            if (c != '\n')
+                return HTTP_BAD;
+            size_line_end(d);
+            d->src++;
             break;
         case CH_DATA: {
             size_t n = len - d->src;
@@ -318,16 +504,40 @@ int http_decode_chunked(http_chunked_t *d, char *buf, size_t len, size_t max_bod
                 d->state = CH_DONE;
                 return 1;
             }
-            if (c != '\r')
-                d->state = CH_TRAILER;
+            if (c == '\r')
+                d->state = CH_END_LF;
+            else if (tchar[c])
+                d->state = CH_TRAILER_NAME;
+            else
+                return HTTP_BAD;
             break;
-        case CH_TRAILER: /* trailer fields are skipped */
+        case CH_TRAILER_NAME: /* trailer fields are checked like header fields, then skipped */
             d->src++;
-            if (c == '\n')
-                d->state = CH_TRAILER_START;
-            if (d->src > max_body + 8192)
-                return HTTP_TOO_LARGE;
+            if (c == ':')
+                d->state = CH_TRAILER_VALUE;
+            else if (!tchar[c])
+                return HTTP_BAD;
             break;
+        case CH_TRAILER_VALUE:
+            d->src++;
+            if (c == '\r')
+                d->state = CH_TRAILER_LF;
+            else if (c == '\n')
+                d->state = CH_TRAILER_START;
+            else if ((c < 0x20 && c != '\t') || c == 0x7f)
+                return HTTP_BAD;
+            break;
+        case CH_TRAILER_LF:
+        case CH_END_LF:
+            d->src++;
+            if (c != '\n')
+                return HTTP_BAD;
+            if (d->state == CH_TRAILER_LF) {
+                d->state = CH_TRAILER_START;
+                break;
+            }
+            d->state = CH_DONE;
+            return 1;
         case CH_DONE:
             return 1;
         }

@@ -66,6 +66,13 @@ int http_has_token(const char *value, size_t len, const char *token);
  * transfer coding other than chunked. */
 int http_body_framing(const http_header_t *h, size_t n, int64_t *content_length, int *chunked);
 
+/* The Host rule of RFC 9112 section 3.2, for a server: 400 when an HTTP/1.1
+ * (or later 1.x) request has no Host field, when any request has more than
+ * one, or when its value is not `uri-host [ ":" port ]` (RFC 3986; empty is
+ * allowed). Returns 0 or 400. Kept out of http_parse_request, which frames
+ * messages of every version alike: HTTP/1.0 needs no Host. */
+int http_check_host(const http_request_t *req);
+
 /* Does the client want the connection kept open after this request?
  * HTTP/1.1 by default unless "Connection: close"; HTTP/1.0 only with
  * "Connection: keep-alive". */
@@ -77,16 +84,20 @@ typedef struct http_chunked {
     size_t src;       /* raw bytes consumed so far, from the body's start */
     size_t dst;       /* decoded bytes so far, stored at the body's start */
     uint64_t left;    /* bytes left in the current chunk */
+    size_t trailer;   /* bytes of the trailer section so far (at most HTTP_MAX_HEAD) */
     int state;
-    int digits;
+    int digits;       /* significant digits of the current size (leading zeros don't count) */
 } http_chunked_t;
 
 /* Decode what has arrived of a chunked body at buf[0..len) (buf is the byte
  * after the header block; len counts every byte received since). Decoded bytes
  * are moved to buf[0..d->dst). Returns 1 when the body and its trailers are
  * complete (d->src is then the raw length to consume), 0 when more is needed,
- * HTTP_BAD for a malformed encoding, HTTP_TOO_LARGE when the decoded body
- * would exceed max_body. */
+ * HTTP_BAD for an encoding off the RFC 9112 grammar (junk after a size, a bare
+ * CR, a malformed extension or trailer field), HTTP_TOO_LARGE when the
+ * decoded body would exceed max_body, a size has more than 15 significant hex
+ * digits or the trailers more than HTTP_MAX_HEAD bytes. Extensions and
+ * trailer fields are checked, then ignored. */
 int http_decode_chunked(http_chunked_t *d, char *buf, size_t len, size_t max_body);
 
 /* Find parameter `name` in a query string (a=1&b=2). On success points

@@ -367,6 +367,10 @@ static int http_step(session_t *s)
         http_fail(s, 505, "only HTTP/1.x is served here\n");
         return 1;
     }
+    if (http_check_host(&req) != 0) { /* RFC 9112 3.2: a MUST, after the version is known */
+        http_fail(s, 400, "missing, repeated or invalid Host\n");
+        return 1;
+    }
     size_t total = (size_t)r, blen = 0;
     char *body = head + r;
     if (chunked) {
@@ -510,7 +514,11 @@ int session_on_readable(session_t *s)
 {
     if (s->eof || s->closing)
         return session_wants(s);
-    int rc = buf_reserve(&s->in, READ_CHUNK, HTTP_MAX_HEAD + s->cfg->max_body + READ_CHUNK);
+    size_t max = HTTP_MAX_HEAD + s->cfg->max_body + READ_CHUNK, used = buf_used(&s->in);
+    /* Near the limit, ask for what is left of it: a whole READ_CHUNK would
+     * be refused, and the buffer would stop short of its limit (a request
+     * within it answered 413). */
+    int rc = buf_reserve(&s->in, max - used < READ_CHUNK ? max - used : READ_CHUNK, max);
     if (rc == -ENOMEM)
         return dead(s);
     if (buf_room(&s->in) == 0) {

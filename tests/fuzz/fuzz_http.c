@@ -4,7 +4,8 @@
  *   - every field points inside the head; counts stay within their arrays;
  *   - a valid head cut one byte short is partial;
  *   - the chunked decoder gives the same body whether its input arrives at
- *     once or in two pieces, never writing or taking more than it was given.
+ *     once or in two pieces, never writing or taking more than it was given;
+ *   - the Host rule answers 0 or 400, and 400 to HTTP/1.1 without Host.
  * Build and run: make fuzz. */
 #include <errno.h>
 #include <stdint.h>
@@ -101,6 +102,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 check_chunked(buf + r, size - (size_t)r, (size_t)req.method_len * 7);
         }
         (void)http_keep_alive(&req);
+        int host = http_check_host(&req);
+        CHECK(host == 0 || host == 400);
+        if (req.major == 1 && req.minor >= 1 && !http_find_header(req.headers, req.num_headers, "host"))
+            CHECK(host == 400);
 
         const char *v;
         size_t vlen;

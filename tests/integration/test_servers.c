@@ -310,19 +310,19 @@ static void test_http_routes(void **state)
     int fd = conn(s);
     send_str(fd, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     expect_recv(fd, HELLO, T); /* the exact bytes, on the hot path */
-    http_expect(fd, "GET /ping HTTP/1.1\r\n\r\n", 200, "PONG\n");
+    http_expect(fd, "GET /ping HTTP/1.1\r\nHost: t\r\n\r\n", 200, "PONG\n");
     long long t0 = tnow_ms();
-    http_expect(fd, "GET /wait?ms=100 HTTP/1.1\r\n\r\n", 200, "DONE\n");
+    http_expect(fd, "GET /wait?ms=100 HTTP/1.1\r\nHost: t\r\n\r\n", 200, "DONE\n");
     if (tnow_ms() - t0 < 95)
         fail_msg("/wait?ms=100 answered after %lld ms", tnow_ms() - t0);
-    http_expect(fd, "GET /wait?ms=0 HTTP/1.1\r\n\r\n", 200, "DONE\n");
-    http_expect(fd, "GET /burn?n=3 HTTP/1.1\r\n\r\n", 200, "RESULT 11166244414315200793\n");
-    http_expect(fd, "GET /burn?n=1000 HTTP/1.1\r\n\r\n", 200, "RESULT 902429759771004424\n");
-    http_expect(fd, "GET /stream?n=0 HTTP/1.1\r\n\r\n", 200, "");
-    http_expect(fd, "GET /stream?n=7 HTTP/1.1\r\n\r\n", 200, "AAAAAAA");
+    http_expect(fd, "GET /wait?ms=0 HTTP/1.1\r\nHost: t\r\n\r\n", 200, "DONE\n");
+    http_expect(fd, "GET /burn?n=3 HTTP/1.1\r\nHost: t\r\n\r\n", 200, "RESULT 11166244414315200793\n");
+    http_expect(fd, "GET /burn?n=1000 HTTP/1.1\r\nHost: t\r\n\r\n", 200, "RESULT 902429759771004424\n");
+    http_expect(fd, "GET /stream?n=0 HTTP/1.1\r\nHost: t\r\n\r\n", 200, "");
+    http_expect(fd, "GET /stream?n=7 HTTP/1.1\r\nHost: t\r\n\r\n", 200, "AAAAAAA");
 
     thttp_resp_t r;
-    assert_int_equal(thttp_do(fd, "GET /stream?n=2000000 HTTP/1.1\r\n\r\n", &r, T), 0);
+    assert_int_equal(thttp_do(fd, "GET /stream?n=2000000 HTTP/1.1\r\nHost: t\r\n\r\n", &r, T), 0);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.body_len, 2000000);
     for (size_t i = 0; i < r.body_len; i++)
@@ -330,8 +330,8 @@ static void test_http_routes(void **state)
             fail_msg("stream byte %zu is 0x%02x", i, (unsigned char)r.body[i]);
     thttp_free(&r);
 
-    http_expect(fd, "GET /healthz HTTP/1.1\r\n\r\n", 200, NULL);
-    assert_int_equal(thttp_do(fd, "GET /metrics HTTP/1.1\r\n\r\n", &r, T), 0);
+    http_expect(fd, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n", 200, NULL);
+    assert_int_equal(thttp_do(fd, "GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", &r, T), 0);
     assert_int_equal(r.status, 200);
     if (!strstr(r.body, "requests_total"))
         fail_msg("/metrics has no requests_total: %.300s", r.body);
@@ -339,8 +339,8 @@ static void test_http_routes(void **state)
         fail_msg("/metrics did not count the /ping: %.2000s", r.body);
     thttp_free(&r);
     /* Query parameters in any order, absolute-form targets. */
-    http_expect(fd, "GET /burn?x=1&n=3 HTTP/1.1\r\n\r\n", 200, "RESULT 11166244414315200793\n");
-    http_expect(fd, "GET http://localhost/ping HTTP/1.1\r\n\r\n", 200, "PONG\n");
+    http_expect(fd, "GET /burn?x=1&n=3 HTTP/1.1\r\nHost: t\r\n\r\n", 200, "RESULT 11166244414315200793\n");
+    http_expect(fd, "GET http://localhost/ping HTTP/1.1\r\nHost: t\r\n\r\n", 200, "PONG\n");
     close(fd);
 }
 
@@ -348,15 +348,15 @@ static void test_http_pipelined(void **state)
 {
     struct srv *s = srv(state);
     int fd = conn(s);
-    send_str(fd, "GET / HTTP/1.1\r\n\r\n"
-                 "GET /ping HTTP/1.1\r\n\r\n"
-                 "GET /wait?ms=50 HTTP/1.1\r\n\r\n"
-                 "GET /burn?n=3 HTTP/1.1\r\n\r\n"
-                 "GET /stream?n=5 HTTP/1.1\r\n\r\n"
-                 "GET /nope HTTP/1.1\r\n\r\n"
-                 "POST /ping HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody"
-                 "GET /healthz HTTP/1.1\r\n\r\n"
-                 "GET /ping HTTP/1.1\r\n\r\n");
+    send_str(fd, "GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+                 "GET /ping HTTP/1.1\r\nHost: t\r\n\r\n"
+                 "GET /wait?ms=50 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 "GET /burn?n=3 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 "GET /stream?n=5 HTTP/1.1\r\nHost: t\r\n\r\n"
+                 "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
+                 "POST /ping HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbody"
+                 "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+                 "GET /ping HTTP/1.1\r\nHost: t\r\n\r\n");
     http_read_expect(fd, 200, "hello, world\n");
     http_read_expect(fd, 200, "PONG\n");
     http_read_expect(fd, 200, "DONE\n");
@@ -368,10 +368,10 @@ static void test_http_pipelined(void **state)
     http_read_expect(fd, 200, "PONG\n");
 
     /* 5000 hellos in one write: more answers than the server buffers at once. */
-    size_t count = 5000, one = strlen("GET / HTTP/1.1\r\n\r\n"), hl = strlen(HELLO);
+    size_t count = 5000, one = strlen("GET / HTTP/1.1\r\nHost: t\r\n\r\n"), hl = strlen(HELLO);
     char *req = malloc(count * one + 1), *want = malloc(count * hl + 1);
     for (size_t i = 0; i < count; i++) {
-        memcpy(req + i * one, "GET / HTTP/1.1\r\n\r\n", one);
+        memcpy(req + i * one, "GET / HTTP/1.1\r\nHost: t\r\n\r\n", one);
         memcpy(want + i * hl, HELLO, hl);
     }
     req[count * one] = want[count * hl] = '\0';
@@ -393,13 +393,13 @@ static void test_http_byte_by_byte(void **state)
     }
     http_read_expect(fd, 200, "RESULT 902429759771004424\n");
     /* A body byte by byte too. */
-    req = "POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+    req = "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc";
     for (const char *p = req; *p; p++) {
         assert_int_equal(tconn_send(fd, p, 1), 0);
         sleep_ms(1);
     }
     http_read_expect(fd, 405, NULL);
-    http_expect(fd, "GET /ping HTTP/1.1\r\n\r\n", 200, "PONG\n");
+    http_expect(fd, "GET /ping HTTP/1.1\r\nHost: t\r\n\r\n", 200, "PONG\n");
     close(fd);
 }
 
@@ -408,20 +408,24 @@ static void test_http_errors_keep(void **state)
 {
     struct srv *s = srv(state);
     int fd = conn(s);
-    http_expect(fd, "GET /nope HTTP/1.1\r\n\r\n", 404, NULL);
-    http_expect(fd, "GET /pingx HTTP/1.1\r\n\r\n", 404, NULL);
-    http_expect(fd, "DELETE / HTTP/1.1\r\n\r\n", 405, NULL);
-    http_expect(fd, "POST /ping HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405, NULL);
-    http_expect(fd, "POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 405, NULL);
-    http_expect(fd, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    http_expect(fd, "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n", 404, NULL);
+    http_expect(fd, "GET /pingx HTTP/1.1\r\nHost: t\r\n\r\n", 404, NULL);
+    http_expect(fd, "DELETE / HTTP/1.1\r\nHost: t\r\n\r\n", 405, NULL);
+    http_expect(fd, "POST /ping HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", 405, NULL);
+    http_expect(fd, "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello", 405, NULL);
+    http_expect(fd, "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
                 405, NULL);
-    http_expect(fd, "GET /wait?ms=abc HTTP/1.1\r\n\r\n", 400, NULL);
-    http_expect(fd, "GET /wait?ms=60001 HTTP/1.1\r\n\r\n", 400, NULL);
-    http_expect(fd, "GET /wait HTTP/1.1\r\n\r\n", 400, NULL);
-    http_expect(fd, "GET /burn?n=-1 HTTP/1.1\r\n\r\n", 400, NULL);
-    http_expect(fd, "GET /burn?n=10000000001 HTTP/1.1\r\n\r\n", 400, NULL);
-    http_expect(fd, "GET /stream?n=4294967297 HTTP/1.1\r\n\r\n", 400, NULL);
-    http_expect(fd, "GET /ping HTTP/1.1\r\n\r\n", 200, "PONG\n");
+    /* Leading zeros of a chunk size are not significant digits (RFC 9112 7.1). */
+    http_expect(fd, "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "0000000000000001\r\nx\r\n0\r\n\r\n",
+                405, NULL);
+    http_expect(fd, "GET /wait?ms=abc HTTP/1.1\r\nHost: t\r\n\r\n", 400, NULL);
+    http_expect(fd, "GET /wait?ms=60001 HTTP/1.1\r\nHost: t\r\n\r\n", 400, NULL);
+    http_expect(fd, "GET /wait HTTP/1.1\r\nHost: t\r\n\r\n", 400, NULL);
+    http_expect(fd, "GET /burn?n=-1 HTTP/1.1\r\nHost: t\r\n\r\n", 400, NULL);
+    http_expect(fd, "GET /burn?n=10000000001 HTTP/1.1\r\nHost: t\r\n\r\n", 400, NULL);
+    http_expect(fd, "GET /stream?n=4294967297 HTTP/1.1\r\nHost: t\r\n\r\n", 400, NULL);
+    http_expect(fd, "GET /ping HTTP/1.1\r\nHost: t\r\n\r\n", 200, "PONG\n");
     close(fd);
 }
 
@@ -447,15 +451,22 @@ static void test_http_errors_close(void **state)
 {
     struct srv *s = srv(state);
     const char *bad[] = {
-        "GET / HTTP/1.1\r\nBad Header\r\n\r\n",
-        "GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
-        "GET / HTTP/1.1\r\nX : a\r\n\r\n",
-        "G(T / HTTP/1.1\r\n\r\n",
-        "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-        "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-        "POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n",
-        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        "GET / HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: t\r\nX: a\r\n folded\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: t\r\nX : a\r\n\r\n",
+        "G(T / HTTP/1.1\r\nHost: t\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        /* RFC 9112 7.1: junk after a chunk size, a bare CR in an extension */
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3zzz\r\nabc\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3;a\rb\r\nabc\r\n0\r\n\r\n",
+        /* RFC 9112 3.2: HTTP/1.1 without Host, or with two */
+        "GET / HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: t\r\nHost: t\r\n\r\n",
+        "GET /ping HTTP/1.0\r\nHost: a b\r\n\r\n",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         expect_fatal(s, bad[i], strlen(bad[i]), 400);
@@ -469,20 +480,20 @@ static void test_http_errors_close(void **state)
     expect_fatal(s, big, strlen(big), 431);
     expect_fatal(s, big, n, 431);
     free(big);
-    /* 65 headers. */
-    char many[2048] = "GET / HTTP/1.1\r\n";
-    for (int i = 0; i < 65; i++)
+    /* 65 headers: Host and 64 more. */
+    char many[2048] = "GET / HTTP/1.1\r\nHost: t\r\n";
+    for (int i = 0; i < 64; i++)
         snprintf(many + strlen(many), sizeof many - strlen(many), "X-%d: v\r\n", i);
     strcat(many, "\r\n");
     expect_fatal(s, many, strlen(many), 431);
 
     /* A body over 1 MiB, announced or chunked. */
-    const char *b1 = "POST / HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n";
+    const char *b1 = "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1048577\r\n\r\n";
     expect_fatal(s, b1, strlen(b1), 413);
-    const char *b2 = "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n";
+    const char *b2 = "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n200000\r\n";
     expect_fatal(s, b2, strlen(b2), 413);
 
-    const char *te = "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n";
+    const char *te = "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n";
     expect_fatal(s, te, strlen(te), 501);
     const char *v2 = "GET / HTTP/2.0\r\n\r\n";
     expect_fatal(s, v2, strlen(v2), 505);
@@ -497,7 +508,7 @@ static void test_http_chunk_framing_overflow(void **state)
 {
     struct srv *s = srv(state);
     int fd = conn(s);
-    const char *head = "POST /ping HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    const char *head = "POST /ping HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
     size_t n = 200000, len = strlen(head) + 6 * n;
     char *req = malloc(len);
     memcpy(req, head, strlen(head));
@@ -542,15 +553,15 @@ static void test_http10_and_close(void **state)
     assert_true(thttp_has_header(&r, "Connection: keep-alive"));
     thttp_free(&r);
     http_expect(fd, "GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 200, "hello, world\n");
-    http_expect(fd, "GET /ping HTTP/1.1\r\n\r\n", 200, "PONG\n");
+    http_expect(fd, "GET /ping HTTP/1.1\r\nHost: t\r\n\r\n", 200, "PONG\n");
     close(fd);
 
     /* HTTP/1.1 Connection: close, with a pipelined request after it that
      * must not be answered. */
     fd = conn(s);
     assert_int_equal(thttp_do(fd,
-                              "GET /ping HTTP/1.1\r\nConnection: close\r\n\r\n"
-                              "GET /ping HTTP/1.1\r\n\r\n",
+                              "GET /ping HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+                              "GET /ping HTTP/1.1\r\nHost: t\r\n\r\n",
                               &r, T),
                      0);
     assert_int_equal(r.status, 200);
@@ -566,19 +577,19 @@ static void test_http_head(void **state)
     struct srv *s = srv(state);
     int fd = conn(s);
     thttp_resp_t r;
-    assert_int_equal(thttp_do(fd, "HEAD / HTTP/1.1\r\n\r\n", &r, T), 0);
+    assert_int_equal(thttp_do(fd, "HEAD / HTTP/1.1\r\nHost: t\r\n\r\n", &r, T), 0);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.content_length, 13);
     thttp_free(&r);
-    assert_int_equal(thttp_do(fd, "HEAD /stream?n=100 HTTP/1.1\r\n\r\n", &r, T), 0);
+    assert_int_equal(thttp_do(fd, "HEAD /stream?n=100 HTTP/1.1\r\nHost: t\r\n\r\n", &r, T), 0);
     assert_int_equal(r.status, 200);
     assert_int_equal(r.content_length, 100);
     thttp_free(&r);
-    assert_int_equal(thttp_do(fd, "HEAD /nope HTTP/1.1\r\n\r\n", &r, T), 0);
+    assert_int_equal(thttp_do(fd, "HEAD /nope HTTP/1.1\r\nHost: t\r\n\r\n", &r, T), 0);
     assert_int_equal(r.status, 404);
     thttp_free(&r);
     /* No body was sent: the next answer comes out clean. */
-    http_expect(fd, "GET /ping HTTP/1.1\r\n\r\n", 200, "PONG\n");
+    http_expect(fd, "GET /ping HTTP/1.1\r\nHost: t\r\n\r\n", 200, "PONG\n");
     assert_int_equal(tconn_pending(fd), 0);
     close(fd);
 }
@@ -594,7 +605,7 @@ static void test_protocol_detection(void **state)
     expect_recv(a, "ERR unknown command\nERR empty command\n", T);
     close(a);
     int b = conn(s);
-    http_expect(b, "GET /ping HTTP/1.1\r\n\r\n", 200, "PONG\n");
+    http_expect(b, "GET /ping HTTP/1.1\r\nHost: t\r\n\r\n", 200, "PONG\n");
     http_expect(b, "PING\n\n", 400, NULL);
     expect_closed(b);
     close(b);

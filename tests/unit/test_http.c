@@ -1,7 +1,7 @@
 /* Unit tests of the HTTP parser: requests (a table, every valid one also split
- * at every byte), responses, body framing, keep-alive, the chunked decoder and
- * query strings. Every input sits right before a PROT_NONE guard page, so a
- * read past its end crashes the test. */
+ * at every byte), responses, body framing, keep-alive, the Host rule, the
+ * chunked decoder and query strings. Every input sits right before a
+ * PROT_NONE guard page, so a read past its end crashes the test. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -450,6 +450,59 @@ static void test_keep_alive(void **state)
     }
 }
 
+/* RFC 9112 3.2: Host is required in HTTP/1.1, never repeated, and valid. */
+struct host_case {
+    const char *line, *headers;
+    int ret;
+};
+
+static const struct host_case host_cases[] = {
+    {"GET / HTTP/1.1", "Host: example.com\r\n", 0},
+    {"GET / HTTP/1.1", "host: example.com:8080\r\n", 0},
+    {"GET / HTTP/1.1", "Host: 127.0.0.1:9\r\n", 0},
+    {"GET / HTTP/1.1", "Host: [::1]:8090\r\n", 0},
+    {"GET / HTTP/1.1", "Host: [v1.x]\r\n", 0},
+    {"GET / HTTP/1.1", "Host: a%2Db_c~d!$&'()*+,;=\r\n", 0},
+    {"GET / HTTP/1.1", "Host: x:\r\n", 0},                      /* port = *DIGIT */
+    {"GET / HTTP/1.1", "Host:\r\n", 0},                         /* empty is valid */
+    {"GET / HTTP/1.1", "X: 1\r\nHost: a\r\nY: 2\r\n", 0},
+    {"GET / HTTP/1.0", "", 0},                                   /* 1.0 needs none */
+    {"GET / HTTP/1.0", "Host: a\r\n", 0},
+    {"GET / HTTP/2.0", "", 0},                                   /* not 1.x: 505 elsewhere */
+    {"GET / HTTP/1.1", "", 400},                                 /* missing */
+    {"GET http://a/ HTTP/1.1", "", 400},                         /* absolute-form too */
+    {"GET / HTTP/1.2", "", 400},
+    {"GET / HTTP/1.1", "Hostname: a\r\n", 400},
+    {"GET / HTTP/1.1", "Host: a\r\nHost: a\r\n", 400},          /* repeated, even equal */
+    {"GET / HTTP/1.0", "Host: a\r\nhost: b\r\n", 400},
+    {"GET / HTTP/1.1", "Host: a b\r\n", 400},
+    {"GET / HTTP/1.1", "Host: a/b\r\n", 400},
+    {"GET / HTTP/1.1", "Host: user@a\r\n", 400},
+    {"GET / HTTP/1.1", "Host: a:8x\r\n", 400},
+    {"GET / HTTP/1.1", "Host: a:1:2\r\n", 400},
+    {"GET / HTTP/1.1", "Host: a%2\r\n", 400},
+    {"GET / HTTP/1.1", "Host: a%zz\r\n", 400},
+    {"GET / HTTP/1.1", "Host: [::1\r\n", 400},
+    {"GET / HTTP/1.1", "Host: []\r\n", 400},
+    {"GET / HTTP/1.1", "Host: [::1]x\r\n", 400},
+    {"GET / HTTP/1.1", "Host: caf\xc3\xa9\r\n", 400},
+    {"GET / HTTP/1.0", "Host: a,b c\r\n", 400},
+};
+
+static void test_host(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof host_cases / sizeof host_cases[0]; i++) {
+        const struct host_case *c = &host_cases[i];
+        http_request_t req;
+        parse_with(c->line, c->headers, &req);
+        int r = http_check_host(&req);
+        if (r != c->ret)
+            fail_msg("Host check of \"%s\" + \"%s\" = %d, want %d", c->line, c->headers, r,
+                     c->ret);
+    }
+}
+
 static void test_find_header_and_token(void **state)
 {
     (void)state;
@@ -497,6 +550,35 @@ static const struct chunk_case chunk_cases[] = {
     C("5\r\nhelloX\r\n", 100, HTTP_BAD),
     C("5\r\nhello\rX", 100, HTTP_BAD),
     C("1;\x01\r\n", 100, HTTP_BAD),
+    /* RFC 9112 7.1: chunk-size = 1*HEXDIG, then only a chunk-ext or the line end */
+    C("3zzz\r\nabc\r\n0\r\n\r\n", 100, HTTP_BAD),         /* junk after the size */
+    C("3 \r\nabc\r\n0\r\n\r\n", 100, HTTP_BAD),           /* BWS not followed by ';' */
+    C("0x3\r\nabc\r\n0\r\n\r\n", 100, HTTP_BAD),
+    C("-1\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),
+    C("3\rabc\r\n0\r\n\r\n", 100, HTTP_BAD),               /* bare CR after the size */
+    C("1;a\rb\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),          /* bare CR in an extension */
+    C("1;a=\"b\rc\"\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),     /* bare CR in a quoted value */
+    C("1;\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),              /* ';' without a name */
+    C("1;=v\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),
+    C("1;a=\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),            /* '=' without a value */
+    C("1;a \r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),            /* BWS not followed by '=' or ';' */
+    C("1;a=b c\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),
+    C("1;a=\"b\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),         /* unterminated quoted string */
+    C("1;a=\"b\"c\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),
+    C("1;a@b\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),
+    C("0\r\nX: a\rb\r\n\r\n", 100, HTTP_BAD),              /* bare CR in a trailer */
+    C("0\r\n\r\r\n", 100, HTTP_BAD),                      /* bare CR before the last line end */
+    C("0\r\nno colon\r\n\r\n", 100, HTTP_BAD),
+    C("0\r\n: v\r\n\r\n", 100, HTTP_BAD),
+    C("0\r\nX: a\x01\r\n\r\n", 100, HTTP_BAD),
+    {"1 ;a\r\nx\r\n0\r\n\r\n", 100, 1, "x", -1},           /* BWS before ';' */
+    {"1; a = b ; c\r\nx\r\n0\r\n\r\n", 100, 1, "x", -1},
+    {"1;a=\"b;c\\\"d \"\r\nx\r\n0\r\n\r\n", 100, 1, "x", -1}, /* quoted-string, quoted-pair */
+    {"1;a=b;c=\"\"\r\nx\r\n0;last\r\n\r\n", 100, 1, "x", -1},
+    /* leading zeros are not significant digits: only 15 of those count */
+    {"0000000000000001\r\nx\r\n0\r\n\r\n", 100, 1, "x", -1},
+    {"00000000000000000000000000000003\r\nabc\r\n0000\r\n\r\n", 100, 1, "abc", -1},
+    C("0000000000000001000000000000000\r\n", (size_t)-1, HTTP_TOO_LARGE),
     C("", 100, 0),
     C("5\r\nhel", 100, 0),
     C("5\r\nhello\r\n", 100, 0),
@@ -693,6 +775,7 @@ int main(void)
         cmocka_unit_test(test_response_table),
         cmocka_unit_test(test_body_framing),
         cmocka_unit_test(test_keep_alive),
+        cmocka_unit_test(test_host),
         cmocka_unit_test(test_find_header_and_token),
         cmocka_unit_test(test_chunked),
         cmocka_unit_test(test_chunked_trailer_limit),
