@@ -52,8 +52,8 @@ class Growth(unittest.TestCase):
     def test_windows_of_a_ten_minute_soak(self):
         # The header's words: plateau over seconds 60..119, end over 540..599.
         self.assertEqual(S.growth_windows(600), (60, 120, 540))
-        p0, p1, e0 = S.growth_windows(18)  # make test's 0.3 minutes: 10 s of warm-up at least
-        self.assertEqual((p0, p1, e0), (7, 10, 15))
+        # Two minutes: the warm-up is the first one at least.
+        self.assertEqual(S.growth_windows(120), (48, 60, 108))
 
     def test_a_plateau_passes(self):
         fig, why = S.judge_growth(settle(600, 50_000))
@@ -91,8 +91,11 @@ class Growth(unittest.TestCase):
         rss = settle(300, 50_000) + [54_000] * 300
         self.assertIsNotNone(S.judge_growth(rss)[1])
 
-    def test_too_short_is_not_a_pass(self):
-        self.assertIn("too few", S.judge_growth([1000] * 12)[1])
+    def test_under_two_minutes_is_not_judged_and_says_so(self):
+        fig, why = S.judge_growth([1000 + 100 * i for i in range(119)])
+        self.assertIsNone(why)
+        self.assertIn("under 120 s", fig["not_judged"])
+        self.assertIsNotNone(S.judge_growth([1000] * 60 + [1000 + 10 * i for i in range(60)])[1])
 
 
 class Descriptors(unittest.TestCase):
@@ -148,6 +151,7 @@ class Command(unittest.TestCase):
             self.assertTrue(lines[-1].startswith("soak epoll: PASS: 0.3 min"), p.stdout)
             s = json.loads((out / "summary.json").read_text())
             self.assertEqual(s["verdict"], "pass")
+            self.assertIn("not_judged", s["rss_kb"])  # too short for the RSS rule
             self.assertGreater(s["requests"], 1000)
             self.assertLessEqual(s["fds"]["after"], s["fds"]["idle"])
             self.assertGreater(s["rough"].get("resets", 0), 10)
