@@ -1,7 +1,7 @@
 #include "db.h"
 
 #include <errno.h>
-#include <signal.h>
+#include <fcntl.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,17 +12,35 @@
 
 struct db {
     sqlite3 *h;
-    int writer;
-    sqlite3_stmt *begin, *commit, *rollback, *add, *get, *red, *others, *page;
+    int lockfd; /* writer: the registry file, holding this writer's slot (-1: none) */
+    sqlite3_stmt *begin, *commit, *rollback, *add, *get, *red, *page;
+    sqlite3_stmt *idem_get, *idem_put, *idem_expire, *idem_count, *idem_evict;
 };
 
 /* The schema, created in one transaction so that the 'red' count and the
- * triggers keeping it exact appear together. */
+ * triggers keeping it exact appear together. The int64 triggers are the last
+ * line of defence: SQLite turns an integer overflow in `value + ?` into a
+ * REAL and stores it, so a write that would leave int64 must fail instead,
+ * whoever makes it (the rule of flush.c is meant to make it never happen). */
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS incrementor_meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS incrementor_writers(pid INTEGER PRIMARY KEY,"
-    " buffered INTEGER NOT NULL);"
+    "CREATE TRIGGER IF NOT EXISTS incrementor_int64_ins BEFORE INSERT ON counters"
+    " WHEN typeof(new.value) <> 'integer'"
+    " BEGIN SELECT RAISE(ABORT, 'counter value outside int64 (or not an integer)'); END;"
+    "CREATE TRIGGER IF NOT EXISTS incrementor_int64_upd BEFORE UPDATE OF value ON counters"
+    " WHEN typeof(new.value) <> 'integer'"
+    " BEGIN SELECT RAISE(ABORT, 'counter value outside int64 (or not an integer)'); END;"
+    "CREATE TABLE IF NOT EXISTS incrementor_idempotency(key TEXT PRIMARY KEY,"
+    " fp INTEGER NOT NULL, status INTEGER NOT NULL CHECK(status IN (200, 422)),"
+    " at INTEGER NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS incrementor_idempotency_at ON incrementor_idempotency(at);"
+    "INSERT OR IGNORE INTO incrementor_meta VALUES('idempotency_keys',"
+    " (SELECT count(*) FROM incrementor_idempotency));"
+    "CREATE TRIGGER IF NOT EXISTS incrementor_idem_ins AFTER INSERT ON incrementor_idempotency"
+    " BEGIN UPDATE incrementor_meta SET value = value + 1 WHERE name = 'idempotency_keys'; END;"
+    "CREATE TRIGGER IF NOT EXISTS incrementor_idem_del AFTER DELETE ON incrementor_idempotency"
+    " BEGIN UPDATE incrementor_meta SET value = value - 1 WHERE name = 'idempotency_keys'; END;"
     "INSERT OR IGNORE INTO incrementor_meta VALUES('red',"
     " (SELECT count(*) FROM counters WHERE value NOT BETWEEN -" G " AND " G "));"
     "CREATE TRIGGER IF NOT EXISTS incrementor_red_ins AFTER INSERT ON counters"
@@ -87,6 +105,7 @@ static int open_common(db_t **out, const char *path, int flags, char *err, size_
         snprintf(err, errlen, "out of memory");
         return -ENOMEM;
     }
+    d->lockfd = -1;
     int rc = sqlite3_open_v2(path, &d->h, flags | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         snprintf(err, errlen, "%s: %s", path, d->h ? sqlite3_errmsg(d->h) : sqlite3_errstr(rc));
@@ -111,48 +130,96 @@ static int exec(db_t *d, const char *path, const char *sql, char *err, size_t er
     return 0;
 }
 
-/* Register this process as a writer, forgetting the ones that died. */
+/* ---- the registry of live writers ----
+ *
+ * A file beside the database, PATH-writers, whose bytes are slots: writer
+ * number s holds an exclusive OFD lock (fcntl F_OFD_SETLK) on byte 2s for
+ * as long as it lives, and a buffered writer on byte 2s+1 too (one lock on
+ * both). The kernel drops the locks when the process ends however it ends,
+ * keeps them while it is stopped, and shows them to every process that opens
+ * the same file, in any PID namespace: a writer is live exactly while its
+ * lock is held. (A PID said nothing across namespaces: a live writer in
+ * another container could look dead, and two containers' writers could
+ * have the same PID.) OFD locks belong to an open file description, not to
+ * a process, so two writers in one process are two writers too, and closing
+ * some other descriptor of the file does not drop them as it would POSIX
+ * locks. */
+
+/* Take a free slot. Called inside a write transaction, see db_other_buffered. */
+static int take_slot(db_t *d, const char *path, int buffered, char *err, size_t errlen)
+{
+    for (int s = 0; s < DB_WRITERS_MAX; s++) {
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 2 * (off_t)s,
+                           .l_len = buffered ? 2 : 1};
+        if (fcntl(d->lockfd, F_OFD_SETLK, &fl) == 0)
+            return 0;
+        if (errno != EAGAIN && errno != EACCES) {
+            int e = errno;
+            snprintf(err, errlen, "%s-writers: cannot lock: %s", path, strerror(e));
+            return -e;
+        }
+    }
+    snprintf(err, errlen, "%s: %d incrementor processes already use it", path, DB_WRITERS_MAX);
+    return -EBUSY;
+}
+
+/* Register this process as a writer (see above). */
 static int register_writer(db_t *d, const char *path, int buffered, char *err, size_t errlen)
 {
-    sqlite3_stmt *st = NULL;
-    int64_t live = 0;
+    char lp[4096];
+    if (snprintf(lp, sizeof lp, "%s-writers", path) >= (int)sizeof lp) {
+        snprintf(err, errlen, "%s: path too long", path);
+        return -ENAMETOOLONG;
+    }
+    d->lockfd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (d->lockfd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", lp, strerror(e));
+        return -e;
+    }
+    /* The slot is taken while this connection holds the database's write
+     * lock, as every count of db_other_buffered is made: so a writer that
+     * counted the others before we registered has committed before we read
+     * the database's state (svc_init reads 'red' after this), and one that
+     * counts after sees us. */
     int rc = exec(d, path, "BEGIN IMMEDIATE", err, errlen);
     if (rc < 0)
         return rc;
-    rc = prep(d, &st, "SELECT pid FROM incrementor_writers");
-    if (rc < 0)
-        goto err;
-    char sql[160];
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        int64_t pid = sqlite3_column_int64(st, 0);
-        /* A dead writer acknowledges nothing more; PID reuse only makes
-         * the others more careful (see flush.c). */
-        if (pid > 0 && pid != getpid() && kill((pid_t)pid, 0) < 0 && errno == ESRCH) {
-            snprintf(sql, sizeof sql, "DELETE FROM incrementor_writers WHERE pid = %lld",
-                     (long long)pid);
-            if ((rc = exec(d, path, sql, err, errlen)) < 0)
-                goto err;
-        } else {
-            live++;
-        }
+    if ((rc = take_slot(d, path, buffered, err, errlen)) < 0 ||
+        (rc = exec(d, path, "COMMIT", err, errlen)) < 0) {
+        sqlite3_exec(d->h, "ROLLBACK", NULL, NULL, NULL);
+        return rc;
     }
-    sqlite3_finalize(st);
-    st = NULL;
-    if (live >= DB_WRITERS_MAX) {
-        snprintf(err, errlen, "%s: %d incrementor processes already use it", path,
-                 DB_WRITERS_MAX);
-        rc = -EBUSY;
-        goto err;
-    }
-    snprintf(sql, sizeof sql, "INSERT OR REPLACE INTO incrementor_writers VALUES(%lld, %d)",
-             (long long)getpid(), buffered);
-    if ((rc = exec(d, path, sql, err, errlen)) < 0 || (rc = exec(d, path, "COMMIT", err, errlen)) < 0)
-        goto err;
     return 0;
-err:
-    sqlite3_finalize(st);
-    sqlite3_exec(d->h, "ROLLBACK", NULL, NULL, NULL);
-    return rc;
+}
+
+/* Add to *n the writers other than this one whose locks in [lo, hi) cover
+ * an odd byte (the buffered ones). F_OFD_GETLK reports one conflicting lock
+ * (ours never conflict), not necessarily the lowest: count it, look left of
+ * it, then go on right of it. Each writer's lock is one range, since the
+ * kernel merges locks only of the same owner: so every other writer is
+ * counted once. */
+static int count_buffered(int fd, off_t lo, off_t hi, int64_t *n)
+{
+    while (lo < hi) {
+        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = lo,
+                           .l_len = hi - lo};
+        if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+            return -errno;
+        if (fl.l_type == F_UNLCK)
+            return 0;
+        off_t s = fl.l_start < lo ? lo : fl.l_start;
+        off_t e = fl.l_len == 0 || fl.l_start + fl.l_len > hi ? hi : fl.l_start + fl.l_len;
+        if (e <= s)
+            return -EIO; /* not a lock inside [lo, hi): can't be, but never loop on it */
+        if (e - s >= 2 || (s & 1))
+            (*n)++;
+        int rc = count_buffered(fd, lo, s, n);
+        if (rc < 0)
+            return rc;
+        lo = e;
+    }
+    return 0;
 }
 
 int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t errlen)
@@ -176,7 +243,6 @@ int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t 
     if ((rc = register_writer(d, path, !durable, err, errlen)) < 0)
         goto err;
     sqlite3_wal_autocheckpoint(d->h, 0); /* the checkpointer's job, see db_checkpoint */
-    d->writer = 1;
     if ((rc = prep(d, &d->begin, "BEGIN IMMEDIATE")) < 0 ||
         (rc = prep(d, &d->commit, "COMMIT")) < 0 ||
         (rc = prep(d, &d->rollback, "ROLLBACK")) < 0 ||
@@ -184,8 +250,20 @@ int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t 
                                " ON CONFLICT(key) DO UPDATE SET value = value + excluded.value")) < 0 ||
         (rc = prep(d, &d->get, "SELECT value FROM counters WHERE key = ?1")) < 0 ||
         (rc = prep(d, &d->red, "SELECT value FROM incrementor_meta WHERE name = 'red'")) < 0 ||
-        (rc = prep(d, &d->others, "SELECT count(*) FROM incrementor_writers"
-                                  " WHERE pid <> ?1 AND buffered")) < 0) {
+        (rc = prep(d, &d->idem_get, "SELECT fp, status FROM incrementor_idempotency"
+                                    " WHERE key = ?1 AND at > ?2")) < 0 ||
+        (rc = prep(d, &d->idem_put,
+                   "INSERT INTO incrementor_idempotency(key, fp, status, at)"
+                   " VALUES(?1, ?2, ?3, ?4) ON CONFLICT(key) DO UPDATE SET fp = excluded.fp,"
+                   " status = excluded.status, at = excluded.at")) < 0 ||
+        (rc = prep(d, &d->idem_expire,
+                   "DELETE FROM incrementor_idempotency WHERE rowid IN (SELECT rowid FROM"
+                   " incrementor_idempotency WHERE at <= ?1 ORDER BY at LIMIT ?2)")) < 0 ||
+        (rc = prep(d, &d->idem_count, "SELECT value FROM incrementor_meta"
+                                      " WHERE name = 'idempotency_keys'")) < 0 ||
+        (rc = prep(d, &d->idem_evict,
+                   "DELETE FROM incrementor_idempotency WHERE rowid IN (SELECT rowid FROM"
+                   " incrementor_idempotency ORDER BY at, rowid LIMIT ?1)")) < 0) {
         snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(d->h));
         goto err;
     }
@@ -228,17 +306,16 @@ void db_close(db_t *d)
 {
     if (!d)
         return;
-    if (d->writer) {
-        char sql[96];
-        snprintf(sql, sizeof sql, "DELETE FROM incrementor_writers WHERE pid = %lld",
-                 (long long)getpid());
-        sqlite3_exec(d->h, sql, NULL, NULL, NULL);
-    }
-    sqlite3_stmt *all[] = {d->begin, d->commit, d->rollback, d->add, d->get, d->red, d->others,
-                           d->page};
+    sqlite3_stmt *all[] = {d->begin,    d->commit,      d->rollback,   d->add,
+                           d->get,      d->red,         d->page,       d->idem_get,
+                           d->idem_put, d->idem_expire, d->idem_count, d->idem_evict};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         sqlite3_finalize(all[i]);
     sqlite3_close(d->h);
+    /* Unregistered only now: until its connection is closed, a writer could
+     * still commit what it holds. */
+    if (d->lockfd >= 0)
+        close(d->lockfd);
     free(d);
 }
 
@@ -281,9 +358,52 @@ int db_red(db_t *d, int64_t *n)
 
 int db_other_buffered(db_t *d, int64_t *n)
 {
-    sqlite3_bind_int64(d->others, 1, getpid());
-    int rc = one_int(d->others, n);
-    return rc < 0 ? rc : 0;
+    *n = 0;
+    return count_buffered(d->lockfd, 0, 2 * (off_t)DB_WRITERS_MAX, n);
+}
+
+int db_idem_get(db_t *d, const char *key, size_t len, int64_t after_ms, int64_t *fp, int *status)
+{
+    sqlite3_bind_text(d->idem_get, 1, key, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(d->idem_get, 2, after_ms);
+    int rc = sqlite3_step(d->idem_get);
+    int found = rc == SQLITE_ROW;
+    if (found) {
+        *fp = sqlite3_column_int64(d->idem_get, 0);
+        *status = sqlite3_column_int(d->idem_get, 1);
+    }
+    sqlite3_reset(d->idem_get);
+    sqlite3_clear_bindings(d->idem_get);
+    return found ? 1 : rc == SQLITE_DONE ? 0 : map_rc(rc);
+}
+
+int db_idem_put(db_t *d, const char *key, size_t len, int64_t fp, int status, int64_t at_ms)
+{
+    sqlite3_bind_text(d->idem_put, 1, key, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int64(d->idem_put, 2, fp);
+    sqlite3_bind_int(d->idem_put, 3, status);
+    sqlite3_bind_int64(d->idem_put, 4, at_ms);
+    return run(d, d->idem_put);
+}
+
+int db_idem_trim(db_t *d, int64_t expired_ms, int64_t max_keys, int64_t *evicted, int64_t *kept)
+{
+    int64_t n = 0;
+    *evicted = 0;
+    sqlite3_bind_int64(d->idem_expire, 1, expired_ms);
+    sqlite3_bind_int64(d->idem_expire, 2, DB_IDEM_SWEEP);
+    int rc = run(d, d->idem_expire);
+    if (rc < 0 || (rc = one_int(d->idem_count, &n)) < 0)
+        return rc;
+    if (n > max_keys) {
+        sqlite3_bind_int64(d->idem_evict, 1, n - max_keys);
+        if ((rc = run(d, d->idem_evict)) < 0)
+            return rc;
+        *evicted = sqlite3_changes(d->h);
+        n -= *evicted;
+    }
+    *kept = n;
+    return 0;
 }
 
 int db_page(db_t *d, const char *after, size_t after_len, int limit,

@@ -1,11 +1,21 @@
 /* db: the incrementor's SQLite storage.
  *
- * Table counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL), in WAL mode.
- * Two more tables serve the int64 overflow rule across processes (see
- * flush.c): incrementor_meta holds 'red', the number of counters outside
- * +-DB_GREEN, kept exact by triggers in every transaction whoever writes;
- * incrementor_writers lists the live incrementor processes and whether they
- * acknowledge before committing (buffered).
+ * Table counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL), in WAL mode;
+ * triggers make any write that would leave int64 fail (SQLite would store a
+ * REAL). The int64 overflow rule across processes (see flush.c) needs two
+ * more things: incrementor_meta holds 'red', the number of counters outside
+ * +-DB_GREEN, kept exact by triggers in every transaction whoever writes; and
+ * the file PATH-writers registers the live incrementor processes and whether
+ * they acknowledge before committing (buffered), each with a lock that the
+ * kernel drops when the process ends (db.c says why a lock and not a PID).
+ * It stays beside the database, like a lock file. (Older versions kept a
+ * table incrementor_writers; it is no longer read.)
+ *
+ * Idempotency keys live in incrementor_idempotency(key TEXT PRIMARY KEY, fp,
+ * status, at): the request's fingerprint, the answer it got (200 or 422)
+ * and when (wall-clock ms), written in the transaction that applies the
+ * request, so that the key and the increment commit or vanish together.
+ * incrementor_meta's 'idempotency_keys' counts the rows (triggers).
  *
  * A db_t is one connection with its prepared statements, used by one thread
  * at a time: the writer has one, each loop thread a read-only one. Functions
@@ -21,13 +31,16 @@
 #define DB_GREEN      (INT64_C(1) << 61) /* |value| above this counts as 'red' */
 #define DB_BUSY_MS    5000               /* busy timeout: then the flush fails and is retried */
 #define DB_WRITERS_MAX 1024              /* processes sharing one database (see flush.c) */
+#define DB_IDEM_SWEEP 10000              /* expired idempotency keys deleted per db_idem_trim */
 
 typedef struct db db_t;
 
 /* Open (create) the database for writing: WAL, synchronous FULL when
  * `durable` (a commit is on disk when it returns) or NORMAL, the schema, and
- * this process registered as a writer. On failure (not a SQLite file, can't
- * open or create it, too many writers) fills err and returns a negative errno. */
+ * this connection registered as a writer in PATH-writers until db_close
+ * (or the process's end). On failure (not a SQLite file, can't open or
+ * create it or PATH-writers, too many writers) fills err and returns a
+ * negative errno. */
 int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t errlen);
 
 /* Open a read-only connection for GET /counters. */
@@ -43,7 +56,8 @@ int db_open_checkpointer(db_t **out, const char *path, char *err, size_t errlen)
  * would wait too. Returns 0 or a negative errno. */
 int db_checkpoint(db_t *d);
 
-/* Close; a writer also drops its registration. NULL is fine. */
+/* Close; a writer also drops its registration (after its connection is
+ * closed). NULL is fine. */
 void db_close(db_t *d);
 
 /* The last error's message. */
@@ -57,7 +71,8 @@ int db_commit(db_t *d);
 void db_rollback(db_t *d);
 
 /* Add delta to counter key (creating it), with the prepared UPSERT. The
- * caller has made sure the sum fits in int64. */
+ * caller has made sure the sum fits in int64; if it does not, the write
+ * fails (-EIO, the statement changes nothing) instead of storing a REAL. */
 int db_add(db_t *d, const char *key, size_t len, int64_t delta);
 
 /* The committed value of key: returns 1 and sets *v, 0 when absent. */
@@ -66,8 +81,27 @@ int db_value(db_t *d, const char *key, size_t len, int64_t *v);
 /* Number of counters outside +-DB_GREEN ('red'). */
 int db_red(db_t *d, int64_t *n);
 
-/* Number of registered buffered writers other than this process. */
+/* Number of live buffered writers on this database other than this one
+ * (any process, any PID namespace, on this machine's file system). Exact
+ * until this connection's transaction ends when called inside a write
+ * transaction (BEGIN IMMEDIATE): a writer registers only while it holds the
+ * write lock. Writer connections only. */
 int db_other_buffered(db_t *d, int64_t *n);
+
+/* The idempotency key `key`, recorded after after_ms: returns 1 and sets
+ * *fp and *status (200 or 422), 0 when there is none, or a negative errno.
+ * Writer connections only. */
+int db_idem_get(db_t *d, const char *key, size_t len, int64_t after_ms, int64_t *fp, int *status);
+
+/* Record key (replacing an expired record of it) with the request's
+ * fingerprint, its answer (200 or 422) and the time. Inside the transaction
+ * that applies the request. Writer connections only. */
+int db_idem_put(db_t *d, const char *key, size_t len, int64_t fp, int status, int64_t at_ms);
+
+/* Delete up to DB_IDEM_SWEEP keys recorded at or before expired_ms, then the
+ * oldest keys beyond max_keys. Sets *evicted (keys deleted for the bound)
+ * and *kept (keys left). In a write transaction. Writer connections only. */
+int db_idem_trim(db_t *d, int64_t expired_ms, int64_t max_keys, int64_t *evicted, int64_t *kept);
 
 /* Counters with key > after, in key order, at most limit: calls fn for
  * each. Returns the number visited, or a negative errno. */

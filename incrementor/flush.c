@@ -18,7 +18,7 @@
  *    whose per-key, per-thread, per-window sum of |v| stays <= 2^40. So one
  *    process holds at most 2^50 of acknowledged, uncommitted delta per key
  *    in its open windows (1024 threads at most), 2^51 counting one failed
- *    commit; at most 1024 processes register in incrementor_writers. From a
+ *    commit; at most 1024 processes register as writers (db.c). From a
  *    value in +-2^61 no combination of such deltas reaches 2^63: a fast
  *    acknowledgement can never overflow, whatever order things commit in.
  * 2. Every other request (durable mode: all of them) is decided here, inside
@@ -31,8 +31,9 @@
  *      unknown pending delta (bounded in 1.), so no value needs reading.
  *    - Otherwise the value is read, and the result must stay within int64
  *      shrunk by a headroom H for acknowledged deltas we can't see: those of
- *      this process's open windows (2^50) and of each other registered
- *      buffered process (2^51 each). Before refusing, the writer closes the
+ *      this process's open windows (2^50) and of each other live buffered
+ *      writer (2^51 each), counted in the transaction from the locks of
+ *      PATH-writers, so in any PID namespace (db.c). Before refusing, the writer closes the
  *      fast path and takes every window again (a barrier, see barrier()):
  *      then this process has no unseen delta and H covers only the others.
  *    So with one process (any mode, any threads), or with processes that are
@@ -42,7 +43,21 @@
  *    1023 * 2^51, about 0.03% of the range) of a limit is refused: their
  *    acknowledged-but-unseen deltas could otherwise take it over, and an
  *    acknowledged increment can never be refused later. That margin is the
- *    price of acknowledging without a cross-process round trip. */
+ *    price of acknowledging without a cross-process round trip.
+ *
+ * Idempotency keys. A request with an Idempotency-Key is always deferred
+ * and decided here, inside the transaction: its key is looked up in the
+ * database (as committed by any process, plus what this transaction has
+ * recorded so far). Found, within the window: the request is answered as
+ * the recorded one was (or 422 if its fingerprint differs) and applies
+ * nothing. Not found: it is decided as any request, and its key recorded
+ * with the answer in the same transaction, so the key and the increment
+ * commit together or not at all: a crash before the commit loses both (the
+ * retry is then a first request), a crash after it keeps both (the retry is
+ * answered from the record). A duplicate in the same batch finds the row
+ * the first one wrote; one in a later batch, or in another process, finds
+ * the committed row, since transactions are serialized by the write lock.
+ * 503s record nothing: nothing was applied, a retry may apply it. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +77,10 @@ static const char overflow_body[] =
 static const char failed_body[] =
     "{\"error\":\"the commit failed (database busy or I/O error); nothing applied\"}\n";
 static const char nomem_body[] = "{\"error\":\"out of memory; nothing applied\"}\n";
+static const char conflict_body[] =
+    "{\"error\":\"Idempotency-Key already used for another request; nothing applied\"}\n";
+
+#define TRIM_MS 1000 /* expired idempotency keys are looked for at least this often */
 
 /* ---- windows ---- */
 
@@ -134,7 +153,16 @@ void svc_kick(svc_t *svc)
 typedef struct flush {
     int64_t red, others; /* read in the transaction, -1 until needed */
     int barrier;         /* this process has no unseen acknowledged delta */
+    int64_t wall_ms;     /* wall clock at the start: idempotency keys' time */
+    uint64_t recorded;   /* idempotency keys recorded in the transaction */
 } flush_t;
+
+int64_t svc_wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 /* Take every thread's window (appended to svc->pending). */
 static void swap_all(svc_t *svc)
@@ -232,15 +260,15 @@ static int check_item(svc_t *svc, flush_t *f, const char *key, size_t len, int64
     return ok ? 1 : own ? 2 : 0;
 }
 
-/* Decide one deferred request: its status (200, 422, 503), or a negative
- * errno when the transaction can't go on. */
-static int decide(svc_t *svc, flush_t *f, svc_window_t *w, svc_deferred_t *d)
+/* Decide one deferred request's increments: SVC_OK, SVC_OVERFLOW or
+ * SVC_NOMEM, or a negative errno when the transaction can't go on. */
+static int decide_items(svc_t *svc, flush_t *f, svc_window_t *w, svc_deferred_t *d)
 {
     const svc_item_t *it = w->items + d->item_off;
 again:
     for (uint32_t i = 0; i < d->nitems; i++)
         if (!agg_get(&svc->w, w->keys + it[i].key_off, it[i].key_len))
-            return 503;
+            return SVC_NOMEM;
     for (uint32_t i = 0; i < d->nitems; i++) {
         int rc = check_item(svc, f, w->keys + it[i].key_off, it[i].key_len, it[i].v);
         if (rc < 0)
@@ -251,24 +279,54 @@ again:
             goto again; /* the batch changed: check again from the start */
         }
         if (rc == 0)
-            return 422;
+            return SVC_OVERFLOW;
     }
     for (uint32_t i = 0; i < d->nitems; i++) {
         agg_entry_t *e = agg_find(&svc->w, w->keys + it[i].key_off, it[i].key_len);
         e->slow += it[i].v;
         e->count++;
     }
-    return 200;
+    return SVC_OK;
+}
+
+/* Decide one deferred request, its Idempotency-Key first (see the top):
+ * an enum svc_outcome, or a negative errno when the transaction can't go
+ * on. */
+static int decide(svc_t *svc, flush_t *f, svc_window_t *w, svc_deferred_t *d)
+{
+    if (!d->idem_len)
+        return decide_items(svc, f, w, d);
+    const char *key = w->keys + d->idem_off;
+    int64_t fp;
+    int status;
+    int rc = db_idem_get(svc->db, key, d->idem_len, f->wall_ms - svc->cfg.idem_window_ms, &fp,
+                         &status);
+    if (rc < 0)
+        return rc;
+    if (rc == 1) {
+        d->replay = 1;
+        return (uint64_t)fp != d->fp ? SVC_CONFLICT : status == 200 ? SVC_OK : SVC_OVERFLOW;
+    }
+    int out = decide_items(svc, f, w, d);
+    if (out == SVC_OK || out == SVC_OVERFLOW) {
+        if ((rc = db_idem_put(svc->db, key, d->idem_len, (int64_t)d->fp,
+                              out == SVC_OK ? 200 : 422, f->wall_ms)) < 0)
+            return rc;
+        f->recorded++;
+    }
+    return out;
 }
 
 static int answer(session_t *s, void *arg)
 {
-    int status = (int)(intptr_t)arg;
-    const char *body = status == 200 ? ok_body
-                       : status == 422 ? overflow_body
-                       : status == 503 ? failed_body
-                                       : nomem_body;
-    return session_resume(s, status == 507 ? 503 : status, "application/json", body, strlen(body));
+    int out = (int)(intptr_t)arg;
+    int status = out == SVC_OK ? 200 : out == SVC_OVERFLOW || out == SVC_CONFLICT ? 422 : 503;
+    const char *body = out == SVC_OK         ? ok_body
+                       : out == SVC_OVERFLOW ? overflow_body
+                       : out == SVC_CONFLICT ? conflict_body
+                       : out == SVC_FAILED   ? failed_body
+                                             : nomem_body;
+    return session_resume(s, status, "application/json", body, strlen(body));
 }
 
 /* Send every decided answer back to its connection's loop. */
@@ -277,7 +335,7 @@ static void post_answers(svc_t *svc)
     int gone = __atomic_load_n(&svc->loops_gone, __ATOMIC_ACQUIRE);
     for (svc_window_t *w = svc->pending; w; w = w->next) {
         for (size_t i = 0; i < w->ndefs && !gone; i++)
-            while (reactor_post(w->defs[i].s, answer, (void *)(intptr_t)w->defs[i].status) < 0)
+            while (reactor_post(w->defs[i].s, answer, (void *)(intptr_t)w->defs[i].outcome) < 0)
                 usleep(1000); /* out of memory: the answer must still get back */
     }
 }
@@ -297,7 +355,7 @@ static int flush_once(svc_t *svc)
 {
     /* Only this thread writes fast_open: if it was closed before this swap,
      * no window taken or left open holds a fast acknowledgement. */
-    flush_t f = {-1, -1, !__atomic_load_n(&svc->fast_open, __ATOMIC_RELAXED)};
+    flush_t f = {-1, -1, !__atomic_load_n(&svc->fast_open, __ATOMIC_RELAXED), svc_wall_ms(), 0};
     int64_t t0 = time_now_us();
     int rc = 0;
     __atomic_store_n(&svc->kick, 0, __ATOMIC_RELEASE);
@@ -313,15 +371,16 @@ static int flush_once(svc_t *svc)
         goto fail;
     for (svc_window_t *w = svc->pending; w; w = w->next) /* barriers append to the list */
         for (size_t i = 0; i < w->ndefs; i++) {
-            int st = decide(svc, &f, w, &w->defs[i]);
-            if (st < 0) {
-                rc = st;
+            int out = decide(svc, &f, w, &w->defs[i]);
+            if (out < 0) {
+                rc = out;
                 goto fail;
             }
-            w->defs[i].status = st == 503 ? 507 : st; /* 507: ours, out of memory */
+            w->defs[i].outcome = (uint8_t)out;
         }
     agg_entry_t *e;
     uint64_t applied = 0, applied_reqs = 0, deferred_ok = 0, rejected = 0, rows = 0;
+    uint64_t replayed = 0, conflicts = 0;
     for (size_t i = 0; (e = agg_next(&svc->w, &i));) {
         if (e->count && (rc = db_add(svc->db, agg_key(&svc->w, e), e->key_len,
                                      e->sum + e->slow)) < 0)
@@ -329,6 +388,15 @@ static int flush_once(svc_t *svc)
         applied += e->count;
         rows += e->count > 0; /* the gear ratio: one row write for all of a key's increments */
     }
+    /* Keys past the window or the bound go in the transactions that add
+     * keys, and once a second in others. */
+    int64_t evicted = 0, keys_left = -1;
+    int trim = f.recorded || f.wall_ms - svc->idem_trimmed_ms >= TRIM_MS ||
+               f.wall_ms < svc->idem_trimmed_ms; /* the clock was set back */
+    if (trim &&
+        (rc = db_idem_trim(svc->db, f.wall_ms - svc->cfg.idem_window_ms, svc->cfg.idem_keys,
+                           &evicted, &keys_left)) < 0)
+        goto fail;
     int64_t red = 1;
     if (!svc->cfg.durable && (rc = db_red(svc->db, &red)) < 0)
         goto fail;
@@ -343,15 +411,38 @@ static int flush_once(svc_t *svc)
             for (size_t k = 0; k < w->nacks; k++)
                 lag_add(&svc->lag, now - (w->start_ms + (int64_t)k), w->acks[k]);
         for (size_t i = 0; i < w->ndefs; i++) {
-            if (w->defs[i].status == 200) {
-                lag_add(&svc->wait, now - w->defs[i].t_ms, 1);
+            const svc_deferred_t *d = &w->defs[i];
+            if (d->replay) {
+                replayed += d->outcome != SVC_CONFLICT;
+                conflicts += d->outcome == SVC_CONFLICT;
+            } else if (d->outcome == SVC_OK) {
+                lag_add(&svc->wait, now - d->t_ms, 1);
                 applied_reqs++;
                 deferred_ok++;
-            } else if (w->defs[i].status == 422) {
+            } else if (d->outcome == SVC_OVERFLOW) {
                 rejected++;
             }
         }
     }
+    /* The counters first, then the answers: a client that reads /stats
+     * after its answer sees its request counted. */
+    __atomic_add_fetch(&svc->applied, applied, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->applied_reqs, applied_reqs, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->deferred_ok, deferred_ok, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->rejected_overflow, rejected, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->flushes, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->rows_written, rows, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->idem_replayed, replayed, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->idem_conflicts, conflicts, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->idem_evicted, (uint64_t)evicted, __ATOMIC_RELAXED);
+    if (keys_left >= 0) {
+        __atomic_store_n(&svc->idem_keys, (uint64_t)keys_left, __ATOMIC_RELAXED);
+        svc->idem_trimmed_ms = f.wall_ms;
+    }
+    __atomic_store_n(&svc->last_flush_us, (uint64_t)(time_now_us() - t0), __ATOMIC_RELAXED);
+    __atomic_store_n(&svc->fast_open, !svc->cfg.durable && red == 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&svc->pending_items, 0, __ATOMIC_RELAXED); /* all of it committed */
+    __atomic_store_n(&svc->pending_keys, 0, __ATOMIC_RELAXED);
     post_answers(svc);
     while (svc->pending) {
         svc_window_t *w = svc->pending;
@@ -359,15 +450,6 @@ static int flush_once(svc_t *svc)
         recycle(svc, w);
     }
     agg_clear(&svc->w);
-    __atomic_add_fetch(&svc->applied, applied, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->applied_reqs, applied_reqs, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->deferred_ok, deferred_ok, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->rejected_overflow, rejected, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->flushes, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->rows_written, rows, __ATOMIC_RELAXED);
-    __atomic_store_n(&svc->last_flush_us, (uint64_t)(time_now_us() - t0), __ATOMIC_RELAXED);
-    __atomic_store_n(&svc->fast_open, !svc->cfg.durable && red == 0, __ATOMIC_RELAXED);
-    count_pending(svc);
     return 0;
 
 fail:
@@ -379,17 +461,17 @@ fail:
     uint64_t failed = 0;
     for (svc_window_t *w = svc->pending; w; w = w->next) {
         for (size_t i = 0; i < w->ndefs; i++)
-            w->defs[i].status = rc == -ENOMEM ? 507 : 503;
+            w->defs[i].outcome = rc == -ENOMEM ? SVC_NOMEM : SVC_FAILED;
         failed += w->ndefs;
     }
+    __atomic_add_fetch(&svc->failed_reqs, failed, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->failed_flushes, 1, __ATOMIC_RELAXED);
     post_answers(svc);
     uint64_t kept = 0;
     for (svc_window_t *w = svc->pending; w; w = w->next) {
         w->ndefs = w->nitems = w->keys_len = 0;
         kept += w->fast_items;
     }
-    __atomic_add_fetch(&svc->failed_reqs, failed, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->failed_flushes, 1, __ATOMIC_RELAXED);
     fprintf(stderr, "incrementor: flush failed (%s): %llu deferred requests answered 503, "
                     "%llu acknowledged increments kept for the next flush\n",
             rc == -ENOMEM ? "out of memory" : db_errmsg(svc->db), (unsigned long long)failed,

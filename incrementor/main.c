@@ -24,6 +24,10 @@ static void usage(FILE *f)
                "  --ack MODE         buffered: answer once summed in memory;\n"
                "                     durable: answer once committed (buffered)\n"
                "  --threads N        event loops (online CPUs)\n"
+               "  --idempotency-window S\n"
+               "                     remember an Idempotency-Key for S seconds (86400) ...\n"
+               "  --idempotency-keys N\n"
+               "                     ... and among the newest N keys (1000000)\n"
                "  --help, --version\n");
 }
 
@@ -40,12 +44,16 @@ static long long int_arg(const char *flag, const char *v, long long lo, long lon
 
 int main(int argc, char **argv)
 {
-    enum { O_DB = 256, O_HOST, O_PORT, O_FLUSH, O_ACK, O_THREADS, O_HELP, O_VERSION };
+    enum { O_DB = 256, O_HOST, O_PORT, O_FLUSH, O_ACK, O_THREADS, O_IDEM_WINDOW, O_IDEM_KEYS,
+           O_HELP, O_VERSION };
     static const struct option opts[] = {
         {"db", 1, 0, O_DB}, {"host", 1, 0, O_HOST}, {"port", 1, 0, O_PORT},
         {"flush-ms", 1, 0, O_FLUSH}, {"ack", 1, 0, O_ACK}, {"threads", 1, 0, O_THREADS},
+        {"idempotency-window", 1, 0, O_IDEM_WINDOW}, {"idempotency-keys", 1, 0, O_IDEM_KEYS},
         {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
-    svc_cfg_t cfg = {.db_path = "./numbers.db", .flush_ms = 100};
+    svc_cfg_t cfg = {.db_path = "./numbers.db", .flush_ms = 100,
+                     .idem_window_ms = SVC_IDEM_WINDOW_S * INT64_C(1000),
+                     .idem_keys = SVC_IDEM_KEYS};
     server_cfg_t *sc = &cfg.server;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     sc->design = "incrementor";
@@ -66,6 +74,12 @@ int main(int argc, char **argv)
         case O_PORT: sc->port = (int)int_arg("port", optarg, 0, 65535); break;
         case O_FLUSH: cfg.flush_ms = (int)int_arg("flush-ms", optarg, 1, 60000); break;
         case O_THREADS: sc->threads = (int)int_arg("threads", optarg, 1, SVC_THREADS_MAX); break;
+        case O_IDEM_WINDOW:
+            cfg.idem_window_ms = int_arg("idempotency-window", optarg, 1, 366 * 86400) * 1000LL;
+            break;
+        case O_IDEM_KEYS:
+            cfg.idem_keys = int_arg("idempotency-keys", optarg, 1, 1000000000);
+            break;
         case O_ACK:
             if (strcmp(optarg, "buffered") && strcmp(optarg, "durable")) {
                 fprintf(stderr, "incrementor: --ack: expected buffered or durable, got '%s'\n",

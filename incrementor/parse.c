@@ -233,3 +233,62 @@ err:
     json_decref(j);
     return 400;
 }
+
+int req_idem_key(const http_header_t *h, size_t nh, const char **key, size_t *len, char *err,
+                 size_t errlen)
+{
+    static const char name[] = "Idempotency-Key";
+    *key = NULL;
+    *len = 0;
+    for (size_t i = 0; i < nh; i++) {
+        if (h[i].name_len != sizeof name - 1 || strncasecmp(h[i].name, name, sizeof name - 1))
+            continue;
+        if (*key) {
+            snprintf(err, errlen, "Idempotency-Key given twice");
+            return 400;
+        }
+        *key = h[i].value;
+        *len = h[i].value_len;
+        if (*len == 0) {
+            snprintf(err, errlen, "empty Idempotency-Key");
+            return 400;
+        }
+        if (*len > REQ_IDEM_MAX) {
+            snprintf(err, errlen, "Idempotency-Key longer than %d bytes", REQ_IDEM_MAX);
+            return 400;
+        }
+        for (size_t k = 0; k < *len; k++) {
+            unsigned char c = (unsigned char)(*key)[k];
+            if (c < 0x21 || c > 0x7e) {
+                snprintf(err, errlen, "Idempotency-Key must be visible ASCII characters only");
+                return 400;
+            }
+        }
+    }
+    return 0;
+}
+
+/* splitmix64's finalizer: every input bit reaches every output bit. */
+static uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+uint64_t req_fingerprint(const req_item_t *it, size_t n)
+{
+    /* A sum of per-item hashes is the same in any order. */
+    uint64_t fp = mix64(n);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t h = 1469598103934665603ULL; /* FNV-1a of the key */
+        for (size_t k = 0; k < it[i].key_len; k++) {
+            h ^= (unsigned char)it[i].key[k];
+            h *= 1099511628211ULL;
+        }
+        fp += mix64(h ^ mix64((uint64_t)it[i].value + 0x9e3779b97f4a7c15ULL));
+    }
+    return fp;
+}

@@ -11,7 +11,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define REQ_KEY_MAX 256 /* bytes of a key after decoding */
+#include "core/http.h"
+
+#define REQ_KEY_MAX  256 /* bytes of a key after decoding */
+#define REQ_IDEM_MAX 255 /* bytes of an Idempotency-Key */
 
 enum req_kind { REQ_FORM = 1, REQ_JSON = 2 };
 
@@ -48,5 +51,19 @@ int req_parse_form(const char *body, size_t len, char *keybuf, req_item_t *item,
  * 400 (then nothing is left to free). */
 int req_parse_json(const char *body, size_t len, json_t **root, req_item_t **items, size_t *n,
                    char *err, size_t errlen);
+
+/* The request's Idempotency-Key header: 1..REQ_IDEM_MAX visible ASCII
+ * characters (%x21-7E; the value is opaque, quotes included), at most one
+ * such header. Returns 0 with *key and *len set (*len = 0: no header), or
+ * 400 with the reason in err. */
+int req_idem_key(const http_header_t *h, size_t nh, const char **key, size_t *len, char *err,
+                 size_t errlen);
+
+/* A fingerprint of a request's increments, to tell a retry from another
+ * request under the same Idempotency-Key: equal for the same set of (key,
+ * value) items whatever their order or encoding (form or JSON), different
+ * otherwise except for 64-bit hash collisions. The keys of a request are
+ * distinct (the parsers make sure), so no two items cancel out. */
+uint64_t req_fingerprint(const req_item_t *it, size_t n);
 
 #endif

@@ -101,11 +101,12 @@ static int take_fast(svc_window_t *w, const req_item_t *it, size_t n, int64_t no
     return 1;
 }
 
-/* Keep the request for the writer. 0 or -ENOMEM. Lock held. */
+/* Keep the request (with its Idempotency-Key, ik_len 0 for none, and the
+ * items' fingerprint) for the writer. 0 or -ENOMEM. Lock held. */
 static int take_deferred(svc_window_t *w, session_t *s, const req_item_t *it, size_t n,
-                         int64_t now)
+                         const char *ik, size_t ik_len, uint64_t fp, int64_t now)
 {
-    size_t klen = 0;
+    size_t klen = ik_len;
     for (size_t i = 0; i < n; i++)
         klen += it[i].key_len;
     if (reserve((void **)&w->defs, &w->cap_defs, w->ndefs + 1, sizeof *w->defs) < 0 ||
@@ -113,12 +114,21 @@ static int take_deferred(svc_window_t *w, session_t *s, const req_item_t *it, si
         reserve((void **)&w->keys, &w->keys_cap, w->keys_len + klen, 1) < 0 ||
         w->keys_len + klen > UINT32_MAX)
         return -ENOMEM;
-    w->defs[w->ndefs++] = (svc_deferred_t){s, now, (uint32_t)w->nitems, (uint32_t)n, 0};
+    svc_deferred_t *d = &w->defs[w->ndefs++];
+    *d = (svc_deferred_t){.s = s, .t_ms = now, .item_off = (uint32_t)w->nitems,
+                          .nitems = (uint32_t)n};
     for (size_t i = 0; i < n; i++) {
         memcpy(w->keys + w->keys_len, it[i].key, it[i].key_len);
         w->items[w->nitems++] = (svc_item_t){(uint32_t)w->keys_len, (uint32_t)it[i].key_len,
                                              it[i].value};
         w->keys_len += it[i].key_len;
+    }
+    if (ik_len) {
+        d->fp = fp;
+        d->idem_off = (uint32_t)w->keys_len;
+        d->idem_len = (uint16_t)ik_len; /* <= REQ_IDEM_MAX */
+        memcpy(w->keys + w->keys_len, ik, ik_len);
+        w->keys_len += ik_len;
     }
     return 0;
 }
@@ -130,7 +140,8 @@ static void increment(svc_t *svc, session_t *s, const http_request_t *r, const c
     char err[256], keybuf[REQ_KEY_MAX];
     req_item_t one, *items = &one;
     json_t *root = NULL;
-    size_t n = 1;
+    const char *ik;
+    size_t n = 1, ik_len;
     int st;
     if (!method_is(r, "POST")) {
         count(&t->counts.refused);
@@ -145,21 +156,27 @@ static void increment(svc_t *svc, session_t *s, const http_request_t *r, const c
                               "application/json");
         return;
     }
-    st = kind == REQ_FORM ? req_parse_form(body, len, keybuf, &one, err, sizeof err)
-                          : req_parse_json(body, len, &root, &items, &n, err, sizeof err);
+    if ((st = req_idem_key(r->headers, r->num_headers, &ik, &ik_len, err, sizeof err)) == 0)
+        st = kind == REQ_FORM ? req_parse_form(body, len, keybuf, &one, err, sizeof err)
+                              : req_parse_json(body, len, &root, &items, &n, err, sizeof err);
     if (st) {
         count(&t->counts.refused);
         respond_error(s, st, err);
         return;
     }
+    uint64_t fp = ik_len ? req_fingerprint(items, n) : 0;
     int64_t now = time_now_ms();
     pthread_mutex_lock(&t->lock);
     /* fast_open is read under the lock: the writer closes it before it
      * swaps the windows (taking this lock), so once it has swapped, no
-     * fast acknowledgement can escape what it took. */
-    int fast = !svc->cfg.durable && __atomic_load_n(&svc->fast_open, __ATOMIC_RELAXED) &&
+     * fast acknowledgement can escape what it took. A request with an
+     * Idempotency-Key always waits for the commit that records its key:
+     * only the writer, inside its transaction, can tell a retry (from any
+     * process on the database) from a first request. */
+    int fast = !svc->cfg.durable && !ik_len &&
+               __atomic_load_n(&svc->fast_open, __ATOMIC_RELAXED) &&
                take_fast(t->cur, items, n, now);
-    int rc = fast ? 0 : take_deferred(t->cur, s, items, n, now);
+    int rc = fast ? 0 : take_deferred(t->cur, s, items, n, ik, ik_len, fp, now);
     pthread_mutex_unlock(&t->lock);
     if (fast) {
         __atomic_store_n(&t->counts.accepted_items, t->counts.accepted_items + n,
@@ -312,7 +329,7 @@ static void snapshot(svc_t *svc, snapshot_t *sn)
 static void stats(svc_t *svc, session_t *s)
 {
     snapshot_t sn;
-    char body[1536];
+    char body[2048];
     snapshot(svc, &sn);
     int n = snprintf(
         body, sizeof body,
@@ -324,6 +341,8 @@ static void stats(svc_t *svc, session_t *s)
         "\"pending_deferred\":%" PRIu64 ",\"flushes\":%" PRIu64 ",\"rows_written\":%" PRIu64 ","
         "\"failed_flushes\":%" PRIu64 ","
         "\"barriers\":%" PRIu64 ",\"last_flush_ms\":%.3f,\"fast_path\":%s,"
+        "\"idempotency\":{\"window_s\":%" PRId64 ",\"max_keys\":%" PRId64 ",\"keys\":%" PRIu64
+        ",\"replayed\":%" PRIu64 ",\"conflicts\":%" PRIu64 ",\"evicted\":%" PRIu64 "},"
         "\"lag_ms\":{\"count\":%" PRIu64 ",\"max\":%" PRIu64 ",\"p50\":%" PRIu64 ",\"p99\":%" PRIu64
         "},\"durable_wait_ms\":{\"count\":%" PRIu64 ",\"max\":%" PRIu64 ",\"p50\":%" PRIu64
         ",\"p99\":%" PRIu64 "}}\n",
@@ -333,7 +352,9 @@ static void stats(svc_t *svc, session_t *s)
         LOAD(svc->applied_reqs), sn.pending_keys, sn.pending_items, sn.deferred_waiting,
         LOAD(svc->flushes), LOAD(svc->rows_written), LOAD(svc->failed_flushes),
         LOAD(svc->barriers), (double)LOAD(svc->last_flush_us) / 1000.0,
-        LOAD(svc->fast_open) ? "true" : "false", LOAD(svc->lag.n), LOAD(svc->lag.max),
+        LOAD(svc->fast_open) ? "true" : "false", svc->cfg.idem_window_ms / 1000,
+        svc->cfg.idem_keys, LOAD(svc->idem_keys), LOAD(svc->idem_replayed),
+        LOAD(svc->idem_conflicts), LOAD(svc->idem_evicted), LOAD(svc->lag.n), LOAD(svc->lag.max),
         lag_quantile(&svc->lag, 0.5), lag_quantile(&svc->lag, 0.99), LOAD(svc->wait.n),
         LOAD(svc->wait.max), lag_quantile(&svc->wait, 0.5), lag_quantile(&svc->wait, 0.99));
     session_respond(s, 200, JSON, body, (size_t)n < sizeof body ? (size_t)n : sizeof body - 1);
@@ -351,6 +372,7 @@ static void metrics_lines(buf_t *out, void *ctx)
                "incrementor_refused_total{reason=\"input\"} %" PRIu64 "\n"
                "incrementor_refused_total{reason=\"overflow\"} %" PRIu64 "\n"
                "incrementor_refused_total{reason=\"commit\"} %" PRIu64 "\n"
+               "incrementor_refused_total{reason=\"idempotency_conflict\"} %" PRIu64 "\n"
                "# TYPE incrementor_applied_total counter\n"
                "incrementor_applied_total %" PRIu64 "\n"
                "# TYPE incrementor_pending_increments gauge\n"
@@ -368,13 +390,21 @@ static void metrics_lines(buf_t *out, void *ctx)
                "incrementor_ack_commit_lag_seconds{quantile=\"0.5\"} %.3f\n"
                "incrementor_ack_commit_lag_seconds{quantile=\"0.99\"} %.3f\n"
                "incrementor_ack_commit_lag_seconds{quantile=\"1\"} %.3f\n"
-               "incrementor_ack_commit_lag_seconds_count %" PRIu64 "\n",
+               "incrementor_ack_commit_lag_seconds_count %" PRIu64 "\n"
+               "# TYPE incrementor_idempotent_replays_total counter\n"
+               "incrementor_idempotent_replays_total %" PRIu64 "\n"
+               "# TYPE incrementor_idempotency_keys gauge\n"
+               "incrementor_idempotency_keys %" PRIu64 "\n"
+               "# TYPE incrementor_idempotency_evicted_total counter\n"
+               "incrementor_idempotency_evicted_total %" PRIu64 "\n",
                sn.accepted + LOAD(svc->deferred_ok), sn.refused, LOAD(svc->rejected_overflow),
-               LOAD(svc->failed_reqs), LOAD(svc->applied), sn.pending_items, sn.pending_keys,
-               LOAD(svc->flushes), LOAD(svc->failed_flushes), LOAD(svc->rows_written),
+               LOAD(svc->failed_reqs), LOAD(svc->idem_conflicts), LOAD(svc->applied),
+               sn.pending_items, sn.pending_keys, LOAD(svc->flushes), LOAD(svc->failed_flushes),
+               LOAD(svc->rows_written),
                (double)LOAD(svc->last_flush_us) / 1e6, lag_quantile(&svc->lag, 0.5) / 1e3,
                lag_quantile(&svc->lag, 0.99) / 1e3, (double)LOAD(svc->lag.max) / 1e3,
-               LOAD(svc->lag.n));
+               LOAD(svc->lag.n), LOAD(svc->idem_replayed), LOAD(svc->idem_keys),
+               LOAD(svc->idem_evicted));
 }
 
 int svc_handle(session_t *s, const http_request_t *r, const char *body, size_t len, void *ctx)
@@ -413,11 +443,19 @@ int svc_init(svc_t *svc, const svc_cfg_t *cfg)
         fprintf(stderr, "incrementor: %s\n", err);
         return rc;
     }
-    int64_t red = 1;
-    if ((rc = db_red(svc->db, &red)) < 0) {
+    int64_t red = 1, evicted = 0, kept = 0;
+    if ((rc = db_red(svc->db, &red)) < 0 || (rc = db_begin(svc->db)) < 0 ||
+        (rc = db_idem_trim(svc->db, svc_wall_ms() - cfg->idem_window_ms, cfg->idem_keys,
+                           &evicted, &kept)) < 0 ||
+        (rc = db_commit(svc->db)) < 0) {
         fprintf(stderr, "incrementor: %s: %s\n", cfg->db_path, db_errmsg(svc->db));
+        db_rollback(svc->db);
         return rc;
     }
+    /* Keys past the window are gone (up to DB_IDEM_SWEEP of them, the
+     * flushes delete the rest); a lower bound than the last run's too. */
+    svc->idem_keys = (uint64_t)kept;
+    svc->idem_evicted = (uint64_t)evicted;
     if ((rc = db_open_checkpointer(&svc->ckpt, cfg->db_path, err, sizeof err)) < 0) {
         fprintf(stderr, "incrementor: %s\n", err);
         return rc;

@@ -10,7 +10,9 @@
  * A request is either acknowledged at once ("fast": buffered mode, while
  * the overflow rule allows it, see flush.c) or deferred: kept in the window
  * with its items, decided and answered by the writer after the commit that
- * holds it (every request in durable mode). */
+ * holds it (every request in durable mode, and every request that carries
+ * an Idempotency-Key: its key is recorded in the transaction that applies
+ * it, see flush.c). */
 #ifndef INCR_SERVICE_H
 #define INCR_SERVICE_H
 
@@ -33,19 +35,38 @@
 #define SVC_OWN_PENDING (INT64_C(1) << 50) /* this process's open windows */
 #define SVC_PROC_PENDING (INT64_C(1) << 51) /* another process's windows, failed ones included */
 
+#define SVC_IDEM_WINDOW_S 86400   /* --idempotency-window default: a day */
+#define SVC_IDEM_KEYS     1000000 /* --idempotency-keys default */
+
 typedef struct svc_cfg {
     const char *db_path;
     int flush_ms;
     int durable; /* --ack durable */
+    int64_t idem_window_ms; /* a key is remembered this long ... */
+    int64_t idem_keys;      /* ... and among the newest this many */
     server_cfg_t server;
 } svc_cfg_t;
 
-/* A deferred request: its items are items[item_off .. item_off+nitems). */
+/* What the writer decided for a deferred request. */
+enum svc_outcome {
+    SVC_OK = 1,   /* applied (or, replayed: applied by the first request with its key): 200 */
+    SVC_OVERFLOW, /* would leave int64, nothing applied: 422 */
+    SVC_CONFLICT, /* its Idempotency-Key was used for another request: 422 */
+    SVC_FAILED,   /* the commit failed, nothing applied: 503 */
+    SVC_NOMEM,    /* out of memory, nothing applied: 503 */
+};
+
+/* A deferred request: its items are items[item_off .. item_off+nitems), its
+ * Idempotency-Key (idem_len 0: none) keys[idem_off .. idem_off+idem_len). */
 typedef struct svc_deferred {
     session_t *s;
     int64_t t_ms;  /* when it arrived */
     uint32_t item_off, nitems;
-    int status;    /* writer: the answer decided */
+    uint64_t fp;   /* req_fingerprint of the items, with a key */
+    uint32_t idem_off;
+    uint16_t idem_len;
+    uint8_t replay;  /* writer: answered from the key's record, nothing applied */
+    uint8_t outcome; /* writer: enum svc_outcome */
 } svc_deferred_t;
 
 typedef struct svc_item {
@@ -110,6 +131,8 @@ typedef struct svc {
     uint64_t applied, applied_reqs, deferred_ok, flushes, failed_flushes, rejected_overflow, failed_reqs;
     uint64_t rows_written; /* rows upserted by committed flushes */
     uint64_t last_flush_us, pending_keys, pending_items, barriers;
+    uint64_t idem_replayed, idem_conflicts, idem_evicted, idem_keys;
+    int64_t idem_trimmed_ms; /* writer: wall clock of the last db_idem_trim */
     lag_hist_t lag;       /* fast acknowledgement -> commit */
     lag_hist_t wait;      /* deferred request arrival -> commit */
 } svc_t;
@@ -140,6 +163,10 @@ void *svc_writer_main(void *arg);
 /* flush.c: a window for a thread, from the spare list or new (NULL if out
  * of memory). Writer thread only, or before it starts. */
 svc_window_t *svc_window_new(svc_t *svc, int64_t now);
+/* flush.c: wall-clock milliseconds, the time of idempotency keys: they
+ * outlive the process and are shared with other processes, so this
+ * process's monotonic clock can't date them. */
+int64_t svc_wall_ms(void);
 /* flush.c: free a window list. */
 void svc_window_free_list(svc_window_t *w);
 

@@ -309,26 +309,26 @@ def figures(run, duration=None):
 def tenant_metrics(port, tenant):
     """A tenant's sandbox_* counters from a server's /metrics, without the
     prefix and the _total suffix: requests, seconds, restored_bytes...; a
-    counter with a second label gets its value appended: errors_timeout,
-    errors_throttled, limit_hits_memory..."""
+    counter with a second label gets its value appended: errors_throttled,
+    limit_hits_time..."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as f:
         return parse_tenant_metrics(f.read().decode(), tenant)
 
 
 def parse_tenant_metrics(text, tenant):
-    """tenant_metrics() on the text of a /metrics page."""
+    """tenant_metrics from the text of /metrics."""
     out = {}
     for line in text.splitlines():
         name, _, rest = line.partition("{")
-        if not name.startswith("sandbox_"):
+        if not name.startswith("sandbox_") or not rest.startswith(f'tenant="{tenant}"'):
             continue
         key = name[len("sandbox_"):].removesuffix("_total")
-        if rest.startswith(f'tenant="{tenant}"}}'):
-            out[key] = float(rest.split()[-1])
-        elif rest.startswith(f'tenant="{tenant}",'):
-            m = re.match(r'[a-z_]+="([^"]*)"}', rest[len(f'tenant="{tenant}",'):])
-            if m:
-                out[f"{key}_{m.group(1)}"] = float(rest.split()[-1])
+        labels = rest.partition("}")[0][len(f'tenant="{tenant}"'):]
+        if labels.startswith(","):
+            key += "_" + labels.partition("=")[2].strip('"')
+        elif labels:
+            continue  # another tenant whose name starts with this one
+        out[key] = float(rest.split()[-1])
     return out
 
 

@@ -95,11 +95,38 @@ void metrics_error(int kind)
         bump(&m->errors[kind]);
 }
 
-void metrics_conn(int opened)
+/* Connections open now: one counter for the process, because admission
+ * must see every thread's connections at once (the per-thread blocks are
+ * only summed now and then). One atomic add per connection, none per
+ * request. */
+static uint64_t open_conns;
+
+int metrics_conn_admit(uint64_t max)
 {
+    uint64_t n = __atomic_add_fetch(&open_conns, 1, __ATOMIC_RELAXED);
+    if (max && n > max) {
+        /* Over the limit by our own add: take it back. Another thread may
+         * see the count one too high meanwhile and refuse too; none can be
+         * admitted past max. */
+        __atomic_sub_fetch(&open_conns, 1, __ATOMIC_RELAXED);
+        return -EBUSY;
+    }
     metrics_t *m = metrics_local();
     if (m)
-        bump(opened ? &m->accepted : &m->closed);
+        bump(&m->accepted);
+    return 0;
+}
+
+void metrics_conn(int opened)
+{
+    if (opened) {
+        metrics_conn_admit(0); /* cannot fail without a limit */
+        return;
+    }
+    __atomic_sub_fetch(&open_conns, 1, __ATOMIC_RELAXED);
+    metrics_t *m = metrics_local();
+    if (m)
+        bump(&m->closed);
 }
 
 static metrics_t *first_block(void)
@@ -112,12 +139,7 @@ static metrics_t *first_block(void)
 
 uint64_t metrics_open_conns(void)
 {
-    uint64_t acc = 0, closed = 0;
-    for (metrics_t *m = first_block(); m; m = m->next) {
-        acc += get(&m->accepted);
-        closed += get(&m->closed);
-    }
-    return acc > closed ? acc - closed : 0;
+    return __atomic_load_n(&open_conns, __ATOMIC_RELAXED);
 }
 
 void metrics_add_writer(metrics_writer_fn fn, void *ctx)

@@ -38,10 +38,16 @@ int metrics_status_slot(int http_status);
 void metrics_request(int cmd, int status_slot);
 /* Count one error of a kind. */
 void metrics_error(int kind);
-/* Count a connection opened or closed. */
+/* Admit a new connection if fewer than max are open (0: no limit), in one
+ * atomic step, so that loops accepting at once can't overshoot the limit
+ * together. Returns 0 (admitted and counted), or -EBUSY (not counted). */
+int metrics_conn_admit(uint64_t max);
+
+/* Count an admitted connection closed. (metrics_conn(1) counts one opened
+ * without a limit.) */
 void metrics_conn(int opened);
 
-/* Connections open now, summed over every thread. */
+/* Connections open now. */
 uint64_t metrics_open_conns(void);
 
 /* A function that appends more Prometheus text (a tenant table, say). */

@@ -29,6 +29,7 @@ struct post {
 struct conn {
     session_t s;
     struct conn *prev, *next;
+    int watched; /* registered with the loop's epoll */
 };
 
 typedef struct loop {
@@ -142,6 +143,17 @@ static void apply(loop_t *L, session_t *s, int wants)
         conn_free(L, c);
         return;
     }
+    if (wants & SESS_GONE) {
+        /* Dead, but a worker or an extension holds it: it stays in memory,
+         * unwatched and without a timer, until their post comes back. */
+        if (c->watched) {
+            /* Cannot fail: the descriptor is open and registered. */
+            (void)epoll_ctl(L->ep, EPOLL_CTL_DEL, s->fd, NULL);
+            c->watched = 0;
+        }
+        timers_set(&L->timers, &s->timer, 0);
+        return;
+    }
     unsigned ev = ((wants & SESS_READ) ? EPOLLIN : 0) | ((wants & SESS_WRITE) ? EPOLLOUT : 0);
     if (ev != s->armed) {
         struct epoll_event e = {.events = ev, .data.ptr = s};
@@ -149,19 +161,6 @@ static void apply(loop_t *L, session_t *s, int wants)
         s->armed = ev;
     }
     timers_set(&L->timers, &s->timer, session_deadline(s));
-}
-
-/* The peer is gone. A session a worker or an extension still holds stays
- * until its answer comes back: stop watching it meanwhile, since epoll
- * reports a hang-up whatever the interest, and would wake the loop forever. */
-static void hang_up(loop_t *L, session_t *s)
-{
-    int wants = session_on_error(s);
-    if (!(wants & SESS_CLOSE)) {
-        epoll_ctl(L->ep, EPOLL_CTL_DEL, s->fd, NULL);
-        s->armed = 0;
-    }
-    apply(L, s, wants);
 }
 
 static void accept_all(loop_t *L)
@@ -188,6 +187,7 @@ static void accept_all(loop_t *L)
         L->nconns++;
         struct epoll_event e = {.events = EPOLLIN, .data.ptr = &c->s};
         epoll_ctl(L->ep, EPOLL_CTL_ADD, fd, &e);
+        c->watched = 1;
         c->s.armed = EPOLLIN;
         apply(L, &c->s, SESS_READ);
     }
@@ -250,7 +250,7 @@ static void *loop_main(void *arg)
             else if (ev & EPOLLOUT)
                 apply(L, p, session_on_writable(p));
             else
-                hang_up(L, p);
+                apply(L, p, session_on_error(p));
         }
         timer_node_t *t;
         while ((t = timers_expired(&L->timers, time_now_ms())) != NULL) {

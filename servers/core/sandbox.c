@@ -4,22 +4,48 @@
  * sandbox_shutdown) holding its current version (source and limits,
  * reference-counted) and a generation number that changes whenever the
  * version does. Publishing validates the new version first: it is built once
- * in a throw-away runner, with the limits; a failure leaves the old one.
+ * on the publisher's thread (the reloader's), with the limits; a failure
+ * leaves the old one.
+ *
+ * Loading: a state holds absolute pointers into its arena, and each runner's
+ * arenas are mappings of its own, so a state can't be copied from one runner
+ * to another: each runner needs the version's top-level code run for it
+ * once. A runner's thread serves requests, so that never happens there. The
+ * publisher hands its own state to one runner that serves the tenant, and
+ * has the loader thread build one for each of the others, at once: the
+ * loader builds states one at a time (a single thread: the loading of every
+ * tenant together takes at most one core from the loops). A runner takes
+ * its new state between two requests, and keeps serving the version it has
+ * until then. A runner that serves the tenant for the first time takes the
+ * publisher's state if nobody did (the spare), or asks the loader: until
+ * its state is built it answers -EAGAIN, and its caller waits (sandbox_wait:
+ * the server defers the request and runs it when built).
  *
  * Runners: a runner keeps one slot per tenant it has served: an arena with
  * the built state, and the snapshot of the arena's used bytes. The request
  * path takes no lock: find the slot by name (the runner's own hash table),
- * compare the tenant's generation with the slot's (one atomic load: a new
- * version is built here, between two requests), restore the snapshot (copy
- * back the pages requests write, see sandbox_arena.c), reseed
- * math.random's state from getrandom() entropy, and call handle(req) under
- * the time limit. The snapshot's Lua stack holds [entry, handle, req]
- * already, so a request pushes a single value before lua_pcall.
- * req is an empty table whose fields are made on first read (__index, and
- * __pairs fills them all): a tenant that ignores req pays nothing for it.
+ * compare the tenant's generation with the slot's (one atomic load), take a
+ * state the loader finished (another), restore the snapshot (copy back the
+ * pages requests write, see sandbox_arena.c), reseed math.random's state
+ * from getrandom() entropy, and call handle(req) under the time limit. The
+ * snapshot's Lua stack holds [entry, handle, req] already, so a request
+ * pushes a single value before lua_pcall. req is an empty table whose
+ * fields are made on first read (__index, and __pairs fills them all, from
+ * the request of the runner running on the calling thread): a tenant that
+ * ignores req pays nothing for it.
+ *
+ * Fair share: a tenant runs on the thread of the connection's loop, so the
+ * loop's other connections wait while it runs. Each (runner, tenant) has a
+ * bucket that every request fills with its time in the sandbox and that
+ * drains at the tenant's share of the clock; while it holds more than
+ * SHARE_BURST_MS the tenant is answered 503 without running.
  *
  * The returned values are read with lua_type and raw conversions only, so no
  * metamethod of a returned value ever runs outside the limits.
+ *
+ * Every call into a tenant's state (its top-level code, handle(req)) runs
+ * on the runner's own stack (sandbox_limit.c): nested C calls that reach
+ * its end are cut like a timeout, answered 503 "stack limit exceeded".
  *
  * SANDBOX_DEBUG=1 in the environment prints the size of every snapshot built
  * (hello: 18.6 KB in 5 pages, of which requests write 2: 8 KB copied back
@@ -44,8 +70,8 @@
 #include "metrics.h"
 #include "sandbox_int.h"
 
-#define SHARE_PCT      25  /* of a thread's time, at most, for a tenant that keeps timing out */
-#define SHARE_BURST_MS 200 /* ... after this much timed-out run time in a burst */
+#define SHARE_PCT      25  /* of a runner's time, at most, for one tenant by default */
+#define SHARE_BURST_MS 100 /* ... once it has used this much in a burst */
 #define SRC_MAX     (1 << 20) /* largest tenant source */
 #define ARENA_SLACK (1 << 20) /* arena = 3 x budget + this: room for free lists' waste */
 #define LOAD_MS_MIN 1000      /* a version's top-level gets at least this long */
@@ -63,18 +89,23 @@ typedef struct version {
 
 /* Counters of one (runner, tenant): one writer, read by sandbox_stats. */
 typedef struct counts {
-    uint64_t requests, outcomes[SB_OUTCOMES], limit_memory, limit_time, ticks, restored;
+    uint64_t requests, outcomes[SB_OUTCOMES], limit_memory, limit_time, limit_stack, ticks,
+        restored;
     struct counts *next;
+    struct slot *slot; /* whose: so that a publisher finds the runners serving the tenant */
 } counts_t;
+
+struct slot;
 
 typedef struct tenant {
     char name[SANDBOX_NAME_MAX + 1];
-    pthread_mutex_t lock; /* guards cur, counts, the totals below */
+    pthread_mutex_t lock; /* guards cur, spare, counts, its slots' job, the totals below */
     version_t *cur;       /* NULL: not served */
+    struct slot *spare;   /* cur built by its publisher, for the first new runner to want it */
     uint64_t gen;         /* atomic: changes with cur */
     counts_t *counts;     /* one per runner that has a slot */
     counts_t retired;     /* of runners freed since */
-    uint64_t reloads, reload_errors, load_limit_memory, load_limit_time;
+    uint64_t reloads, reload_errors, load_limit_memory, load_limit_time, load_limit_stack;
     int from_dir, seen;   /* for sandbox_scan */
     struct stat lua_st, conf_st;
     int has_conf;
@@ -107,7 +138,35 @@ typedef struct slot {
     int64_t share;      /* fair-share bucket: run time not yet drained (ticks) */
     int64_t share_at;   /* when it was last drained */
     counts_t *counts;
+    struct job *job;    /* atomic, written under the tenant's lock: a state of a newer
+                           version, built or being built for this slot */
 } slot_t;
+
+/* A state the loader builds for one runner's slot. Owned by the slot and,
+ * while queued or being built, by the loader: the last to let go frees it. */
+typedef struct job {
+    int refs;              /* atomic */
+    pthread_mutex_t lock;  /* guards waiters, and done against them */
+    int done;              /* atomic: ended (ok says how) */
+    int cancelled;         /* atomic: the slot wants it no more */
+    int ok;                /* built holds the state (written before done) */
+    uint64_t gen;          /* the tenant's generation it is for */
+    tenant_t *t;
+    version_t *v;          /* the version to build (ours until built holds it) */
+    slot_t built;          /* the result: a, snap, L, rand, ver */
+    sandbox_waiter_t *waiters;
+    struct job *next;      /* the loader's queue */
+    struct job *stale;     /* a publisher's list of jobs to cancel */
+} job_t;
+
+/* The loader thread and its queue of jobs, first come first built. */
+static struct {
+    pthread_mutex_t lock; /* guards the queue, running, stop */
+    pthread_cond_t more;
+    job_t *head, *tail;
+    pthread_t thread;
+    int running, stop;
+} ld = {.lock = PTHREAD_MUTEX_INITIALIZER, .more = PTHREAD_COND_INITIALIZER};
 
 struct sandbox_runner {
     sb_guard_t guard;
@@ -120,11 +179,14 @@ struct sandbox_runner {
     char lower[512];   /* a lower-cased header name */
 };
 
+/* The runner running a request on this thread: where req's fields come
+ * from. (Not bound into the state: a state is built on another thread.) */
+static __thread sandbox_runner_t *running;
+
 /* Build context: what the protected setup function needs and finds. */
 typedef struct build {
     const version_t *ver;
     const char *name;
-    sandbox_runner_t *runner; /* that will run the requests */
     uint64_t *rand;
 } build_t;
 
@@ -201,7 +263,7 @@ static int req_field(lua_State *L, const sandbox_req_t *q, const char *k)
     } else if (strcmp(k, "body") == 0) {
         lua_pushlstring(L, q->body ? q->body : "", q->body ? q->body_len : 0);
     } else if (strcmp(k, "headers") == 0) {
-        sandbox_runner_t *r = lua_touserdata(L, lua_upvalueindex(1));
+        sandbox_runner_t *r = running;
         lua_createtable(L, 0, (int)q->num_headers);
         for (size_t i = 0; i < q->num_headers; i++) {
             const sandbox_header_t *h = &q->headers[i];
@@ -231,9 +293,9 @@ static int req_field(lua_State *L, const sandbox_req_t *q, const char *k)
 
 static int req_index(lua_State *L)
 {
-    sandbox_runner_t *r = lua_touserdata(L, lua_upvalueindex(1));
+    sandbox_runner_t *r = running;
     luaL_checktype(L, 1, LUA_TTABLE);
-    if (!r->req || lua_type(L, 2) != LUA_TSTRING)
+    if (!r || !r->req || lua_type(L, 2) != LUA_TSTRING)
         return 0;
     return req_field(L, r->req, lua_tostring(L, 2));
 }
@@ -241,9 +303,9 @@ static int req_index(lua_State *L)
 static int req_pairs(lua_State *L)
 {
     static const char *const keys[] = {"method", "path", "query", "body", "headers", NULL};
-    sandbox_runner_t *r = lua_touserdata(L, lua_upvalueindex(1));
+    sandbox_runner_t *r = running;
     luaL_checktype(L, 1, LUA_TTABLE);
-    for (const char *const *k = keys; *k && r->req; k++) {
+    for (const char *const *k = keys; *k && r && r->req; k++) {
         lua_pushstring(L, *k);
         if (lua_rawget(L, 1) == LUA_TNIL && req_field(L, r->req, *k))
             lua_pop(L, 1);
@@ -267,6 +329,116 @@ static int nest(lua_State *L)
     return 0;
 }
 
+/* ---- coroutines ----
+ *
+ * coroutine.resume, wrap and close, done again so that the time limit knows
+ * which Lua thread runs (a hook is per thread: its first stage must hook the
+ * one running, see sb_guard_running). Otherwise they behave as the
+ * library's. */
+
+#if LUA_VERSION_RELEASE_NUM >= 50406
+#define close_thread(co, from) lua_closethread(co, from)
+#else
+#define close_thread(co, from) ((void)(from), lua_resetthread(co))
+#endif
+
+/* Resume co from L with the n values on top of L. Returns the number of
+ * values it yielded or returned, moved onto L, or -1 with the error on top
+ * of L. */
+static int co_run(lua_State *L, lua_State *co, int n)
+{
+    int nres;
+    if (lua_status(co) == LUA_OK && lua_gettop(co) == 0) {
+        lua_pushliteral(L, "cannot resume dead coroutine");
+        return -1;
+    }
+    if (!lua_checkstack(co, n)) {
+        lua_pushliteral(L, "too many arguments to resume");
+        return -1;
+    }
+    lua_xmove(L, co, n);
+    sb_guard_running(co);
+    int st = lua_resume(co, L, n, &nres);
+    sb_guard_running(L);
+    if (st != LUA_OK && st != LUA_YIELD) {
+        lua_xmove(co, L, 1);
+        return -1;
+    }
+    if (!lua_checkstack(L, nres + 1)) {
+        lua_pop(co, nres);
+        lua_pushliteral(L, "too many results to resume");
+        return -1;
+    }
+    lua_xmove(co, L, nres);
+    return nres;
+}
+
+static int co_resume(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    lua_State *co = lua_tothread(L, 1);
+    int n = co_run(L, co, lua_gettop(L) - 1);
+    lua_pushboolean(L, n >= 0);
+    lua_insert(L, n >= 0 ? -(n + 1) : -2);
+    return n >= 0 ? n + 1 : 2;
+}
+
+/* The function coroutine.wrap returns: co is its upvalue. */
+static int co_call(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    int n = co_run(L, co, lua_gettop(L));
+    if (n >= 0)
+        return n;
+    int st = lua_status(co);
+    if (st != LUA_OK && st != LUA_YIELD) { /* it died: close its variables */
+        sb_guard_running(co);
+        st = close_thread(co, L);
+        sb_guard_running(L);
+        lua_pop(L, 1);
+        lua_xmove(co, L, 1); /* the error, or a __close handler's */
+    }
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) { /* where it was called from */
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+static int co_wrap(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushcclosure(L, co_call, 1);
+    return 1;
+}
+
+static int co_close(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTHREAD);
+    lua_State *co = lua_tothread(L, 1);
+    lua_Debug ar;
+    /* Suspended or dead only: not L itself, nor one that resumed another. */
+    if (co == L || (lua_status(co) == LUA_OK && lua_getstack(co, 0, &ar)))
+        return luaL_error(L, "cannot close a %s coroutine", co == L ? "running" : "normal");
+    sb_guard_running(co); /* its __close handlers run on it */
+    int st = close_thread(co, L);
+    sb_guard_running(L);
+    if (st == LUA_OK) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    lua_xmove(co, L, 1);
+    return 2;
+}
+
+static const luaL_Reg co_funcs[] = {
+    {"resume", co_resume}, {"wrap", co_wrap}, {"close", co_close}, {NULL, NULL}};
+
 /* Protected: the safe libraries, then the tenant's chunk. Leaves handle. */
 static int setup(lua_State *L)
 {
@@ -288,6 +460,9 @@ static int setup(lua_State *L)
         luaL_requiref(L, l->name, l->func, 1);
         lua_pop(L, 1);
     }
+    lua_getglobal(L, LUA_COLIBNAME);
+    luaL_setfuncs(L, co_funcs, 0);
+    lua_pop(L, 1);
     /* Base functions that reach files, the collector or stdout. */
     static const char *const drop[] = {"dofile", "loadfile", "collectgarbage", "print", NULL};
     for (const char *const *d = drop; *d; d++) {
@@ -325,11 +500,9 @@ static int setup(lua_State *L)
         return luaL_error(L, "%s.lua defines no function handle(req)", b->name);
     lua_newtable(L); /* req */
     lua_createtable(L, 0, 2);
-    lua_pushlightuserdata(L, b->runner);
-    lua_pushcclosure(L, req_index, 1);
+    lua_pushcfunction(L, req_index);
     lua_setfield(L, -2, "__index");
-    lua_pushlightuserdata(L, b->runner);
-    lua_pushcclosure(L, req_pairs, 1);
+    lua_pushcfunction(L, req_pairs);
     lua_setfield(L, -2, "__pairs");
     lua_setmetatable(L, -2);
     /* Collect the compiler's garbage (and run the chunk's finalizers) here,
@@ -339,6 +512,18 @@ static int setup(lua_State *L)
 }
 
 static int entry(lua_State *L);
+
+/* A lua_pcall, for sb_guard_call (on the runner's stack). */
+typedef struct pcall_args {
+    lua_State *L;
+    int nargs, nres, st;
+} pcall_args_t;
+
+static void run_pcall(void *p)
+{
+    pcall_args_t *a = p;
+    a->st = lua_pcall(a->L, a->nargs, a->nres, 0);
+}
 
 /* Describe a failed call's error object without running anything. */
 static void describe(lua_State *L, char *out, size_t cap)
@@ -352,14 +537,14 @@ static void describe(lua_State *L, char *out, size_t cap)
 /* Build version v of a tenant in a new arena, under its limits (the time
  * limit at least LOAD_MS_MIN). On success fills the slot's arena, snapshot,
  * L and rand; returns 0. Otherwise returns -1 with the reason in r->err,
- * and *limit says which limit was hit (0 none, 1 memory, 2 time). */
+ * and *limit says which limit was hit (0 none, 1 memory, 2 time, 3 stack). */
 static int build(sandbox_runner_t *r, const char *name, const version_t *v, slot_t *out,
                  int *limit)
 {
     size_t budget = (size_t)v->lim.mem_kb << 10;
     int ms = v->lim.ms < LOAD_MS_MIN ? LOAD_MS_MIN : v->lim.ms;
     sb_guard_t *g = &r->guard;
-    build_t b = {v, name, r, NULL};
+    build_t b = {v, name, NULL};
     volatile int rc = -1;
     *limit = 0;
     sb_arena_t *a = sb_arena_new(3 * budget + ARENA_SLACK, budget);
@@ -374,12 +559,15 @@ static int build(sandbox_runner_t *r, const char *name, const version_t *v, slot
         goto err;
     }
     sb_guard_arm(g, L, sb_ticks(), ms);
-    if (sigsetjmp(g->jb, 0) == 0) {
+    switch (sigsetjmp(g->jb, 0)) {
+    case 0: {
+        pcall_args_t pa = {L, 1, 2, LUA_OK};
         sb_guard_enter(g);
         lua_pushcfunction(L, setup);
         lua_pushlightuserdata(L, &b);
-        int st = lua_pcall(L, 1, 2, 0);
+        sb_guard_call(g, run_pcall, &pa);
         sb_guard_leave(g);
+        int st = pa.st;
         if (sb_arena_settle(a) || st == LUA_ERRMEM) {
             snprintf(r->err, sizeof r->err, "memory limit exceeded (top-level)");
             *limit = 1;
@@ -391,7 +579,14 @@ static int build(sandbox_runner_t *r, const char *name, const version_t *v, slot
         } else {
             rc = 0;
         }
-    } else {
+        break;
+    }
+    case SB_CUT_STACK:
+        sb_guard_jumped(g);
+        snprintf(r->err, sizeof r->err, "stack limit exceeded (top-level)");
+        *limit = 3;
+        break;
+    default:
         sb_guard_jumped(g);
         snprintf(r->err, sizeof r->err, "time limit exceeded (top-level)");
         *limit = 2;
@@ -436,43 +631,249 @@ static void report(const tenant_t *t, const char *what, const char *why)
         fprintf(stderr, "sandbox: tenant %s: %s: %s\n", t->name, what, why);
 }
 
-/* The tenant has a new generation: build it here, or keep what we have. */
-static void refresh(sandbox_runner_t *r, slot_t *s)
+/* Move the state built in `from` into s (whose own state goes). */
+static void slot_adopt(slot_t *s, slot_t *from)
+{
+    slot_drop_state(s);
+    s->a = from->a;
+    s->snap = from->snap;
+    s->L = from->L;
+    s->rand = from->rand;
+    s->ver = from->ver;
+    from->a = NULL;
+    memset(&from->snap, 0, sizeof from->snap);
+    from->L = NULL;
+    from->rand = NULL;
+    from->ver = NULL;
+}
+
+/* ---- the loader ---- */
+
+static void job_release(job_t *j)
+{
+    if (__atomic_sub_fetch(&j->refs, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    slot_drop_state(&j->built); /* a state nobody took */
+    version_release(j->v);
+    pthread_mutex_destroy(&j->lock);
+    free(j);
+}
+
+/* Mark j ended and call its waiters (once: a later call finds none). The
+ * waiters run outside the lock, and each is read before it is called: its
+ * owner may free it from then on. */
+static void job_end(job_t *j)
+{
+    pthread_mutex_lock(&j->lock);
+    sandbox_waiter_t *w = j->waiters;
+    j->waiters = NULL;
+    __atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&j->lock);
+    while (w) {
+        sandbox_waiter_t *next = w->next;
+        w->ready(w);
+        w = next;
+    }
+}
+
+/* Give up a job taken off its slot (superseded, removed, runner freed):
+ * the loader skips it, or throws its result away. Its waiters are told now,
+ * so that they run again and find what the slot has instead. */
+static void job_cancel(job_t *j)
+{
+    if (!j)
+        return;
+    __atomic_store_n(&j->cancelled, 1, __ATOMIC_RELAXED);
+    job_end(j);
+    job_release(j);
+}
+
+/* A new job for generation gen of t: version v (whose reference it takes). */
+static job_t *job_new(tenant_t *t, version_t *v, uint64_t gen)
+{
+    job_t *j = calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    j->refs = 1;
+    pthread_mutex_init(&j->lock, NULL);
+    j->t = t;
+    j->v = v;
+    j->gen = gen;
+    return j;
+}
+
+/* Put j in s (t->lock held); what was there is returned, to cancel once
+ * the lock is released. */
+static job_t *slot_swap_job(slot_t *s, job_t *j)
+{
+    return __atomic_exchange_n(&s->job, j, __ATOMIC_ACQ_REL);
+}
+
+/* The slot has a job: if it has ended, take its state (if it made one). */
+static void slot_poll(slot_t *s)
 {
     tenant_t *t = s->t;
     pthread_mutex_lock(&t->lock);
+    job_t *j = s->job;
+    if (j && __atomic_load_n(&j->done, __ATOMIC_ACQUIRE))
+        slot_swap_job(s, NULL);
+    else
+        j = NULL;
+    pthread_mutex_unlock(&t->lock);
+    if (!j)
+        return;
+    if (j->ok)
+        slot_adopt(s, &j->built);
+    job_release(j);
+}
+
+/* Queue j for the loader (which then holds a reference). Takes ld.lock,
+ * possibly under a tenant's lock (never the other way round). Returns 0, or
+ * -ESRCH when the loader is not running. */
+static int loader_submit(job_t *j)
+{
+    int rc = 0;
+    pthread_mutex_lock(&ld.lock);
+    if (!ld.running || ld.stop) {
+        rc = -ESRCH;
+    } else {
+        __atomic_add_fetch(&j->refs, 1, __ATOMIC_ACQ_REL);
+        j->next = NULL;
+        if (ld.tail)
+            ld.tail->next = j;
+        else
+            ld.head = j;
+        ld.tail = j;
+        pthread_cond_signal(&ld.more);
+    }
+    pthread_mutex_unlock(&ld.lock);
+    return rc;
+}
+
+/* Build j's version on the loader's runner r (NULL: could not be made). */
+static void loader_build(sandbox_runner_t *r, job_t *j)
+{
+    tenant_t *t = j->t;
+    int limit = 0;
+    const char *why = r ? r->err : "out of memory (runner)";
+    if (r && build(r, t->name, j->v, &j->built, &limit) == 0) {
+        j->built.ver = j->v;
+        j->v = NULL;
+        j->ok = 1;
+        return;
+    }
+    /* Validated once already: this is a chunk that behaves differently from
+     * one run to the next. The runner keeps serving what it had. */
+    pthread_mutex_lock(&t->lock);
+    t->reload_errors++;
+    t->load_limit_memory += limit == 1;
+    t->load_limit_time += limit == 2;
+    t->load_limit_stack += limit == 3;
+    pthread_mutex_unlock(&t->lock);
+    report(t, "build for a runner failed, its previous version kept", why);
+}
+
+static void *loader_main(void *arg)
+{
+    (void)arg;
+    /* Its own runner: the time limit's guard for this thread. */
+    sandbox_runner_t *r = sandbox_runner_new();
+    for (;;) {
+        pthread_mutex_lock(&ld.lock);
+        while (!ld.head && !ld.stop)
+            pthread_cond_wait(&ld.more, &ld.lock);
+        job_t *j = ld.head;
+        if (j) {
+            ld.head = j->next;
+            if (!ld.head)
+                ld.tail = NULL;
+        }
+        int stop = ld.stop;
+        pthread_mutex_unlock(&ld.lock);
+        if (!j)
+            break;
+        /* Stopping: what is queued ends unbuilt (its waiters still hear). */
+        if (!stop && !__atomic_load_n(&j->cancelled, __ATOMIC_RELAXED)) {
+            if (!r)
+                r = sandbox_runner_new();
+            loader_build(r, j);
+        }
+        job_end(j);
+        job_release(j);
+    }
+    sandbox_runner_free(r);
+    return NULL;
+}
+
+static int loader_start(void)
+{
+    pthread_mutex_lock(&ld.lock);
+    ld.stop = 0;
+    ld.running = 1;
+    int rc = pthread_create(&ld.thread, NULL, loader_main, NULL);
+    if (rc)
+        ld.running = 0;
+    pthread_mutex_unlock(&ld.lock);
+    return -rc;
+}
+
+static void loader_stop(void)
+{
+    pthread_mutex_lock(&ld.lock);
+    int was = ld.running;
+    ld.stop = 1;
+    pthread_cond_signal(&ld.more);
+    pthread_mutex_unlock(&ld.lock);
+    if (!was)
+        return;
+    pthread_join(ld.thread, NULL);
+    pthread_mutex_lock(&ld.lock);
+    ld.running = 0;
+    pthread_mutex_unlock(&ld.lock);
+}
+
+/* The tenant has a new generation. Nothing is built here: its publisher
+ * has given this slot a state (or a job building one) already, or the slot
+ * takes the spare, or asks the loader for one; it serves its previous
+ * version meanwhile. */
+static void refresh(slot_t *s)
+{
+    tenant_t *t = s->t;
+    job_t *old = NULL;
+    slot_t *spare = NULL;
+    pthread_mutex_lock(&t->lock);
     version_t *v = t->cur;
     uint64_t gen = t->gen;
-    if (v)
-        __atomic_add_fetch(&v->refs, 1, __ATOMIC_ACQ_REL);
-    pthread_mutex_unlock(&t->lock);
-    s->gen = gen;
+    job_t *j = s->job;
     if (!v) {
+        old = slot_swap_job(s, NULL);
+    } else if (!j || j->gen != gen) { /* not given one: a slot new since */
+        if (t->spare) {
+            spare = t->spare; /* always of cur */
+            t->spare = NULL;
+            old = slot_swap_job(s, NULL);
+        } else if ((j = job_new(t, v, gen)) != NULL) {
+            __atomic_add_fetch(&v->refs, 1, __ATOMIC_ACQ_REL);
+            if (loader_submit(j) == 0) {
+                old = slot_swap_job(s, j);
+            } else {
+                job_release(j);
+                gen = (uint64_t)-1; /* no loader: ask again at the next request */
+            }
+        } else {
+            gen = (uint64_t)-1; /* out of memory: the same */
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    job_cancel(old); /* of an older generation */
+    s->gen = gen;
+    s->removed = v == NULL;
+    if (!v)
         slot_drop_state(s);
-        s->removed = 1;
-        return;
+    if (spare) {
+        slot_adopt(s, spare);
+        free(spare);
     }
-    s->removed = 0;
-    slot_t fresh = {0};
-    int limit;
-    if (build(r, t->name, v, &fresh, &limit) < 0) {
-        /* Validated once already: this is a chunk that behaves differently
-         * from one run to the next. Keep serving what we had. */
-        pthread_mutex_lock(&t->lock);
-        t->reload_errors++;
-        t->load_limit_memory += limit == 1;
-        t->load_limit_time += limit == 2;
-        pthread_mutex_unlock(&t->lock);
-        report(t, "build failed on a runner, previous version kept", r->err);
-        version_release(v);
-        return;
-    }
-    slot_drop_state(s);
-    s->a = fresh.a;
-    s->snap = fresh.snap;
-    s->L = fresh.L;
-    s->rand = fresh.rand;
-    s->ver = v;
 }
 
 /* ---- runners ---- */
@@ -488,7 +889,11 @@ sandbox_runner_t *sandbox_runner_new(void)
         free(r);
         return NULL;
     }
-    sb_guard_register(&r->guard);
+    if (sb_guard_register(&r->guard) < 0) {
+        free(r->tab);
+        free(r);
+        return NULL;
+    }
     return r;
 }
 
@@ -496,14 +901,16 @@ void sandbox_runner_free(sandbox_runner_t *r)
 {
     if (!r)
         return;
+    if (running == r)
+        running = NULL;
     sb_guard_unregister(&r->guard);
     for (size_t i = 0; i < r->cap; i++) {
         slot_t *s = r->tab[i];
         if (!s)
             continue;
-        slot_drop_state(s);
         tenant_t *t = s->t;
         pthread_mutex_lock(&t->lock);
+        job_t *j = slot_swap_job(s, NULL);
         for (counts_t **p = &t->counts; *p; p = &(*p)->next)
             if (*p == s->counts) {
                 *p = s->counts->next;
@@ -515,9 +922,12 @@ void sandbox_runner_free(sandbox_runner_t *r)
             t->retired.outcomes[k] += c->outcomes[k];
         t->retired.limit_memory += c->limit_memory;
         t->retired.limit_time += c->limit_time;
+        t->retired.limit_stack += c->limit_stack;
         t->retired.ticks += c->ticks;
         t->retired.restored += c->restored;
         pthread_mutex_unlock(&t->lock);
+        job_cancel(j);
+        slot_drop_state(s);
         free(c);
         free(s);
     }
@@ -591,6 +1001,7 @@ static slot_t *slot_new(sandbox_runner_t *r, const char *name, size_t n)
     s->t = t;
     s->gen = (uint64_t)-1; /* never built: refresh on first use */
     s->counts = c;
+    c->slot = s;
     pthread_mutex_lock(&t->lock);
     c->next = t->counts;
     t->counts = c;
@@ -701,23 +1112,33 @@ static void fail(sandbox_runner_t *r, sandbox_resp_t *resp, int outcome, int sta
     resp->body_len = strlen(r->err);
 }
 
-/* One guarded call of handle(req) (a function of its own so that nothing
- * the jump could clobber lives in the caller). Returns the pcall status, or
- * -1 when the call was cut by the time limit's jump. */
+#define CUT_TIME  (-1) /* guarded_call: cut by the time limit's jump */
+#define CUT_STACK (-2) /* ... by the jump off the stack's guard */
+
+/* One guarded call of handle(req), on the runner's stack (a function of its
+ * own so that nothing the jump could clobber lives in the caller). Returns
+ * the pcall status, or CUT_TIME or CUT_STACK. */
 static __attribute__((noinline)) int guarded_call(sandbox_runner_t *r, lua_State *L, int ms,
                                                   int64_t start)
 {
     sb_guard_t *g = &r->guard;
+    pcall_args_t pa = {L, 3, 3, LUA_OK};
     sb_guard_arm(g, L, start, ms);
-    if (sigsetjmp(g->jb, 0) != 0) {
+    switch (sigsetjmp(g->jb, 0)) {
+    case 0:
+        break;
+    case SB_CUT_STACK:
         sb_guard_jumped(g);
-        return -1;
+        return CUT_STACK;
+    default:
+        sb_guard_jumped(g);
+        return CUT_TIME;
     }
     sb_guard_enter(g);
     lua_pushlightuserdata(L, r);
-    int st = lua_pcall(L, 3, 3, 0);
+    sb_guard_call(g, run_pcall, &pa);
     sb_guard_leave(g);
-    return st;
+    return pa.st;
 }
 
 int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sandbox_req_t *req,
@@ -727,9 +1148,13 @@ int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sa
     if (!s && !(s = slot_new(r, name, name_len)))
         return -ENOENT;
     if (__atomic_load_n(&s->t->gen, __ATOMIC_ACQUIRE) != s->gen)
-        refresh(r, s);
+        refresh(s);
+    if (__atomic_load_n(&s->job, __ATOMIC_RELAXED))
+        slot_poll(s);
     if (s->removed)
         return -ENOENT;
+    if (!s->a && __atomic_load_n(&s->job, __ATOMIC_RELAXED))
+        return -EAGAIN; /* its first state here is being built */
     resp->content_type = "text/plain";
     resp->body = "";
     resp->body_len = 0;
@@ -742,18 +1167,23 @@ int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sa
         return 0;
     }
     /* Containment. Tenants run on the thread that serves the connection, so
-     * a hostile one cut at its time limit would still take that long for
-     * every request. Each request that hits the limit puts the limit into a
-     * bucket that drains at SHARE_PCT of the clock; while the bucket is over
-     * SHARE_BURST_MS the tenant is answered 503 without running. So a tenant
-     * that keeps timing out holds a thread about SHARE_PCT of the time (up
-     * to 1.5 x that, as a cut comes at up to 1.5 x the limit), and tenants
-     * that stay within their limits are never held back. */
+     * its other connections wait while one runs, whether it stays within
+     * its time limit or not: a tenant taking half its limit on every
+     * request, with a few clients, would own the loop. So every request's
+     * time in the sandbox (restore, reseed, call) goes into a bucket that
+     * drains at the tenant's share of the clock (SHARE_PCT by default);
+     * while the bucket is over SHARE_BURST_MS the tenant is answered 503
+     * without running. A busy tenant thus runs at most one request at a
+     * time once past its burst, and holds the thread about its share of the
+     * time in the long run (plus one request); the others wait for at most
+     * one of its requests. A hello (0.5 us in the sandbox against some 10 us
+     * of the loop's own work per request) is nowhere near a quarter. */
     int64_t now = sb_ticks();
-    int64_t drained = (now - s->share_at) / 100 * SHARE_PCT;
+    int pct = s->ver->lim.share_pct;
+    int64_t drained = (now - s->share_at) / 100 * pct;
     s->share = s->share > drained ? s->share - drained : 0;
     s->share_at = now;
-    if (s->share > (int64_t)SHARE_BURST_MS * sb_ticks_per_ms) {
+    if (pct < 100 && s->share > (int64_t)SHARE_BURST_MS * sb_ticks_per_ms) {
         fail(r, resp, SB_THROTTLED, 503, "tenant over its share of the CPU");
         bump(&c->outcomes[SB_THROTTLED], 1);
         return 0;
@@ -766,21 +1196,23 @@ int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sa
     lua_State *L = s->L;
     int ms = s->ver->lim.ms;
     r->req = req;
+    running = r;
     int64_t t0 = sb_ticks();
     int st = guarded_call(r, L, ms, t0);
     int64_t end = sb_ticks(), took = end - t0;
     r->req = NULL;
     bump(&c->ticks, (uint64_t)(end - now)); /* the restore and the reseed count too */
+    s->share += end - now;
 
-    if (sb_arena_settle(s->a) || st == LUA_ERRMEM) {
+    if (st == CUT_STACK) { /* first: a refusal the jump left pending is no matter */
+        fail(r, resp, SB_STACK, 503, "stack limit exceeded");
+        bump(&c->limit_stack, 1);
+    } else if (sb_arena_settle(s->a) || st == LUA_ERRMEM) {
         fail(r, resp, SB_MEMORY, 503, "memory limit exceeded");
         bump(&c->limit_memory, 1);
-    } else if (st < 0 || r->guard.hit || took > (int64_t)ms * sb_ticks_per_ms) {
+    } else if (st == CUT_TIME || r->guard.hit || took > (int64_t)ms * sb_ticks_per_ms) {
         fail(r, resp, SB_TIMEOUT, 504, "time limit exceeded");
         bump(&c->limit_time, 1);
-        /* Its limit, not the time measured: the count stays the same on a
-         * slow machine (or under valgrind), where the cut comes later. */
-        s->share += (int64_t)ms * sb_ticks_per_ms;
     } else if (st != LUA_OK) {
         char why[ERR_MAX - 16];
         describe(L, why, sizeof why);
@@ -794,6 +1226,29 @@ int sandbox_run(sandbox_runner_t *r, const char *name, size_t name_len, const sa
     }
     bump(&c->outcomes[resp->outcome], 1);
     return 0;
+}
+
+int sandbox_wait(sandbox_runner_t *r, const char *name, size_t name_len, sandbox_waiter_t *w)
+{
+    slot_t *s = slot_lookup(r, name, name_len);
+    int rc = -EALREADY;
+    if (!s)
+        return rc;
+    /* Under the tenant's lock: a publisher may replace the job (and then
+     * cancel it, which tells its waiters). */
+    pthread_mutex_lock(&s->t->lock);
+    job_t *j = s->job;
+    if (j) {
+        pthread_mutex_lock(&j->lock);
+        if (!__atomic_load_n(&j->done, __ATOMIC_RELAXED)) {
+            w->next = j->waiters;
+            j->waiters = w;
+            rc = 0;
+        }
+        pthread_mutex_unlock(&j->lock);
+    }
+    pthread_mutex_unlock(&s->t->lock);
+    return rc;
 }
 
 void sandbox_runner_trim(sandbox_runner_t *r)
@@ -823,50 +1278,112 @@ static void update_shortest(void)
     sb_limit_shortest(ms);
 }
 
+static void spare_free(slot_t *spare)
+{
+    if (spare) {
+        slot_drop_state(spare);
+        free(spare);
+    }
+}
+
+/* A new version v (generation gen) of t, built in spare, is published (t's
+ * lock held): give every runner serving t its new state now, so that none
+ * serves the old version any longer than a build takes. The first slot gets
+ * spare, ended already; the others get jobs for the loader. A slot left
+ * without (out of memory) asks for itself on its next request; with no
+ * slot at all, spare waits for the first runner. Returns the jobs the slots
+ * had, linked through stale, to cancel once the lock is released. */
+static job_t *deliver(tenant_t *t, version_t *v, uint64_t gen, slot_t *spare)
+{
+    job_t *stale = NULL;
+    for (counts_t *c = t->counts; c; c = c->next) {
+        job_t *j = job_new(t, NULL, gen);
+        if (!j)
+            continue;
+        if (spare) {
+            slot_adopt(&j->built, spare);
+            free(spare);
+            spare = NULL;
+            j->ok = 1;
+            j->done = 1;
+        } else {
+            j->v = v;
+            __atomic_add_fetch(&v->refs, 1, __ATOMIC_ACQ_REL);
+            if (loader_submit(j) < 0) {
+                job_release(j);
+                continue;
+            }
+        }
+        job_t *old = slot_swap_job(c->slot, j);
+        if (old) {
+            old->stale = stale;
+            stale = old;
+        }
+    }
+    t->spare = spare;
+    return stale;
+}
+
 /* Validate and publish a version of t. Returns 0 or -ENOEXEC (err says why). */
 static int publish(tenant_t *t, const char *src, size_t len, const sandbox_limits_t *lim, char *err,
                    size_t errlen)
 {
     version_t *v = calloc(1, sizeof *v);
     char *copy = malloc(len + 1);
+    slot_t *spare = calloc(1, sizeof *spare);
     int rc = -ENOMEM, limit = 0;
     sandbox_runner_t *r = NULL;
-    if (!v || !copy)
+    if (!v || !copy || !spare)
         goto err;
     memcpy(copy, src, len);
     copy[len] = 0;
     *v = (version_t){1, copy, len, *lim};
+    if (v->lim.share_pct <= 0)
+        v->lim.share_pct = reg.cfg.share_pct;
+    if (v->lim.share_pct > 100)
+        v->lim.share_pct = 100;
     r = sandbox_runner_new();
     if (!r)
         goto err;
-    slot_t tmp = {0};
-    if (build(r, t->name, v, &tmp, &limit) < 0) {
+    if (build(r, t->name, v, spare, &limit) < 0) {
         snprintf(err, errlen, "%s", r->err);
         rc = -ENOEXEC;
         goto err;
     }
-    slot_drop_state(&tmp);
     sandbox_runner_free(r);
+    spare->ver = v;
+    v->refs = 2;
     pthread_mutex_lock(&t->lock);
     version_t *old = t->cur;
+    slot_t *old_spare = t->spare;
     t->cur = v;
+    t->spare = NULL;
     t->reloads++;
     uint64_t gen = __atomic_add_fetch(&reg.gen, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&t->gen, gen, __ATOMIC_RELEASE);
+    job_t *stale = deliver(t, v, gen, spare);
     pthread_mutex_unlock(&t->lock);
     version_release(old);
+    spare_free(old_spare);
+    while (stale) {
+        job_t *next = stale->stale;
+        job_cancel(stale);
+        stale = next;
+    }
     update_shortest();
     return 0;
 err:
     if (rc == -ENOMEM)
         snprintf(err, errlen, "out of memory");
     sandbox_runner_free(r);
+    free(spare);
     free(copy);
     free(v);
     pthread_mutex_lock(&t->lock);
     t->reload_errors++;
     t->load_limit_memory += limit == 1;
     t->load_limit_time += limit == 2;
+    t->load_limit_stack += limit == 3;
     pthread_mutex_unlock(&t->lock);
     return rc;
 }
@@ -875,18 +1392,21 @@ static void unpublish(tenant_t *t)
 {
     pthread_mutex_lock(&t->lock);
     version_t *old = t->cur;
+    slot_t *old_spare = t->spare;
     t->cur = NULL;
+    t->spare = NULL;
     uint64_t gen = __atomic_add_fetch(&reg.gen, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&t->gen, gen, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&t->lock);
     version_release(old);
+    spare_free(old_spare);
 }
 
 int sandbox_put(const char *name, const char *src, size_t len, const sandbox_limits_t *lim,
                 char *err, size_t errlen)
 {
     size_t n = strlen(name);
-    sandbox_limits_t dflt = {reg.cfg.mem_kb, reg.cfg.ms};
+    sandbox_limits_t dflt = {reg.cfg.mem_kb, reg.cfg.ms, 0};
     if (!valid_name(name, n)) {
         snprintf(err, errlen, "bad tenant name");
         return -EINVAL;
@@ -960,7 +1480,7 @@ err:
     return -1;
 }
 
-/* DIR/<name>.conf: `mem_kb = N` and `ms = N` lines, # comments. */
+/* DIR/<name>.conf: `mem_kb = N`, `ms = N` and `share = N` lines, # comments. */
 static int parse_conf(const char *text, sandbox_limits_t *lim, char *err, size_t errlen)
 {
     int line = 0;
@@ -979,15 +1499,19 @@ static int parse_conf(const char *text, sandbox_limits_t *lim, char *err, size_t
         if (strspn(buf, " \t\r") == strlen(buf))
             continue;
         if (sscanf(buf, " %31[a-z_] = %ld %c", key, &val, &extra) != 2) {
-            snprintf(err, errlen, "line %d: want `mem_kb = N` or `ms = N`", line);
+            snprintf(err, errlen, "line %d: want `mem_kb = N`, `ms = N` or `share = N`", line);
             return -1;
         }
         if (strcmp(key, "mem_kb") == 0 && val >= 64 && val <= (1 << 20)) {
             lim->mem_kb = (int)val;
         } else if (strcmp(key, "ms") == 0 && val >= 1 && val <= 600000) {
             lim->ms = (int)val;
+        } else if (strcmp(key, "share") == 0 && val >= 1 && val <= 100) {
+            lim->share_pct = (int)val;
         } else {
-            snprintf(err, errlen, "line %d: unknown key or value out of range (mem_kb 64..1048576, ms 1..600000)",
+            snprintf(err, errlen,
+                     "line %d: unknown key or value out of range "
+                     "(mem_kb 64..1048576, ms 1..600000, share 1..100)",
                      line);
             return -1;
         }
@@ -1008,7 +1532,7 @@ static int load_file(tenant_t *t, const char *dir)
     char path[4096], err[ERR_MAX];
     char *src = NULL, *conf = NULL;
     size_t len, clen;
-    sandbox_limits_t lim = {reg.cfg.mem_kb, reg.cfg.ms};
+    sandbox_limits_t lim = {reg.cfg.mem_kb, reg.cfg.ms, 0};
     int published = 0;
     if (t->has_conf) {
         snprintf(path, sizeof path, "%s/%s.conf", dir, t->name);
@@ -1150,6 +1674,10 @@ static const char warm_src[] =
     "t[#t + 1] = select('#', pcall(error, {})) .. select(2, pcall(error, 'x'))\n"
     "t[#t + 1] = load('return 1 + 1')() .. #string.pack('i4 d s1', 1, 2.5, 'z')\n"
     "local co = coroutine.wrap(function(a) coroutine.yield(a) end); co(1)\n"
+    "pcall(coroutine.wrap(function() local x <close> = setmetatable({}, {__close = function() end})"
+    " error('x') end))\n"
+    "co = coroutine.create(function() coroutine.yield() end); coroutine.resume(co)"
+    " coroutine.close(co)\n"
     "t[#t + 1] = math.tointeger(3.0) .. math.fmod(7, 3) .. tostring(math.ult(1, 2)) .. (1e308 * 10)\n"
     "t[#t + 1] = ('%5.1f'):format(-1/0) .. ('x'):rep(0) .. string.reverse('ab')\n"
     "function handle() return s .. n end\n";
@@ -1157,7 +1685,7 @@ static const char warm_src[] =
 static void warm_up(void)
 {
     sandbox_runner_t *r = sandbox_runner_new();
-    version_t v = {1, (char *)warm_src, sizeof warm_src - 1, {4096, 2000}};
+    version_t v = {1, (char *)warm_src, sizeof warm_src - 1, {4096, 2000, 100}};
     slot_t tmp = {0};
     int limit;
     if (!r)
@@ -1165,6 +1693,7 @@ static void warm_up(void)
     if (build(r, "warm-up", &v, &tmp, &limit) == 0) {
         sandbox_req_t q = {"GET", 3, "/", 1, NULL, 0, NULL, 0, NULL, 0};
         r->req = &q;
+        running = r;
         lua_pushlightuserdata(tmp.L, r);
         lua_pcall(tmp.L, 3, 3, 0);
         r->req = NULL;
@@ -1187,6 +1716,10 @@ int sandbox_init(const sandbox_cfg_t *cfg, char *err, size_t errlen)
         reg.cfg.mem_kb = 4096;
     if (reg.cfg.ms <= 0)
         reg.cfg.ms = 100;
+    if (reg.cfg.share_pct <= 0)
+        reg.cfg.share_pct = SHARE_PCT;
+    if (reg.cfg.share_pct > 100)
+        reg.cfg.share_pct = 100;
     int rc = sb_limit_init();
     if (rc < 0) {
         snprintf(err, errlen, "sandbox: time limit set-up: %s", strerror(-rc));
@@ -1198,6 +1731,10 @@ int sandbox_init(const sandbox_cfg_t *cfg, char *err, size_t errlen)
     }
     sb_limit_shortest(reg.cfg.ms);
     warm_up();
+    if ((rc = loader_start()) < 0) {
+        snprintf(err, errlen, "sandbox: loader thread: %s", strerror(-rc));
+        return rc;
+    }
     metrics_add_writer(sandbox_metrics, NULL);
     reg.ready = 1;
     if (cfg->dir) {
@@ -1219,6 +1756,7 @@ void sandbox_shutdown(void)
         pthread_join(reg.reloader, NULL);
         reg.reloading = 0;
     }
+    loader_stop();
     sb_limit_shutdown();
     pthread_mutex_lock(&reg.lock);
     tenant_t *t = reg.list;
@@ -1227,6 +1765,7 @@ void sandbox_shutdown(void)
     while (t) {
         tenant_t *next = t->next;
         version_release(t->cur);
+        spare_free(t->spare);
         pthread_mutex_destroy(&t->lock);
         free(t);
         t = next;
@@ -1247,6 +1786,7 @@ static void sum_stats(tenant_t *t, sandbox_stats_t *st)
             all.outcomes[k] += get(&c->outcomes[k]);
         all.limit_memory += get(&c->limit_memory);
         all.limit_time += get(&c->limit_time);
+        all.limit_stack += get(&c->limit_stack);
         all.ticks += get(&c->ticks);
         all.restored += get(&c->restored);
     }
@@ -1254,6 +1794,7 @@ static void sum_stats(tenant_t *t, sandbox_stats_t *st)
     st->reload_errors = t->reload_errors;
     st->limit_memory = all.limit_memory + t->load_limit_memory;
     st->limit_time = all.limit_time + t->load_limit_time;
+    st->limit_stack = all.limit_stack + t->load_limit_stack;
     st->loaded = t->cur != NULL;
     pthread_mutex_unlock(&t->lock);
     st->requests = all.requests;
@@ -1276,7 +1817,8 @@ int sandbox_stats(const char *name, sandbox_stats_t *st)
 void sandbox_metrics(buf_t *out, void *ctx)
 {
     static const char *const kinds[SB_OUTCOMES] = {"ok", "lua_error", "memory", "timeout",
-                                                   "bad_return", "not_loaded", "throttled"};
+                                                   "bad_return", "not_loaded", "throttled",
+                                                   "stack"};
     (void)ctx;
     pthread_mutex_lock(&reg.lock);
     tenant_t *list = reg.list;
@@ -1303,12 +1845,14 @@ void sandbox_metrics(buf_t *out, void *ctx)
         buf_printf(out,
                    "sandbox_limit_hits_total{tenant=\"%s\",limit=\"memory\"} %llu\n"
                    "sandbox_limit_hits_total{tenant=\"%s\",limit=\"time\"} %llu\n"
+                   "sandbox_limit_hits_total{tenant=\"%s\",limit=\"stack\"} %llu\n"
                    "sandbox_seconds_total{tenant=\"%s\"} %.6f\n"
                    "sandbox_restored_bytes_total{tenant=\"%s\"} %llu\n"
                    "sandbox_reloads_total{tenant=\"%s\"} %llu\n"
                    "sandbox_reload_errors_total{tenant=\"%s\"} %llu\n"
                    "sandbox_tenant_loaded{tenant=\"%s\"} %d\n",
                    n, (unsigned long long)st.limit_memory, n, (unsigned long long)st.limit_time, n,
+                   (unsigned long long)st.limit_stack, n,
                    st.seconds, n, (unsigned long long)st.restored_bytes, n,
                    (unsigned long long)st.reloads, n,
                    (unsigned long long)st.reload_errors, n, st.loaded);

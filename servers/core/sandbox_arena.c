@@ -212,7 +212,11 @@ size_t sb_arena_used(const sb_arena_t *a) { return a->bump; }
  * Exactness does not depend on which pages are hot: a page that is not hot
  * has not been written since the snapshot was taken. The handler acts only
  * for the arena the calling thread restored last (the one it runs), on a
- * protected page; any other fault goes to the handler it replaced. */
+ * protected page. It is also the sandbox's one SIGSEGV handler for the stack
+ * sandboxed calls run on: a fault on that stack's guard cuts the call
+ * (sb_guard_fault, sandbox_limit.c), so it is installed even when nothing
+ * is protected, and runs on the thread's alternate signal stack. Any other
+ * fault goes to the handler it replaced. */
 
 #define PAGE 4096
 
@@ -276,6 +280,7 @@ static void on_fault(int sig, siginfo_t *si, void *ctx)
             return;
         }
     }
+    sb_guard_fault(si->si_addr); /* on the sandbox's stack's guard: does not return */
     /* Not ours: as if this handler were not there, with the faulting code's
      * signal mask (that handler may not return), but no time-limit jump
      * into the middle of it. */
@@ -295,17 +300,15 @@ static void on_fault(int sig, siginfo_t *si, void *ctx)
 int sb_snap_claim(void)
 {
     static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-    struct sigaction sa = {.sa_sigaction = on_fault, .sa_flags = SA_SIGINFO | SA_NODEFER}, now;
+    const int flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    struct sigaction sa = {.sa_sigaction = on_fault, .sa_flags = flags}, now;
     int rc = 0;
-    if (protect_off)
-        return 0;
     sigemptyset(&sa.sa_mask);
     sigaddset(&sa.sa_mask, SB_SIGNAL); /* no time-limit jump out of the handler */
     pthread_mutex_lock(&lock);
     if (sigaction(SIGSEGV, NULL, &now) < 0) {
         rc = -errno;
-    } else if (now.sa_sigaction != on_fault || (now.sa_flags & (SA_SIGINFO | SA_NODEFER)) !=
-                                                   (SA_SIGINFO | SA_NODEFER)) {
+    } else if (now.sa_sigaction != on_fault || (now.sa_flags & flags) != flags) {
         /* Ours, put back by signal() (a test framework's) without its flags:
          * installed again, chaining to the same one as before. Otherwise
          * the current handler is recorded, before ours is in place, so a
@@ -313,7 +316,6 @@ int sb_snap_claim(void)
          * while other threads run.) */
         if (now.sa_sigaction != on_fault)
             prev_segv = now;
-        sa.sa_flags |= prev_segv.sa_flags & SA_ONSTACK; /* a stack overflow reporter's */
         if (sigaction(SIGSEGV, &sa, NULL) < 0)
             rc = -errno;
     }

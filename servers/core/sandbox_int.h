@@ -61,8 +61,9 @@ unsigned sb_arena_settle(sb_arena_t *a);
 /* Bytes of the mapping in use (header and every block ever handed out). */
 size_t sb_arena_used(const sb_arena_t *a);
 
-/* Install the handler of write faults on snapshot pages (once, before any
- * restore). SANDBOX_NOPROTECT in the environment turns the tracking off:
+/* Install the SIGSEGV handler: write faults on snapshot pages, and faults on
+ * the guard of the stack guarded calls run on (once, before any restore or
+ * guarded call). SANDBOX_NOPROTECT in the environment turns the tracking off:
  * every restore copies every page. Returns 0 or -errno. */
 int sb_snap_init(void);
 /* Install that handler again if another replaced it (it then chains to
@@ -81,16 +82,31 @@ void sb_snap_free(sb_snap_t *snap);
 /* Give the pages above the snapshot back to the kernel (MADV_DONTNEED). */
 void sb_arena_trim(sb_arena_t *a, size_t keep);
 
-/* ---- the time limit (sandbox_limit.c) ---- */
+/* ---- the time limit and the stack (sandbox_limit.c) ---- */
 
 #define SB_SIGNAL (SIGRTMIN + 3) /* the watchdog's, to a runner over its deadline */
 
-/* A runner's side of the time limit. The watchdog thread reads deadline
- * and seq; the signal handler, on the runner's thread, reads the rest. */
+/* The stack every guarded call runs on (see "the stack" in sandbox_limit.c).
+ * Lua's own bound of nested C calls (LUAI_MAXCCALLS, 200 levels) takes at
+ * most 421 KB of it in the shapes measured (x86-64, Debian's liblua 5.4.4:
+ * string.gsub callbacks; string.format of __tostring 328 KB, load() readers
+ * 226 KB, pcall 150 KB, metamethods 50 to 90 KB): at 1 MiB a program Lua
+ * allows never meets the guard, only C recursion that Lua fails to count
+ * does. It is address space: a call touches the pages it uses. */
+#define SB_STACK_SIZE  (1 << 20)
+#define SB_STACK_GUARD (64 << 10) /* PROT_NONE below it: more than any C frame */
+
+/* How a guarded call was cut (sigsetjmp's value after the jump). */
+enum { SB_CUT_TIME = 1, SB_CUT_STACK = 2 };
+
+/* A runner's side of the time limit, and its stack. The watchdog thread
+ * reads deadline and seq; the signal handlers, on the runner's thread, read
+ * the rest. */
 typedef struct sb_guard {
     pid_t tid;
     sigjmp_buf jb;
     lua_State *L;          /* the state being run (NULL while it is being made) */
+    lua_State *cur;        /* the thread of L running now: L or a coroutine */
     int in_call;           /* between sb_guard_enter and sb_guard_leave */
     uint64_t seq;          /* calls so far: tells a stale signal from a fresh one */
     int64_t deadline;      /* sb_ticks: the hook from here */
@@ -98,6 +114,15 @@ typedef struct sb_guard {
     uint64_t kill_seq;     /* written by the watchdog before it signals */
     int kill_stage;        /* 1: set the hook, 2: jump */
     volatile sig_atomic_t hit; /* the deadline passed during this call */
+    char *stack_map;       /* the stack's mapping: the guard, then the stack */
+    char *stack_lo;        /* the stack is [stack_lo, stack_lo + SB_STACK_SIZE) */
+    unsigned stack_id;     /* valgrind's id of the stack */
+    void (*fn)(void *);    /* the function sb_guard_call runs there, and its argument */
+    void *arg;
+    void *asan_fake;       /* AddressSanitizer's account of the switches (its builds only) */
+    const void *asan_bottom;
+    size_t asan_size;
+    int asan_on;           /* ... it was told the sandbox's stack is the one in use */
     struct sb_guard *next;
     struct sb_guard *prev_self; /* the thread's guard before this one (nested use) */
 } sb_guard_t;
@@ -110,8 +135,11 @@ void sb_limit_shutdown(void);
 void sb_limit_shortest(int ms);
 
 /* Register g for the calling thread; it stays the thread's guard until
- * unregistered (then the previous one is back). */
-void sb_guard_register(sb_guard_t *g);
+ * unregistered (then the previous one is back). Maps g's stack, and gives
+ * the thread an alternate signal stack if it has none (the handlers run
+ * there: the sandbox's stack may be full). Returns 0 or -errno (nothing
+ * registered). */
+int sb_guard_register(sb_guard_t *g);
 void sb_guard_unregister(sb_guard_t *g);
 
 /* Monotonic nanoseconds. */
@@ -133,8 +161,10 @@ static inline int64_t sb_ticks(void)
 
 /* Begin a guarded call of at most ms milliseconds on state L (which may be
  * NULL until it exists: then only the jump can stop it). Then:
- *     if (sigsetjmp(g->jb, 0) == 0) { sb_guard_enter(g); ...; sb_guard_leave(g); }
- *     else sb_guard_jumped(g);   -- the call was cut: its state is garbage */
+ *     switch (sigsetjmp(g->jb, 0)) {
+ *     case 0: sb_guard_enter(g); sb_guard_call(g, fn, arg); sb_guard_leave(g); break;
+ *     default: sb_guard_jumped(g);  -- cut (SB_CUT_TIME, _STACK): the state is garbage
+ *     } */
 void sb_guard_arm(sb_guard_t *g, lua_State *L, int64_t start_ticks, int ms);
 
 static inline void sb_guard_enter(sb_guard_t *g)
@@ -149,11 +179,25 @@ static inline void sb_guard_leave(sb_guard_t *g)
     __atomic_store_n(&g->in_call, 0, __ATOMIC_RELEASE);
 }
 
+/* Call fn(arg) on g's stack (no system call on x86-64 and arm64). A fault
+ * on the stack's guard cuts the call with SB_CUT_STACK. */
+void sb_guard_call(sb_guard_t *g, void (*fn)(void *), void *arg);
+
 /* After a jump: unblock the signal (the handler did not return). */
 void sb_guard_jumped(sb_guard_t *g);
 
-/* The hook raising "time limit exceeded" (also set by sandbox.c when a
- * coroutine is resumed after the deadline). */
+/* From the SIGSEGV handler (sandbox_arena.c): when addr is on the guard of
+ * the stack of the calling thread's guarded call, jump out of that call
+ * (does not return); otherwise return. */
+void sb_guard_fault(void *addr);
+
+/* Lua thread co (a coroutine being resumed or closed, or its resumer when
+ * that is over) runs now in the calling thread's guarded call, if any: the
+ * first stage of the time limit hooks that thread, and co is hooked at once
+ * when the deadline has passed already. (sandbox.c's coroutine functions.) */
+void sb_guard_running(lua_State *co);
+
+/* The hook raising "time limit exceeded". */
 void sb_timeout_hook(lua_State *L, lua_Debug *ar);
 
 #endif

@@ -21,6 +21,8 @@
 volatile sig_atomic_t server_stopping;
 static int stop_fd = -1;
 static __thread int spare_fd = -1;
+/* The connection cap when --max-conns is not given (0: none). */
+static uint64_t default_max_conns;
 
 static void on_signal(int sig)
 {
@@ -44,7 +46,8 @@ static void usage(FILE *f, const char *design, unsigned opts)
     fprintf(f, "usage: server-%s [options]\n"
                "  --host ADDR             address to listen on (127.0.0.1)\n"
                "  --port N                port, 0 for any free one (8090)\n"
-               "  --max-conns N           refuse connections beyond N with 503 (no limit)\n"
+               "  --max-conns N           refuse connections beyond N with 503\n"
+               "                          (default: the descriptor limit less 64)\n"
                "  --header-timeout-ms N   close a connection whose request is not complete\n"
                "                          within N ms, 0 = never (10000)\n"
                "  --idle-timeout-ms N     close a connection silent for N ms, 0 = never (60000)\n"
@@ -179,10 +182,21 @@ void server_process_init(void)
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
+        /* On failure the soft limit stays, and the cap below follows it. */
+        (void)setrlimit(RLIMIT_NOFILE, &rl);
     }
+    /* Without --max-conns, connections are capped just below the
+     * descriptor limit, so that the last ones are refused with a 503
+     * instead of failing in accept, and the memory they may hold is
+     * bounded (see the README). */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        default_max_conns = rl.rlim_cur > SERVER_FD_RESERVE + 16 ? rl.rlim_cur - SERVER_FD_RESERVE
+                                                                 : rl.rlim_cur / 2;
     stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    struct sigaction sa = {.sa_handler = on_signal};
+    /* On the thread's alternate stack when it has one: a sandbox runner's
+     * thread may be at the very end of the sandbox's stack (sandbox_limit.c),
+     * with no room for a signal frame. */
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_ONSTACK};
     sigemptyset(&sa.sa_mask);
     /* No SA_RESTART: a blocked accept/poll returns EINTR and sees the flag. */
     sigaction(SIGINT, &sa, NULL);
@@ -246,13 +260,12 @@ int server_accept(int lfd, const server_cfg_t *cfg)
         /* Out of descriptors with no spare: stop accepting for this wake-up. */
         return e == EWOULDBLOCK ? -EAGAIN : -e;
     }
-    if ((cfg->max_fd && fd >= cfg->max_fd) ||
-        (cfg->max_conns && metrics_open_conns() >= (uint64_t)cfg->max_conns)) {
+    uint64_t max = cfg->max_conns ? (uint64_t)cfg->max_conns : default_max_conns;
+    if ((cfg->max_fd && fd >= cfg->max_fd) || metrics_conn_admit(max) < 0) {
         server_refuse(fd, "too many connections");
         return -ECONNREFUSED;
     }
     net_set_nodelay(fd);
-    metrics_conn(1);
     return fd;
 }
 

@@ -17,13 +17,17 @@
 
 #define SERVER_DRAIN_MS 10000 /* on SIGTERM, in-flight requests get this long */
 
+/* Descriptors kept out of the default connection cap: listening sockets,
+ * epoll and event descriptors, logs, databases, tenant files. */
+#define SERVER_FD_RESERVE 64
+
 typedef struct server_cfg {
     const char *design;
     const char *host;   /* --host, default 127.0.0.1 */
     int port;           /* --port, default 8090, 0 = any free port */
     int threads;        /* --threads, default: online CPUs */
     int workers;        /* --workers, default: online CPUs */
-    int max_conns;      /* --max-conns, 0 = no limit but the descriptor limit */
+    int max_conns;      /* --max-conns, 0 = the descriptor limit less SERVER_FD_RESERVE */
     int max_fd;         /* descriptors >= this are refused (select's FD_SETSIZE), 0 = none */
     size_t stack_kb;    /* --stack-kb, default 256 */
     const char *tenants;

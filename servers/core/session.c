@@ -452,11 +452,27 @@ static int flush(session_t *s)
     }
 }
 
+/* Is the session held by a worker (its BURN) or an extension (a deferred
+ * answer)? Then only their return may free it. */
+static int held(const session_t *s)
+{
+    return s->working || s->op == OP_DEFER;
+}
+
+/* The connection is dead (reset, a failed write or read, out of memory):
+ * close it, or, while its work is held elsewhere, wait for that. */
+static int dead(session_t *s)
+{
+    s->eof = 1;
+    s->closing = 2;
+    return session_wants(s);
+}
+
 int session_wants(const session_t *s)
 {
     int pending_out = buf_used(&s->out) > 0 || s->op == OP_STREAM;
     if (s->closing == 2)
-        return SESS_CLOSE;
+        return held(s) ? SESS_GONE : SESS_CLOSE;
     if (s->op == OP_NONE && !pending_out && (s->closing || s->eof))
         return SESS_CLOSE;
     int w = pending_out ? SESS_WRITE : 0;
@@ -477,7 +493,7 @@ static int finish(session_t *s)
          * for them: answer them now. */
         int blocked = s->op == OP_STREAM || buf_used(&s->out) >= OUT_HIGH;
         if (flush(s) < 0)
-            return SESS_CLOSE;
+            return dead(s);
         again = blocked && s->op == OP_NONE && !s->closing && buf_used(&s->in) > 0 &&
                 buf_used(&s->out) < OUT_HIGH;
     } while (again);
@@ -496,7 +512,7 @@ int session_on_readable(session_t *s)
         return session_wants(s);
     int rc = buf_reserve(&s->in, READ_CHUNK, HTTP_MAX_HEAD + s->cfg->max_body + READ_CHUNK);
     if (rc == -ENOMEM)
-        return SESS_CLOSE;
+        return dead(s);
     if (buf_room(&s->in) == 0) {
         /* Full, and what it holds is still not a whole request (a chunked
          * body's framing can outgrow the body limit): it never will be.
@@ -516,7 +532,7 @@ int session_on_readable(session_t *s)
             s->eof = 1;
         } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
             metrics_error(ME_READ);
-            return SESS_CLOSE;
+            return dead(s);
         }
     }
     return finish(s);
@@ -534,7 +550,7 @@ int64_t session_deadline(const session_t *s)
     int64_t d = 0;
     if (s->req_start && s->cfg->header_timeout_ms)
         d = s->req_start + s->cfg->header_timeout_ms;
-    if (s->cfg->idle_timeout_ms && s->op != OP_DEFER && !s->working) {
+    if (s->cfg->idle_timeout_ms && !held(s)) {
         int64_t idle = s->last_active + s->cfg->idle_timeout_ms;
         if (!d || idle < d)
             d = idle;
@@ -568,8 +584,7 @@ int session_on_timer(session_t *s)
         }
         return finish(s);
     }
-    if (s->cfg->idle_timeout_ms && s->op != OP_DEFER && !s->working &&
-        now >= s->last_active + s->cfg->idle_timeout_ms) {
+    if (s->cfg->idle_timeout_ms && !held(s) && now >= s->last_active + s->cfg->idle_timeout_ms) {
         metrics_error(ME_IDLE_TIMEOUT);
         return SESS_CLOSE;
     }
@@ -578,11 +593,7 @@ int session_on_timer(session_t *s)
 
 int session_on_error(session_t *s)
 {
-    s->eof = 1;
-    s->closing = 2;
-    /* A worker or an extension still holds the session: it is closed when
-     * its answer comes back (session_on_work_done, session_resume). */
-    return (s->working || s->op == OP_DEFER) ? 0 : SESS_CLOSE;
+    return dead(s);
 }
 
 void session_work_run(session_t *s)

@@ -22,6 +22,10 @@
 #define SESS_CLOSE 4 /* finished: call session_close */
 #define SESS_WORK  8 /* a BURN waits for a worker: session_work_run off the loop,
                         then session_on_work_done on it */
+#define SESS_GONE  16 /* the peer is gone but a worker or an extension still holds
+                         the session: stop watching the socket (epoll reports a
+                         hang-up whatever the interest) and keep the session until
+                         the held work comes back, which then returns SESS_CLOSE */
 
 typedef struct session session_t;
 
@@ -91,7 +95,12 @@ int session_on_writable(session_t *s);
 int session_on_timer(session_t *s);
 
 /* The socket reported an error or hang-up. Returns SESS_CLOSE, unless a BURN
- * is running on a worker (then the close waits for session_on_work_done). */
+ * is running on a worker or an extension deferred the answer: then SESS_GONE,
+ * and the close waits for session_on_work_done or session_resume.
+ *
+ * The same holds for every function here that returns SESS_* bits: a
+ * session whose connection dies while its work is held elsewhere returns
+ * SESS_GONE, never SESS_CLOSE, so that it has one owner at a time. */
 int session_on_error(session_t *s);
 
 /* Run the pending BURN (on any thread; touches only the session's BURN state). */

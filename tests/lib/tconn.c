@@ -15,7 +15,19 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+static int tconn_open_opt(int port, int narrow);
+
 int tconn_open(int port)
+{
+    return tconn_open_opt(port, 0);
+}
+
+int tconn_open_narrow(int port)
+{
+    return tconn_open_opt(port, 1);
+}
+
+static int tconn_open_opt(int port, int narrow)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -24,12 +36,33 @@ int tconn_open(int port)
         return -errno;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* Before connect, since the handshake tells them to the server: a
+     * small window, and small segments, which keep the server's send
+     * buffer small too (Linux sizes it from the segment size: about 4 MB
+     * on loopback otherwise, all of it taken before a session queues a
+     * byte). */
+    int rcvbuf = 4096, mss = 536;
+    if (narrow && (setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf) < 0 ||
+                   setsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss) < 0)) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
         int e = errno;
         close(fd);
         return -e;
     }
     return fd;
+}
+
+void tconn_reset(int fd)
+{
+    struct linger lg = {.l_onoff = 1, .l_linger = 0};
+    /* Without SO_LINGER the close would be an orderly FIN; a failure here
+     * leaves exactly that, which the callers' checks would then show. */
+    (void)setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    close(fd);
 }
 
 int tconn_send(int fd, const void *p, size_t n)

@@ -46,6 +46,15 @@ const char *tproc_log(pid_t pid);
  * Returns the descriptor or a negative errno. */
 int tconn_open(int port);
 
+/* tconn_open with a small receive window and small segments, so that when
+ * the client does not read, the server's answers queue up in the server
+ * after about 100 KB instead of 4 MB. */
+int tconn_open_narrow(int port);
+
+/* Close fd with a reset (SO_LINGER 0) instead of a FIN: the peer's next
+ * write fails and epoll reports an error and a hang-up. */
+void tconn_reset(int fd);
+
 /* Send all n bytes. Returns 0 or a negative errno. */
 int tconn_send(int fd, const void *p, size_t n);
 

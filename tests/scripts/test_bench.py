@@ -64,6 +64,21 @@ class Figures(unittest.TestCase):
         self.assertFalse(H.loadgen_bound(run, "1"))
 
 
+class TenantMetrics(unittest.TestCase):
+    def test_counters_of_one_tenant_with_their_second_label(self):
+        text = ("# TYPE sandbox_requests_total counter\n"
+                'sandbox_requests_total{tenant="spin"} 12\n'
+                'sandbox_requests_total{tenant="spinner"} 99\n'
+                'sandbox_errors_total{tenant="spin",kind="throttled"} 7\n'
+                'sandbox_errors_total{tenant="spinner",kind="throttled"} 1\n'
+                'sandbox_limit_hits_total{tenant="spin",limit="time"} 3\n'
+                'sandbox_seconds_total{tenant="spin"} 0.250000\n'
+                'requests_total{cmd="ext",status="200"} 5\n')
+        self.assertEqual(H.parse_tenant_metrics(text, "spin"),
+                         {"requests": 12, "errors_throttled": 7, "limit_hits_time": 3,
+                          "seconds": 0.25})
+
+
 class Tables(unittest.TestCase):
     def test_best_row_is_marked(self):
         t = H.text_table("t", ["design", "req/s", "p99 us"], [["a", 10.0, 5.0], ["b", 20.0, None]], (1, "max"))

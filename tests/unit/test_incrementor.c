@@ -1,7 +1,9 @@
 /* Unit tests of the incrementor's modules: the body parsers (form and JSON,
- * keys, int64 values, content types) and the aggregation map. Every parsed
- * input sits right before a guard page. */
+ * keys, int64 values, content types), the aggregation map, and the database
+ * layer (the registry of live writers, the int64 guard of the writes). Every
+ * parsed input sits right before a guard page. */
 #include <errno.h>
+#include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,9 +13,12 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <sqlite3.h>
+#include <unistd.h>
 
 #include "../lib/tlib.h"
 #include "../../incrementor/agg.h"
+#include "../../incrementor/db.h"
 #include "../../incrementor/lag.h"
 #include "../../incrementor/parse.h"
 
@@ -227,6 +232,96 @@ static void test_content_kind(void **state)
     assert_int_equal(req_content_kind(NULL, 0), 0);
 }
 
+/* ---- Idempotency-Key ---- */
+
+struct idem_case {
+    const char *value;
+    int status;
+    const char *err;
+};
+
+static void test_idem_key(void **state)
+{
+    (void)state;
+    char long_ok[REQ_IDEM_MAX + 1], too_long[REQ_IDEM_MAX + 2];
+    memset(long_ok, 'k', REQ_IDEM_MAX);
+    long_ok[REQ_IDEM_MAX] = 0;
+    memset(too_long, 'k', REQ_IDEM_MAX + 1);
+    too_long[REQ_IDEM_MAX + 1] = 0;
+    const struct idem_case cases[] = {
+        {"8e03978e-40d5-43e8-bc93-6894a57f9324", 0, NULL},
+        {"\"quoted\"", 0, NULL}, /* opaque: the quotes are part of it */
+        {"!~", 0, NULL},
+        {long_ok, 0, NULL},
+        {too_long, 400, "longer than 255"},
+        {"", 400, "empty"},
+        {"a b", 400, "visible ASCII"},
+        {"a\tb", 400, "visible ASCII"},
+        {"a\x7f", 400, "visible ASCII"},
+        {"caf\xc3\xa9", 400, "visible ASCII"},
+        {"\x01", 400, "visible ASCII"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t n = strlen(cases[i].value);
+        char *v = tguard_copy(cases[i].value, n ? n : 1);
+        http_header_t h[2] = {{"Content-Type", 12, "application/json", 16},
+                              {i % 2 ? "idempotency-key" : "Idempotency-Key", 15, v, n}};
+        const char *key = NULL;
+        size_t len = 99;
+        char err[256] = "";
+        int st = req_idem_key(h, 2, &key, &len, err, sizeof err);
+        if (st != cases[i].status)
+            fail_msg("case %zu: status %d, want %d (%s)", i, st, cases[i].status, err);
+        if (st == 0) {
+            assert_int_equal(len, n);
+            assert_ptr_equal(key, v);
+        } else if (!strstr(err, cases[i].err)) {
+            fail_msg("case %zu: reason '%s', want '%s'", i, err, cases[i].err);
+        }
+        tguard_free(v, n ? n : 1);
+    }
+    /* None: no key. Twice: refused, even when both are equal. */
+    http_header_t h[3] = {{"Host", 4, "t", 1},
+                          {"Idempotency-Key", 15, "a", 1},
+                          {"IDEMPOTENCY-KEY", 15, "a", 1}};
+    const char *key;
+    size_t len = 99;
+    char err[256];
+    assert_int_equal(req_idem_key(h, 1, &key, &len, err, sizeof err), 0);
+    assert_int_equal(len, 0);
+    assert_int_equal(req_idem_key(h, 3, &key, &len, err, sizeof err), 400);
+    assert_non_null(strstr(err, "twice"));
+}
+
+static void test_fingerprint(void **state)
+{
+    (void)state;
+    req_item_t ab[] = {{"a", 1, 1}, {"b", 1, -2}};
+    req_item_t ba[] = {{"b", 1, -2}, {"a", 1, 1}};
+    req_item_t a1[] = {{"a", 1, 1}};
+    req_item_t a2[] = {{"a", 1, 2}};
+    req_item_t c1[] = {{"c", 1, 1}};
+    req_item_t a1b0[] = {{"a", 1, 1}, {"b", 1, 0}};
+    req_item_t swapped[] = {{"a", 1, -2}, {"b", 1, 1}};
+    assert_true(req_fingerprint(ab, 2) == req_fingerprint(ba, 2));
+    assert_true(req_fingerprint(a1, 1) == req_fingerprint(a1, 1));
+    assert_true(req_fingerprint(a1, 1) != req_fingerprint(a2, 1));
+    assert_true(req_fingerprint(a1, 1) != req_fingerprint(c1, 1));
+    assert_true(req_fingerprint(a1, 1) != req_fingerprint(a1b0, 2));
+    assert_true(req_fingerprint(ab, 2) != req_fingerprint(swapped, 2));
+    /* The same increment parsed from a form and from JSON. */
+    char keybuf[REQ_KEY_MAX], err[256];
+    req_item_t form, *items;
+    json_t *root;
+    size_t n;
+    const char *f = "key=a&value=1", *j = "{\"a\": 1}";
+    assert_int_equal(req_parse_form(f, strlen(f), keybuf, &form, err, sizeof err), 0);
+    assert_int_equal(req_parse_json(j, strlen(j), &root, &items, &n, err, sizeof err), 0);
+    assert_true(req_fingerprint(&form, 1) == req_fingerprint(items, n));
+    json_decref(root);
+    free(items);
+}
+
 /* ---- the aggregation map ---- */
 
 static void test_agg_sums(void **state)
@@ -311,6 +406,201 @@ static void test_lag_quantiles(void **state)
     assert_int_equal(h.max, 120000);
 }
 
+/* ---- the database ---- */
+
+static char db_dir[256];
+
+/* A fresh database path in a temporary directory (removed by db_teardown). */
+static const char *db_file(const char *name)
+{
+    static char p[512];
+    if (!db_dir[0]) {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(db_dir, sizeof db_dir, "%s/unit-incr.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+        assert_non_null(mkdtemp(db_dir));
+    }
+    snprintf(p, sizeof p, "%s/%s.db", db_dir, name);
+    return p;
+}
+
+static int rm_one(const char *path, const struct stat *sb, int type, struct FTW *ftw)
+{
+    (void)sb, (void)type, (void)ftw;
+    return remove(path);
+}
+
+static int db_teardown(void **state)
+{
+    (void)state;
+    if (db_dir[0] && nftw(db_dir, rm_one, 8, FTW_DEPTH | FTW_PHYS) < 0)
+        return -1;
+    db_dir[0] = 0;
+    return 0;
+}
+
+static int64_t others(db_t *d)
+{
+    int64_t n = -1;
+    assert_int_equal(db_other_buffered(d, &n), 0);
+    return n;
+}
+
+/* Writers are told apart by something the database file's users share, not
+ * by their PID: two writers with one PID (here: one process; in production:
+ * two containers whose incrementors are both PID 1, or a PID that another
+ * namespace reuses) are two writers, and each counts the other. */
+static void test_db_writers_one_pid(void **state)
+{
+    (void)state;
+    const char *path = db_file("writers");
+    char err[512];
+    db_t *a = NULL, *b = NULL, *c = NULL;
+    assert_int_equal(db_open_writer(&a, path, 0, err, sizeof err), 0);
+    assert_int_equal(others(a), 0);
+    assert_int_equal(db_open_writer(&b, path, 0, err, sizeof err), 0);
+    assert_int_equal(db_open_writer(&c, path, 1, err, sizeof err), 0); /* durable */
+    assert_int_equal(others(a), 1);                                     /* b; c is durable */
+    assert_int_equal(others(b), 1);
+    assert_int_equal(others(c), 2);
+    db_close(b); /* a writer that is gone is not counted */
+    assert_int_equal(others(a), 0);
+    assert_int_equal(others(c), 1);
+    assert_int_equal(db_open_writer(&b, path, 0, err, sizeof err), 0);
+    assert_int_equal(others(a), 1);
+    db_close(a);
+    db_close(b);
+    db_close(c);
+
+    /* Slots with gaps: buffered and durable writers interleaved, some gone;
+     * a new writer takes a free slot. */
+    const int durable[8] = {0, 1, 0, 0, 1, 0, 1, 0};
+    db_t *w[8];
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(db_open_writer(&w[i], path, durable[i], err, sizeof err), 0);
+    assert_int_equal(others(w[0]), 4);
+    assert_int_equal(others(w[1]), 5);
+    db_close(w[2]);
+    db_close(w[5]);
+    db_close(w[6]);
+    assert_int_equal(others(w[0]), 2); /* w3, w7 */
+    assert_int_equal(others(w[4]), 3); /* w0, w3, w7 */
+    assert_int_equal(db_open_writer(&w[2], path, 0, err, sizeof err), 0);
+    assert_int_equal(others(w[0]), 3);
+    assert_int_equal(others(w[2]), 3);
+    db_close(w[0]);
+    assert_int_equal(others(w[2]), 2);
+    for (int i = 1; i < 8; i++)
+        if (i != 5 && i != 6)
+            db_close(w[i]);
+}
+
+static const char *value_type(const char *path, const char *key)
+{
+    static char type[16];
+    sqlite3 *h;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, "SELECT typeof(value) FROM counters WHERE key = ?1",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    snprintf(type, sizeof type, "%s", (const char *)sqlite3_column_text(st, 0));
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    return type;
+}
+
+/* SQLite turns an int64 overflow in `value + ?` into a REAL: whatever the
+ * caller believed, a write that would leave int64 fails and changes
+ * nothing. */
+static void test_db_add_never_real(void **state)
+{
+    (void)state;
+    const char *path = db_file("real");
+    char err[512];
+    db_t *d = NULL;
+    int64_t v = 0;
+    assert_int_equal(db_open_writer(&d, path, 1, err, sizeof err), 0);
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_add(d, "k", 1, INT64_MAX - 1), 0);
+    assert_int_equal(db_add(d, "m", 1, INT64_MIN + 1), 0);
+    assert_int_equal(db_commit(d), 0);
+    assert_int_equal(db_begin(d), 0);
+    assert_true(db_add(d, "k", 1, 2) < 0);
+    db_rollback(d);
+    assert_int_equal(db_begin(d), 0);
+    assert_true(db_add(d, "m", 1, -2) < 0);
+    db_rollback(d);
+    assert_int_equal(db_value(d, "k", 1, &v), 1);
+    assert_true(v == INT64_MAX - 1);
+    assert_int_equal(db_value(d, "m", 1, &v), 1);
+    assert_true(v == INT64_MIN + 1);
+    assert_string_equal(value_type(path, "k"), "integer");
+    assert_string_equal(value_type(path, "m"), "integer");
+    /* Up to the limit is fine. */
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_add(d, "k", 1, 1), 0);
+    assert_int_equal(db_commit(d), 0);
+    assert_int_equal(db_value(d, "k", 1, &v), 1);
+    assert_true(v == INT64_MAX);
+    db_close(d);
+}
+
+/* Keys are found while recorded after the given time, expire, and are
+ * trimmed to the bound oldest first; the count the triggers keep stays
+ * exact through replacements. */
+static void test_db_idempotency(void **state)
+{
+    (void)state;
+    const char *path = db_file("idem");
+    char err[512];
+    db_t *d = NULL;
+    int64_t fp = 0, evicted = -1, kept = -1;
+    int status = 0;
+    assert_int_equal(db_open_writer(&d, path, 1, err, sizeof err), 0);
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_idem_put(d, "k1", 2, 11, 200, 1000), 0);
+    assert_int_equal(db_idem_put(d, "k2", 2, 22, 422, 2000), 0);
+    assert_int_equal(db_idem_put(d, "k3", 2, -33, 200, 3000), 0);
+    assert_true(db_idem_put(d, "k4", 2, 44, 503, 3000) < 0); /* only answers that applied */
+    /* Seen inside the transaction that wrote it. */
+    assert_int_equal(db_idem_get(d, "k2", 2, 0, &fp, &status), 1);
+    assert_true(fp == 22 && status == 422);
+    assert_int_equal(db_commit(d), 0);
+    assert_int_equal(db_idem_get(d, "k3", 2, 0, &fp, &status), 1);
+    assert_true(fp == -33 && status == 200);
+    assert_int_equal(db_idem_get(d, "k1", 2, 999, &fp, &status), 1);
+    assert_int_equal(db_idem_get(d, "k1", 2, 1000, &fp, &status), 0); /* expired */
+    assert_int_equal(db_idem_get(d, "k9", 2, 0, &fp, &status), 0);
+
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_idem_trim(d, 1000, 10, &evicted, &kept), 0); /* k1 expired */
+    assert_true(evicted == 0 && kept == 2);
+    assert_int_equal(db_idem_put(d, "k2", 2, 23, 200, 4000), 0); /* replaces: k2 expired */
+    assert_int_equal(db_idem_trim(d, 0, 2, &evicted, &kept), 0);
+    assert_true(evicted == 0 && kept == 2);
+    assert_int_equal(db_idem_trim(d, 0, 1, &evicted, &kept), 0); /* k3 is the oldest now */
+    assert_true(evicted == 1 && kept == 1);
+    assert_int_equal(db_commit(d), 0);
+    assert_int_equal(db_idem_get(d, "k3", 2, 0, &fp, &status), 0);
+    assert_int_equal(db_idem_get(d, "k2", 2, 0, &fp, &status), 1);
+    assert_true(fp == 23 && status == 200);
+    db_close(d);
+
+    /* The count survives a reopen; a rolled-back record leaves nothing. */
+    assert_int_equal(db_open_writer(&d, path, 1, err, sizeof err), 0);
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_idem_put(d, "k5", 2, 55, 200, 5000), 0);
+    db_rollback(d);
+    assert_int_equal(db_idem_get(d, "k5", 2, 0, &fp, &status), 0);
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_idem_trim(d, 0, 1000, &evicted, &kept), 0);
+    assert_true(evicted == 0 && kept == 1);
+    db_rollback(d);
+    db_close(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -319,6 +609,11 @@ int main(void)
         cmocka_unit_test(test_i64),           cmocka_unit_test(test_content_kind),
         cmocka_unit_test(test_agg_sums),      cmocka_unit_test(test_agg_binary_keys),
         cmocka_unit_test(test_lag_quantiles),
+        cmocka_unit_test_teardown(test_db_writers_one_pid, db_teardown),
+        cmocka_unit_test_teardown(test_db_add_never_real, db_teardown),
+        cmocka_unit_test(test_idem_key),
+        cmocka_unit_test(test_fingerprint),
+        cmocka_unit_test_teardown(test_db_idempotency, db_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
