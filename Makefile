@@ -187,7 +187,9 @@ bench-quick: all
 	$(Q)scripts/deps.sh bench
 	$(Q)BIN=$(BIN) BENCH_CFLAGS="$(OPT) -g $(if $(SANITIZE),-fsanitize=$(SANITIZE))" scripts/bench --quick $(BENCH_ARGS)
 
-lab: all
+# The lab runs the servers, loadgen, the incrementor and, for `conform`, the
+# protocol checks of tests/integration/test_servers.c (scripts/lab's NEEDS).
+lab: all $(BIN)/tests/integration-test_servers
 	$(Q)scripts/deps.sh bench
 	$(Q)BIN=$(BIN) scripts/lab --all
 

@@ -65,8 +65,9 @@ class Server:
     `listening on HOST:PORT`, and stopped by its PID (SIGTERM, then
     SIGKILL) when the `with` block ends, whatever happened inside."""
 
-    def __init__(self, argv, cpus=None, log_dir=None, ready_timeout=10.0, port=None):
+    def __init__(self, argv, cpus=None, log_dir=None, ready_timeout=10.0, port=None, env=None):
         self.argv = list(argv)
+        self.env = env  # None: this process's environment
         self.cpus = cpus
         self.ready_timeout = ready_timeout
         self.log_dir = Path(log_dir or tempfile.gettempdir())
@@ -94,7 +95,7 @@ class Server:
         log = open(self.log_path, "wb")
         try:
             self.proc = subprocess.Popen(pinned(self.argv, self.cpus), stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, preexec_fn=_raise_nofile)
+                                         stderr=subprocess.PIPE, preexec_fn=_raise_nofile, env=self.env)
         except OSError as e:
             log.close()
             raise HarnessError(f"cannot start {name}: {e}")

@@ -5,6 +5,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +63,17 @@ class Logic(unittest.TestCase):
         self.assertFalse(r["held"])
         self.assertIn("did not start", r["expected"][0]["observation"])
 
+    def test_tenant_metrics_keep_the_second_label(self):
+        # The sandbox experiment tells cut (504) from throttled (503) requests
+        # by these.
+        text = ('sandbox_requests_total{tenant="spin"} 40\n'
+                'sandbox_errors_total{tenant="spin",kind="timeout"} 17\n'
+                'sandbox_errors_total{tenant="spin",kind="throttled"} 23\n'
+                'sandbox_errors_total{tenant="spinner",kind="throttled"} 5\n'
+                'sandbox_limit_hits_total{tenant="spin",limit="memory"} 0\n')
+        m = H.parse_tenant_metrics(text, "spin")
+        self.assertEqual(m, {"requests": 40, "errors_timeout": 17, "errors_throttled": 23, "limit_hits_memory": 0})
+
     def test_index_shows_recorded_results(self):
         self.lab.run_one("wait", "A WAIT paralyses", "q?", lambda lab: lab.check("it held", True))
         self.lab.index()
@@ -80,6 +92,24 @@ class Command(unittest.TestCase):
         p = subprocess.run([str(LAB), "nosuch"], capture_output=True, text=True, timeout=30)
         self.assertEqual(p.returncode, 2)
         self.assertIn("no experiment", p.stderr)
+
+    def test_make_lab_builds_what_the_lab_runs(self):
+        # A fresh clone: `make lab` must build every binary an experiment runs
+        # (it once left out conform's protocol checks). `make -n` into empty
+        # directories lists what it would build, and runs nothing.
+        out = Path(tempfile.mkdtemp())
+        try:
+            lab = load_lab(out)
+            p = subprocess.run(["make", "-n", "lab", f"BIN={out}/bin", f"BUILD={out}/obj"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+            built = set(re.findall(r"-o (\S+)", p.stdout))
+            for need in lab.NEEDS:
+                self.assertTrue(f"{out}/bin/{need}" in built, f"make lab does not build bin/{need}")
+                if need.startswith("server-"):
+                    self.assertTrue((ROOT / "servers" / f"{need[7:]}.c").exists(), need)
+        finally:
+            shutil.rmtree(out)
 
     @unittest.skipUnless((H.BIN / "loadgen").exists() and (H.BIN / "server-iterative").exists(), "not built")
     def test_fastest_experiment_end_to_end(self):
