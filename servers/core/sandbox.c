@@ -750,6 +750,18 @@ static int loader_submit(job_t *j)
     return rc;
 }
 
+/* A version of t failed to build; limit is build()'s: 1 memory, 2 time,
+ * 3 stack, 0 another failure. */
+static void count_load_failure(tenant_t *t, int limit)
+{
+    pthread_mutex_lock(&t->lock);
+    t->reload_errors++;
+    t->load_limit_memory += limit == 1;
+    t->load_limit_time += limit == 2;
+    t->load_limit_stack += limit == 3;
+    pthread_mutex_unlock(&t->lock);
+}
+
 /* Build j's version on the loader's runner r (NULL: could not be made). */
 static void loader_build(sandbox_runner_t *r, job_t *j)
 {
@@ -764,12 +776,7 @@ static void loader_build(sandbox_runner_t *r, job_t *j)
     }
     /* Validated once already: this is a chunk that behaves differently from
      * one run to the next. The runner keeps serving what it had. */
-    pthread_mutex_lock(&t->lock);
-    t->reload_errors++;
-    t->load_limit_memory += limit == 1;
-    t->load_limit_time += limit == 2;
-    t->load_limit_stack += limit == 3;
-    pthread_mutex_unlock(&t->lock);
+    count_load_failure(t, limit);
     report(t, "build for a runner failed, its previous version kept", why);
 }
 
@@ -1379,12 +1386,7 @@ err:
     free(spare);
     free(copy);
     free(v);
-    pthread_mutex_lock(&t->lock);
-    t->reload_errors++;
-    t->load_limit_memory += limit == 1;
-    t->load_limit_time += limit == 2;
-    t->load_limit_stack += limit == 3;
-    pthread_mutex_unlock(&t->lock);
+    count_load_failure(t, limit);
     return rc;
 }
 

@@ -477,11 +477,8 @@ static void test_reset_while_commit_waits(void **state)
     int port;
     pid_t pid = start(db, "0", "durable", "300", "1", &port);
     assert_true(pid > 0);
-    size_t len = PIPELINED * (sizeof get - 1) + sizeof post - 1;
-    char *req = malloc(len + 1), *at = req;
-    for (int i = 0; i < PIPELINED; i++, at += sizeof get - 1)
-        memcpy(at, get, sizeof get - 1);
-    memcpy(at, post, sizeof post);
+    size_t len;
+    char *req = tconn_batch(get, PIPELINED, post, &len);
     for (int round = 0; round < ROUNDS; round++) {
         /* The commit waits while another connection holds the database. */
         sqlite3 *h;

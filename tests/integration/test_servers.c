@@ -738,11 +738,8 @@ static void test_reactor_reset_during_burn(void **state)
     enum { PIPELINED = 3000, ROUNDS = 4 };
     static const char get[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     static const char burn[] = "GET /burn?n=400000000 HTTP/1.1\r\nHost: x\r\n\r\n";
-    size_t len = PIPELINED * (sizeof get - 1) + sizeof burn - 1;
-    char *req = malloc(len + 1), *at = req;
-    for (int i = 0; i < PIPELINED; i++, at += sizeof get - 1)
-        memcpy(at, get, sizeof get - 1);
-    memcpy(at, burn, sizeof burn);
+    size_t len;
+    char *req = tconn_batch(get, PIPELINED, burn, &len);
     for (int round = 0; round < ROUNDS; round++) {
         /* About 100 KB of the 220 KB of answers stay in the session. */
         int fd = tconn_open_narrow(s->port);

@@ -65,6 +65,19 @@ void tconn_reset(int fd)
     close(fd);
 }
 
+char *tconn_batch(const char *one, int n, const char *last, size_t *len)
+{
+    size_t a = strlen(one), b = strlen(last);
+    char *p = malloc((size_t)n * a + b + 1);
+    if (!p)
+        abort();
+    for (int i = 0; i < n; i++)
+        memcpy(p + (size_t)i * a, one, a);
+    memcpy(p + (size_t)n * a, last, b + 1);
+    *len = (size_t)n * a + b;
+    return p;
+}
+
 int tconn_send(int fd, const void *p, size_t n)
 {
     return net_write_all(fd, p, n);

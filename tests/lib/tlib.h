@@ -55,6 +55,11 @@ int tconn_open_narrow(int port);
  * write fails and epoll reports an error and a hang-up. */
 void tconn_reset(int fd);
 
+/* n copies of `one` followed by `last`, in one malloc'd NUL-terminated
+ * buffer (aborts when out of memory: tests only); its length in *len. For
+ * pipelining a batch in one send. */
+char *tconn_batch(const char *one, int n, const char *last, size_t *len);
+
 /* Send all n bytes. Returns 0 or a negative errno. */
 int tconn_send(int fd, const void *p, size_t n);
 
