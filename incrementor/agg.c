@@ -1,5 +1,6 @@
 #include "agg.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,7 +58,7 @@ static int grow(agg_t *m)
     size_t cap = m->cap ? m->cap * 2 : AGG_MIN_CAP;
     agg_entry_t *slots = calloc(cap, sizeof *slots);
     if (!slots)
-        return -1;
+        return -ENOMEM;
     agg_t old = *m;
     m->slots = slots;
     m->cap = cap;

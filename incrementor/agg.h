@@ -15,12 +15,12 @@ typedef struct agg_entry {
     uint64_t hash;    /* 0 = empty slot */
     uint32_t key_off; /* into the arena */
     uint32_t key_len;
-    int64_t sum;      /* acknowledged delta (the "fast" increments) */
-    uint64_t mag;     /* sum of |v| of those increments (bounded, see service.h) */
-    int64_t slow;     /* writer only: delta of the deferred requests accepted in this batch */
-    int64_t value;    /* writer only: committed value, when `known` */
-    uint32_t count;   /* increments summed into this entry */
-    uint8_t known;    /* writer only: `value` was read in the current transaction */
+    int64_t sum;    /* acknowledged delta (the "fast" increments) */
+    uint64_t mag;   /* sum of |v| of those increments (bounded, see service.h) */
+    int64_t slow;   /* writer only: delta of the deferred requests accepted in this batch */
+    int64_t value;  /* writer only: committed value, when `known` */
+    uint32_t count; /* increments summed into this entry */
+    uint8_t known;  /* writer only: `value` was read in the current transaction */
 } agg_entry_t;
 
 typedef struct agg {

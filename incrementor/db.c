@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define G "2305843009213693952" /* DB_GREEN */
@@ -13,6 +14,10 @@
 struct db {
     sqlite3 *h;
     int lockfd; /* writer: the registry file, holding this writer's slot (-1: none) */
+    /* Durable writer: the WAL file, synced by db_wal_sync (the syncer
+     * thread alone touches these after db_open_writer). */
+    int walfd;
+    char *wal_path;
     sqlite3_stmt *begin, *commit, *rollback, *add, *get, *red, *page;
     sqlite3_stmt *idem_get, *idem_put, *idem_expire, *idem_count, *idem_evict;
 };
@@ -22,15 +27,25 @@ struct db {
  * line of defence: SQLite turns an integer overflow in `value + ?` into a
  * REAL and stores it, so a write that would leave int64 must fail instead,
  * whoever makes it (the rule of flush.c is meant to make it never happen). */
-static const char schema[] =
-    "CREATE TABLE IF NOT EXISTS counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS incrementor_meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+/* A counter stays an integer: an UPSERT that would take it outside int64
+ * (SQLite would store a REAL) fails. Tables made here say so with a CHECK,
+ * evaluated in the statement; a table made before, or by someone else,
+ * gets triggers instead (int64_triggers), which cost a sub-program per
+ * row written. */
+#define INT64_CHECK "CHECK(typeof(value) = 'integer')"
+
+static const char int64_triggers[] =
     "CREATE TRIGGER IF NOT EXISTS incrementor_int64_ins BEFORE INSERT ON counters"
     " WHEN typeof(new.value) <> 'integer'"
     " BEGIN SELECT RAISE(ABORT, 'counter value outside int64 (or not an integer)'); END;"
     "CREATE TRIGGER IF NOT EXISTS incrementor_int64_upd BEFORE UPDATE OF value ON counters"
     " WHEN typeof(new.value) <> 'integer'"
-    " BEGIN SELECT RAISE(ABORT, 'counter value outside int64 (or not an integer)'); END;"
+    " BEGIN SELECT RAISE(ABORT, 'counter value outside int64 (or not an integer)'); END;";
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL"
+    " " INT64_CHECK ") WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS incrementor_meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
     "CREATE TABLE IF NOT EXISTS incrementor_idempotency(key TEXT PRIMARY KEY,"
     " fp INTEGER NOT NULL, status INTEGER NOT NULL CHECK(status IN (200, 422)),"
     " at INTEGER NOT NULL);"
@@ -58,9 +73,7 @@ static const char schema[] =
 static int map_rc(int rc)
 {
     rc &= 0xff; /* extended codes to primary ones */
-    return rc == SQLITE_BUSY || rc == SQLITE_LOCKED ? -EBUSY
-           : rc == SQLITE_NOMEM                    ? -ENOMEM
-                                                   : -EIO;
+    return rc == SQLITE_BUSY || rc == SQLITE_LOCKED ? -EBUSY : rc == SQLITE_NOMEM ? -ENOMEM : -EIO;
 }
 
 const char *db_errmsg(db_t *d)
@@ -106,6 +119,7 @@ static int open_common(db_t **out, const char *path, int flags, char *err, size_
         return -ENOMEM;
     }
     d->lockfd = -1;
+    d->walfd = -1;
     int rc = sqlite3_open_v2(path, &d->h, flags | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         snprintf(err, errlen, "%s: %s", path, d->h ? sqlite3_errmsg(d->h) : sqlite3_errstr(rc));
@@ -149,7 +163,9 @@ static int exec(db_t *d, const char *path, const char *sql, char *err, size_t er
 static int take_slot(db_t *d, const char *path, int buffered, char *err, size_t errlen)
 {
     for (int s = 0; s < DB_WRITERS_MAX; s++) {
-        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 2 * (off_t)s,
+        struct flock fl = {.l_type = F_WRLCK,
+                           .l_whence = SEEK_SET,
+                           .l_start = 2 * (off_t)s,
                            .l_len = buffered ? 2 : 1};
         if (fcntl(d->lockfd, F_OFD_SETLK, &fl) == 0)
             return 0;
@@ -202,8 +218,8 @@ static int register_writer(db_t *d, const char *path, int buffered, char *err, s
 static int count_buffered(int fd, off_t lo, off_t hi, int64_t *n)
 {
     while (lo < hi) {
-        struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = lo,
-                           .l_len = hi - lo};
+        struct flock fl = {
+            .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = lo, .l_len = hi - lo};
         if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
             return -errno;
         if (fl.l_type == F_UNLCK)
@@ -222,8 +238,27 @@ static int count_buffered(int fd, off_t lo, off_t hi, int64_t *n)
     return 0;
 }
 
-int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t errlen)
+/* The counters table without INT64_CHECK (made before, or elsewhere) gets
+ * the triggers. In the schema's transaction. 0 or a negative errno. */
+static int int64_guard(db_t *d, const char *path, char *err, size_t errlen)
 {
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(
+        d->h, "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'counters'", -1, &st,
+        NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(d->h));
+        return map_rc(rc);
+    }
+    int checked = sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0) &&
+                  strstr((const char *)sqlite3_column_text(st, 0), INT64_CHECK);
+    sqlite3_finalize(st);
+    return checked ? 0 : exec(d, path, int64_triggers, err, errlen);
+}
+
+int db_open_writer(db_t **out, const char *path, int sync, char *err, size_t errlen)
+{
+    int durable = sync != DB_BUFFERED;
     db_t *d = NULL;
     int rc = open_common(&d, path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, err, errlen);
     if (rc < 0)
@@ -231,27 +266,47 @@ int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t 
     /* The first statement reads the file: this is where a file that is not
      * a database is found out. */
     if ((rc = exec(d, path, "PRAGMA journal_mode=WAL", err, errlen)) < 0 ||
-        (rc = exec(d, path, durable ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
-                   err, errlen)) < 0 ||
+        (rc =
+             exec(d, path,
+                  sync == DB_DURABLE_FULL ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                  err, errlen)) < 0 ||
         (rc = exec(d, path, "BEGIN IMMEDIATE", err, errlen)) < 0)
         goto err;
     if ((rc = exec(d, path, schema, err, errlen)) < 0 ||
+        (rc = int64_guard(d, path, err, errlen)) < 0 ||
         (rc = exec(d, path, "COMMIT", err, errlen)) < 0) {
         sqlite3_exec(d->h, "ROLLBACK", NULL, NULL, NULL);
         goto err;
     }
     if ((rc = register_writer(d, path, !durable, err, errlen)) < 0)
         goto err;
+    /* Synced by the caller: a commit writes the WAL without syncing it
+     * (NORMAL), and db_wal_sync makes it durable, off the writer's path
+     * (flush.c). The file exists: the schema's transaction wrote it. */
+    if (sync == DB_DURABLE_SYNCED) {
+        size_t n = strlen(path) + sizeof "-wal";
+        if (!(d->wal_path = malloc(n))) {
+            snprintf(err, errlen, "out of memory");
+            rc = -ENOMEM;
+            goto err;
+        }
+        snprintf(d->wal_path, n, "%s-wal", path);
+        if ((rc = db_wal_sync(d)) < 0) {
+            snprintf(err, errlen, "%s: %s", d->wal_path, strerror(-rc));
+            goto err;
+        }
+    }
     sqlite3_wal_autocheckpoint(d->h, 0); /* the checkpointer's job, see db_checkpoint */
     if ((rc = prep(d, &d->begin, "BEGIN IMMEDIATE")) < 0 ||
-        (rc = prep(d, &d->commit, "COMMIT")) < 0 ||
-        (rc = prep(d, &d->rollback, "ROLLBACK")) < 0 ||
-        (rc = prep(d, &d->add, "INSERT INTO counters(key, value) VALUES(?1, ?2)"
-                               " ON CONFLICT(key) DO UPDATE SET value = value + excluded.value")) < 0 ||
+        (rc = prep(d, &d->commit, "COMMIT")) < 0 || (rc = prep(d, &d->rollback, "ROLLBACK")) < 0 ||
+        (rc = prep(d, &d->add,
+                   "INSERT INTO counters(key, value) VALUES(?1, ?2)"
+                   " ON CONFLICT(key) DO UPDATE SET value = value + excluded.value")) < 0 ||
         (rc = prep(d, &d->get, "SELECT value FROM counters WHERE key = ?1")) < 0 ||
         (rc = prep(d, &d->red, "SELECT value FROM incrementor_meta WHERE name = 'red'")) < 0 ||
-        (rc = prep(d, &d->idem_get, "SELECT fp, status FROM incrementor_idempotency"
-                                    " WHERE key = ?1 AND at > ?2")) < 0 ||
+        (rc = prep(d, &d->idem_get,
+                   "SELECT fp, status FROM incrementor_idempotency"
+                   " WHERE key = ?1 AND at > ?2")) < 0 ||
         (rc = prep(d, &d->idem_put,
                    "INSERT INTO incrementor_idempotency(key, fp, status, at)"
                    " VALUES(?1, ?2, ?3, ?4) ON CONFLICT(key) DO UPDATE SET fp = excluded.fp,"
@@ -259,8 +314,9 @@ int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t 
         (rc = prep(d, &d->idem_expire,
                    "DELETE FROM incrementor_idempotency WHERE rowid IN (SELECT rowid FROM"
                    " incrementor_idempotency WHERE at <= ?1 ORDER BY at LIMIT ?2)")) < 0 ||
-        (rc = prep(d, &d->idem_count, "SELECT value FROM incrementor_meta"
-                                      " WHERE name = 'idempotency_keys'")) < 0 ||
+        (rc = prep(d, &d->idem_count,
+                   "SELECT value FROM incrementor_meta"
+                   " WHERE name = 'idempotency_keys'")) < 0 ||
         (rc = prep(d, &d->idem_evict,
                    "DELETE FROM incrementor_idempotency WHERE rowid IN (SELECT rowid FROM"
                    " incrementor_idempotency ORDER BY at, rowid LIMIT ?1)")) < 0) {
@@ -281,8 +337,9 @@ int db_open_reader(db_t **out, const char *path, char *err, size_t errlen)
     if (rc < 0)
         return rc;
     if ((rc = prep(d, &d->get, "SELECT value FROM counters WHERE key = ?1")) < 0 ||
-        (rc = prep(d, &d->page, "SELECT key, value FROM counters WHERE key > ?1"
-                                " ORDER BY key LIMIT ?2")) < 0) {
+        (rc = prep(d, &d->page,
+                   "SELECT key, value FROM counters WHERE key > ?1"
+                   " ORDER BY key LIMIT ?2")) < 0) {
         snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(d->h));
         db_close(d);
         return rc;
@@ -316,7 +373,32 @@ void db_close(db_t *d)
      * still commit what it holds. */
     if (d->lockfd >= 0)
         close(d->lockfd);
+    if (d->walfd >= 0)
+        close(d->walfd);
+    free(d->wal_path);
     free(d);
+}
+
+int db_wal_sync(db_t *d)
+{
+    /* The WAL lives as long as a connection to the database is open (each
+     * holds a shared lock on it, and only the last one to close deletes
+     * the WAL), so our writer's keeps it. Should it be replaced all the
+     * same, the fd is opened again: a sync of a file no longer in use would
+     * make nothing durable. */
+    struct stat now, had;
+    if (!d->wal_path)
+        return 0;
+    if (stat(d->wal_path, &now) < 0)
+        return -errno;
+    if (d->walfd >= 0 &&
+        (fstat(d->walfd, &had) < 0 || had.st_ino != now.st_ino || had.st_dev != now.st_dev)) {
+        close(d->walfd);
+        d->walfd = -1;
+    }
+    if (d->walfd < 0 && (d->walfd = open(d->wal_path, O_RDONLY | O_CLOEXEC)) < 0)
+        return -errno;
+    return fdatasync(d->walfd) < 0 ? -errno : 0;
 }
 
 int db_begin(db_t *d)
@@ -420,4 +502,53 @@ int db_page(db_t *d, const char *after, size_t after_len, int limit,
     sqlite3_reset(d->page);
     sqlite3_clear_bindings(d->page);
     return rc == SQLITE_DONE ? n : map_rc(rc);
+}
+
+/* ---- the writer of the web nodes' stream (consume.c) ---- */
+
+int db_stream_init(db_t *d)
+{
+    int rc = sqlite3_exec(d->h,
+                          "CREATE TABLE IF NOT EXISTS incrementor_stream_applied("
+                          "ms INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY(ms, seq))"
+                          " WITHOUT ROWID;",
+                          NULL, NULL, NULL);
+    return rc == SQLITE_OK ? 0 : map_rc(rc);
+}
+
+/* Run one statement on an entry id (ms, seq). Returns 1 if it gave a row, 0
+ * if not, or a negative errno. */
+static int stream_stmt(db_t *d, const char *sql, uint64_t ms, uint64_t seq)
+{
+    sqlite3_stmt *st;
+    int rc = sqlite3_prepare_v2(d->h, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return map_rc(rc);
+    sqlite3_bind_int64(st, 1, (sqlite3_int64)ms);
+    sqlite3_bind_int64(st, 2, (sqlite3_int64)seq);
+    rc = sqlite3_step(st);
+    int out = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : map_rc(rc);
+    sqlite3_finalize(st);
+    return out;
+}
+
+int db_stream_seen(db_t *d, uint64_t ms, uint64_t seq)
+{
+    return stream_stmt(d, "SELECT 1 FROM incrementor_stream_applied WHERE ms = ?1 AND seq = ?2", ms,
+                       seq);
+}
+
+int db_stream_mark(db_t *d, uint64_t ms, uint64_t seq)
+{
+    int rc = stream_stmt(d, "INSERT INTO incrementor_stream_applied VALUES(?1, ?2)", ms, seq);
+    return rc < 0 ? rc : 0;
+}
+
+int db_stream_prune(db_t *d, uint64_t ms, uint64_t seq)
+{
+    int rc = stream_stmt(d,
+                         "DELETE FROM incrementor_stream_applied"
+                         " WHERE ms < ?1 OR (ms = ?1 AND seq < ?2)",
+                         ms, seq);
+    return rc < 0 ? rc : 0;
 }

@@ -28,20 +28,38 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DB_GREEN      (INT64_C(1) << 61) /* |value| above this counts as 'red' */
-#define DB_BUSY_MS    5000               /* busy timeout: then the flush fails and is retried */
-#define DB_WRITERS_MAX 1024              /* processes sharing one database (see flush.c) */
-#define DB_IDEM_SWEEP 10000              /* expired idempotency keys deleted per db_idem_trim */
+#define DB_GREEN       (INT64_C(1) << 61) /* |value| above this counts as 'red' */
+#define DB_BUSY_MS     5000               /* busy timeout: then the flush fails and is retried */
+#define DB_WRITERS_MAX 1024               /* processes sharing one database (see flush.c) */
+#define DB_IDEM_SWEEP  10000              /* expired idempotency keys deleted per db_idem_trim */
 
 typedef struct db db_t;
 
-/* Open (create) the database for writing: WAL, synchronous FULL when
- * `durable` (a commit is on disk when it returns) or NORMAL, the schema, and
- * this connection registered as a writer in PATH-writers until db_close
- * (or the process's end). On failure (not a SQLite file, can't open or
- * create it or PATH-writers, too many writers) fills err and returns a
- * negative errno. */
-int db_open_writer(db_t **out, const char *path, int durable, char *err, size_t errlen);
+/* How a writer's commits become durable. */
+enum db_sync {
+    DB_BUFFERED,       /* synchronous NORMAL: a commit is synced at checkpoints */
+    DB_DURABLE_FULL,   /* synchronous FULL: a commit is durable when it returns */
+    DB_DURABLE_SYNCED, /* NORMAL, and the caller makes its commits durable with
+                        * db_wal_sync before it acknowledges them (flush.c) */
+};
+
+/* Open (create) the database for writing, its commits durable as `sync`
+ * (enum db_sync) says: WAL, the schema, and this connection registered as
+ * a writer in PATH-writers (buffered or durable) until db_close (or the
+ * process's end). On failure (not a SQLite file, can't open or create it
+ * or PATH-writers, too many writers) fills err and returns a negative
+ * errno. */
+int db_open_writer(db_t **out, const char *path, int sync, char *err, size_t errlen);
+
+/* DB_DURABLE_SYNCED writer: make every transaction this connection has
+ * committed so far durable (fdatasync of the WAL file, where a commit's pages are; a
+ * checkpoint syncs the WAL before it copies them to the database). Safe
+ * beside the writer's own use of the connection: it touches only its own
+ * descriptor of the file. 0 (at once for the other kinds of writer: their
+ * commits need no sync, or are not to be synced) or a negative errno (then
+ * nothing committed since the last successful call can be assumed
+ * durable). */
+int db_wal_sync(db_t *d);
 
 /* Open a read-only connection for GET /counters. */
 int db_open_reader(db_t **out, const char *path, char *err, size_t errlen);
@@ -107,5 +125,16 @@ int db_idem_trim(db_t *d, int64_t expired_ms, int64_t max_keys, int64_t *evicted
  * each. Returns the number visited, or a negative errno. */
 int db_page(db_t *d, const char *after, size_t after_len, int limit,
             void (*fn)(const char *key, size_t len, int64_t value, void *ctx), void *ctx);
+
+/* The writer of the web nodes' stream (consume.c) records the ids (ms-seq)
+ * of the entries it applied in incrementor_stream_applied, in the
+ * transaction that applies them. db_stream_init creates the table;
+ * db_stream_seen returns 1 if the id is recorded, 0 if not; db_stream_mark
+ * records it; db_stream_prune forgets the ids below (ms, seq). Writer
+ * connections; a negative errno on failure. */
+int db_stream_init(db_t *d);
+int db_stream_seen(db_t *d, uint64_t ms, uint64_t seq);
+int db_stream_mark(db_t *d, uint64_t ms, uint64_t seq);
+int db_stream_prune(db_t *d, uint64_t ms, uint64_t seq);
 
 #endif

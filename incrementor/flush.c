@@ -189,8 +189,7 @@ static void swap_all(svc_t *svc)
     }
 }
 
-/* Add a window's acknowledged sums to the batch. 0 or -ENOMEM. */
-static int merge(svc_t *svc, svc_window_t *w)
+int svc_merge(svc_t *svc, svc_window_t *w)
 {
     agg_entry_t *e;
     for (size_t i = 0; (e = agg_next(&w->fast, &i));) {
@@ -199,7 +198,7 @@ static int merge(svc_t *svc, svc_window_t *w)
         agg_entry_t *b = agg_get(&svc->w, agg_key(&w->fast, e), e->key_len);
         if (!b)
             return -ENOMEM;
-        b->sum += e->sum; /* |sum| <= 2^51 in all (see the file comment) */
+        b->sum += e->sum; /* |sum| <= 2^51 in all (see the file comment; 2^50 in queue.c's) */
         b->count += e->count;
     }
     return 0;
@@ -217,7 +216,7 @@ static int barrier(svc_t *svc, flush_t *f)
     __atomic_store_n(&svc->fast_open, 0, __ATOMIC_RELAXED);
     swap_all(svc);
     for (svc_window_t *w = last->next; w; w = w->next)
-        if (merge(svc, w) < 0)
+        if (svc_merge(svc, w) < 0)
             return -ENOMEM;
     f->barrier = 1;
     __atomic_add_fetch(&svc->barriers, 1, __ATOMIC_RELAXED);
@@ -299,8 +298,8 @@ static int decide(svc_t *svc, flush_t *f, svc_window_t *w, svc_deferred_t *d)
     const char *key = w->keys + d->idem_off;
     int64_t fp;
     int status;
-    int rc = db_idem_get(svc->db, key, d->idem_len, f->wall_ms - svc->cfg.idem_window_ms, &fp,
-                         &status);
+    int rc =
+        db_idem_get(svc->db, key, d->idem_len, f->wall_ms - svc->cfg.idem_window_ms, &fp, &status);
     if (rc < 0)
         return rc;
     if (rc == 1) {
@@ -309,8 +308,8 @@ static int decide(svc_t *svc, flush_t *f, svc_window_t *w, svc_deferred_t *d)
     }
     int out = decide_items(svc, f, w, d);
     if (out == SVC_OK || out == SVC_OVERFLOW) {
-        if ((rc = db_idem_put(svc->db, key, d->idem_len, (int64_t)d->fp,
-                              out == SVC_OK ? 200 : 422, f->wall_ms)) < 0)
+        if ((rc = db_idem_put(svc->db, key, d->idem_len, (int64_t)d->fp, out == SVC_OK ? 200 : 422,
+                              f->wall_ms)) < 0)
             return rc;
         f->recorded++;
     }
@@ -329,11 +328,11 @@ static int answer(session_t *s, void *arg)
     return session_resume(s, status, "application/json", body, strlen(body));
 }
 
-/* Send every decided answer back to its connection's loop. */
-static void post_answers(svc_t *svc)
+/* Send every decided answer of the windows back to its connection's loop
+ * (unless the loops are gone). */
+static void post_answers(svc_window_t *windows, int gone)
 {
-    int gone = __atomic_load_n(&svc->loops_gone, __ATOMIC_ACQUIRE);
-    for (svc_window_t *w = svc->pending; w; w = w->next) {
+    for (svc_window_t *w = windows; w; w = w->next) {
         for (size_t i = 0; i < w->ndefs && !gone; i++)
             while (reactor_post(w->defs[i].s, answer, (void *)(intptr_t)w->defs[i].outcome) < 0)
                 usleep(1000); /* out of memory: the answer must still get back */
@@ -349,63 +348,65 @@ static void count_pending(svc_t *svc)
     __atomic_store_n(&svc->pending_keys, svc->w.len, __ATOMIC_RELAXED);
 }
 
-/* Write what is pending. Returns 0 (also when there was nothing), or a
- * negative errno when the commit failed (acknowledged increments are kept). */
-static int flush_once(svc_t *svc)
+/* What a transaction wrote, for the counters once it has committed. */
+typedef struct written {
+    uint64_t applied, rows; /* increments, and rows written for them */
+    int64_t evicted;        /* idempotency keys trimmed */
+    int64_t keys_left;      /* idempotency keys kept, -1 when not trimmed */
+    int64_t red;            /* the red flag (buffered mode), 1 when not read */
+} written_t;
+
+/* In the open transaction: decide every deferred request, add the merged
+ * sums, trim the idempotency keys, read the red flag, and commit. Returns 0
+ * or a negative errno (the caller rolls back). */
+static int write_txn(svc_t *svc, flush_t *f, written_t *wr)
 {
-    /* Only this thread writes fast_open: if it was closed before this swap,
-     * no window taken or left open holds a fast acknowledgement. */
-    flush_t f = {-1, -1, !__atomic_load_n(&svc->fast_open, __ATOMIC_RELAXED), svc_wall_ms(), 0};
-    int64_t t0 = time_now_us();
-    int rc = 0;
-    __atomic_store_n(&svc->kick, 0, __ATOMIC_RELEASE);
-    swap_all(svc);
-    if (!svc->pending)
-        return 0;
-    agg_clear(&svc->w);
-    for (svc_window_t *w = svc->pending; w; w = w->next)
-        if ((rc = merge(svc, w)) < 0)
-            goto fail;
-    count_pending(svc);
-    if ((rc = db_begin(svc->db)) < 0)
-        goto fail;
+    int rc;
     for (svc_window_t *w = svc->pending; w; w = w->next) /* barriers append to the list */
         for (size_t i = 0; i < w->ndefs; i++) {
-            int out = decide(svc, &f, w, &w->defs[i]);
-            if (out < 0) {
-                rc = out;
-                goto fail;
-            }
+            int out = decide(svc, f, w, &w->defs[i]);
+            if (out < 0)
+                return out;
             w->defs[i].outcome = (uint8_t)out;
         }
     agg_entry_t *e;
-    uint64_t applied = 0, applied_reqs = 0, deferred_ok = 0, rejected = 0, rows = 0;
-    uint64_t replayed = 0, conflicts = 0;
     for (size_t i = 0; (e = agg_next(&svc->w, &i));) {
-        if (e->count && (rc = db_add(svc->db, agg_key(&svc->w, e), e->key_len,
-                                     e->sum + e->slow)) < 0)
-            goto fail;
-        applied += e->count;
-        rows += e->count > 0; /* the gear ratio: one row write for all of a key's increments */
+        if (e->count &&
+            (rc = db_add(svc->db, agg_key(&svc->w, e), e->key_len, e->sum + e->slow)) < 0)
+            return rc;
+        wr->applied += e->count;
+        wr->rows += e->count > 0; /* the gear ratio: one row write for all of a key's increments */
     }
     /* Keys past the window or the bound go in the transactions that add
      * keys, and once a second in others. */
-    int64_t evicted = 0, keys_left = -1;
-    int trim = f.recorded || f.wall_ms - svc->idem_trimmed_ms >= TRIM_MS ||
-               f.wall_ms < svc->idem_trimmed_ms; /* the clock was set back */
-    if (trim &&
-        (rc = db_idem_trim(svc->db, f.wall_ms - svc->cfg.idem_window_ms, svc->cfg.idem_keys,
-                           &evicted, &keys_left)) < 0)
-        goto fail;
-    int64_t red = 1;
-    if (!svc->cfg.durable && (rc = db_red(svc->db, &red)) < 0)
-        goto fail;
-    if ((rc = db_commit(svc->db)) < 0)
-        goto fail;
+    wr->keys_left = -1;
+    wr->red = 1;
+    int trim = f->recorded || f->wall_ms - svc->idem_trimmed_ms >= TRIM_MS ||
+               f->wall_ms < svc->idem_trimmed_ms; /* the clock was set back */
+    if (trim && (rc = db_idem_trim(svc->db, f->wall_ms - svc->cfg.idem_window_ms,
+                                   svc->cfg.idem_keys, &wr->evicted, &wr->keys_left)) < 0)
+        return rc;
+    if (!svc->cfg.durable && (rc = db_red(svc->db, &wr->red)) < 0)
+        return rc;
+    return db_commit(svc->db);
+}
 
-    /* Committed. */
+/* A committed batch of a durable writer, waiting for the WAL's sync. */
+typedef struct svc_batch {
+    svc_window_t *windows;
+    written_t wr;
+    int64_t t0;
+    struct svc_batch *next;
+} svc_batch_t;
+
+/* Durable: the batch's commit is durable. The lag of what was acknowledged
+ * early, the counters, then the answers. Writer or syncer thread; the
+ * windows stay the caller's. */
+static void answered(svc_t *svc, svc_window_t *windows, const written_t *wr, int64_t t0)
+{
+    uint64_t applied_reqs = 0, deferred_ok = 0, rejected = 0, replayed = 0, conflicts = 0;
     int64_t now = time_update();
-    for (svc_window_t *w = svc->pending; w; w = w->next) {
+    for (svc_window_t *w = windows; w; w = w->next) {
         applied_reqs += w->fast_reqs;
         if (w->oldest_ack_ms)
             for (size_t k = 0; k < w->nacks; k++)
@@ -426,58 +427,211 @@ static int flush_once(svc_t *svc)
     }
     /* The counters first, then the answers: a client that reads /stats
      * after its answer sees its request counted. */
-    __atomic_add_fetch(&svc->applied, applied, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->applied, wr->applied, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->applied_reqs, applied_reqs, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->deferred_ok, deferred_ok, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->rejected_overflow, rejected, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->flushes, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->rows_written, rows, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->rows_written, wr->rows, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->idem_replayed, replayed, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->idem_conflicts, conflicts, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&svc->idem_evicted, (uint64_t)evicted, __ATOMIC_RELAXED);
-    if (keys_left >= 0) {
-        __atomic_store_n(&svc->idem_keys, (uint64_t)keys_left, __ATOMIC_RELAXED);
-        svc->idem_trimmed_ms = f.wall_ms;
-    }
+    __atomic_add_fetch(&svc->idem_evicted, (uint64_t)wr->evicted, __ATOMIC_RELAXED);
     __atomic_store_n(&svc->last_flush_us, (uint64_t)(time_now_us() - t0), __ATOMIC_RELAXED);
-    __atomic_store_n(&svc->fast_open, !svc->cfg.durable && red == 0, __ATOMIC_RELAXED);
+    post_answers(windows, __atomic_load_n(&svc->loops_gone, __ATOMIC_ACQUIRE));
+}
+
+/* A durable commit is written, not synced (db_wal_sync): its answers wait
+ * for a sync that starts after it. */
+static void wal_sync_or_die(svc_t *svc)
+{
+    int rc = db_wal_sync(svc->db);
+    if (rc == 0)
+        return;
+    /* Committed but maybe not durable, and a failed fsync may have dropped
+     * the pages it could not write (the kernel marks them clean): neither a
+     * 200 nor a 503 would be true. Stop as a crash would, answering
+     * nothing; the clients retry (with an Idempotency-Key, exactly once). */
+    fprintf(stderr, "incrementor: syncing the WAL failed (%s): exiting without answering\n",
+            strerror(-rc));
+    _exit(1);
+}
+
+/* Committed (written): the writer's own state, then the answers at once
+ * (buffered) or once a sync has made it durable (durable: handed to the
+ * syncer, so the writer goes on with the next batch during the sync). */
+static void committed(svc_t *svc, const flush_t *f, const written_t *wr, int64_t t0)
+{
+    if (wr->keys_left >= 0) {
+        __atomic_store_n(&svc->idem_keys, (uint64_t)wr->keys_left, __ATOMIC_RELAXED);
+        svc->idem_trimmed_ms = f->wall_ms;
+    }
+    __atomic_store_n(&svc->fast_open, !svc->cfg.durable && wr->red == 0, __ATOMIC_RELAXED);
     __atomic_store_n(&svc->pending_items, 0, __ATOMIC_RELAXED); /* all of it committed */
     __atomic_store_n(&svc->pending_keys, 0, __ATOMIC_RELAXED);
-    post_answers(svc);
-    while (svc->pending) {
-        svc_window_t *w = svc->pending;
-        svc->pending = w->next;
+    agg_clear(&svc->w);
+    svc_window_t *windows = svc->pending;
+    svc->pending = NULL;
+    svc_batch_t *b = svc->cfg.durable && svc->sync_running ? malloc(sizeof *b) : NULL;
+    if (b) {
+        *b = (svc_batch_t){windows, *wr, t0, NULL};
+        pthread_mutex_lock(&svc->slock);
+        *svc->sync_tail = b;
+        svc->sync_tail = &b->next;
+        pthread_cond_signal(&svc->scond);
+        pthread_mutex_unlock(&svc->slock);
+        return;
+    }
+    /* Buffered; or no syncer (it could not start, or no memory for the
+     * batch): sync here, in line, as a FULL commit would. */
+    if (svc->cfg.durable)
+        wal_sync_or_die(svc);
+    answered(svc, windows, wr, t0);
+    while (windows) {
+        svc_window_t *w = windows;
+        windows = w->next;
         recycle(svc, w);
     }
-    agg_clear(&svc->w);
-    return 0;
+}
 
-fail:
+void *svc_syncer_main(void *arg)
+{
+    svc_t *svc = arg;
+    pthread_mutex_lock(&svc->slock);
+    for (;;) {
+        while (!svc->sync_q && !svc->sync_stop)
+            pthread_cond_wait(&svc->scond, &svc->slock);
+        if (!svc->sync_q)
+            break; /* stopping, and the writer (joined before) queues no more */
+        svc_batch_t *q = svc->sync_q;
+        svc->sync_q = NULL;
+        svc->sync_tail = &svc->sync_q;
+        pthread_cond_signal(&svc->staken);
+        pthread_mutex_unlock(&svc->slock);
+        /* Every batch taken was committed before it was queued: this one
+         * sync makes them all durable (group commit). Meanwhile the writer
+         * writes the next batch. */
+        wal_sync_or_die(svc);
+        svc_window_t *done = NULL, **tail = &done;
+        while (q) {
+            svc_batch_t *b = q;
+            q = b->next;
+            answered(svc, b->windows, &b->wr, b->t0);
+            *tail = b->windows;
+            while (*tail)
+                tail = &(*tail)->next;
+            free(b);
+        }
+        pthread_mutex_lock(&svc->slock);
+        *tail = svc->synced; /* the windows go back to the writer (spare list) */
+        svc->synced = done;
+    }
+    pthread_mutex_unlock(&svc->slock);
+    return NULL;
+}
+
+/* Writer, before it takes a batch: take back the windows the syncer is
+ * done with; and while the syncer has not yet taken the last batch
+ * committed (it is syncing the one before), wait for it. So one batch is
+ * written while the previous one syncs, no more: batches committed
+ * further ahead would be smaller, and a commit costs per page written
+ * (with keys spread over the table, nearly a page per key) more than per
+ * request. The requests that arrive meanwhile make the next batch. */
+static void take_synced(svc_t *svc)
+{
+    if (!svc->cfg.durable)
+        return;
+    pthread_mutex_lock(&svc->slock);
+    while (svc->sync_q)
+        pthread_cond_wait(&svc->staken, &svc->slock);
+    svc_window_t *w = svc->synced;
+    svc->synced = NULL;
+    pthread_mutex_unlock(&svc->slock);
+    while (w) {
+        svc_window_t *next = w->next;
+        recycle(svc, w);
+        w = next;
+    }
+}
+
+/* The flush failed with rc: roll back, answer the deferred requests 503
+ * and forget them. Acknowledged increments stay pending, and the fast path
+ * stays closed until they are committed (it bounds what is held, see the
+ * top). */
+static void failed(svc_t *svc, int rc)
+{
     db_rollback(svc->db);
-    /* Deferred requests were not acknowledged: answer 503 and forget them.
-     * Acknowledged increments stay pending, and the fast path stays closed
-     * until they are committed (it bounds what is held, see the top). */
     __atomic_store_n(&svc->fast_open, 0, __ATOMIC_RELAXED);
-    uint64_t failed = 0;
+    uint64_t nfailed = 0;
     for (svc_window_t *w = svc->pending; w; w = w->next) {
         for (size_t i = 0; i < w->ndefs; i++)
             w->defs[i].outcome = rc == -ENOMEM ? SVC_NOMEM : SVC_FAILED;
-        failed += w->ndefs;
+        nfailed += w->ndefs;
     }
-    __atomic_add_fetch(&svc->failed_reqs, failed, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->failed_reqs, nfailed, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->failed_flushes, 1, __ATOMIC_RELAXED);
-    post_answers(svc);
+    post_answers(svc->pending, __atomic_load_n(&svc->loops_gone, __ATOMIC_ACQUIRE));
     uint64_t kept = 0;
     for (svc_window_t *w = svc->pending; w; w = w->next) {
         w->ndefs = w->nitems = w->keys_len = 0;
         kept += w->fast_items;
     }
-    fprintf(stderr, "incrementor: flush failed (%s): %llu deferred requests answered 503, "
-                    "%llu acknowledged increments kept for the next flush\n",
-            rc == -ENOMEM ? "out of memory" : db_errmsg(svc->db), (unsigned long long)failed,
+    fprintf(stderr,
+            "incrementor: flush failed (%s): %llu deferred requests answered 503, "
+            "%llu acknowledged increments kept for the next flush\n",
+            rc == -ENOMEM ? "out of memory" : db_errmsg(svc->db), (unsigned long long)nfailed,
             (unsigned long long)kept);
     count_pending(svc);
-    return rc;
+}
+
+/* Write what is pending. Returns 0 (also when there was nothing), or a
+ * negative errno when the commit failed (acknowledged increments are kept). */
+static int flush_once(svc_t *svc)
+{
+    /* Only this thread writes fast_open: if it was closed before this swap,
+     * no window taken or left open holds a fast acknowledgement. */
+    flush_t f = {-1, -1, !__atomic_load_n(&svc->fast_open, __ATOMIC_RELAXED), svc_wall_ms(), 0};
+    written_t wr = {0};
+    int64_t t0 = time_now_us();
+    int rc = 0;
+    __atomic_store_n(&svc->kick, 0, __ATOMIC_RELEASE);
+    take_synced(svc);
+    swap_all(svc);
+    if (!svc->pending)
+        return 0;
+    agg_clear(&svc->w);
+    for (svc_window_t *w = svc->pending; w && rc == 0; w = w->next)
+        rc = svc_merge(svc, w);
+    if (rc == 0) {
+        count_pending(svc);
+        rc = db_begin(svc->db);
+    }
+    if (rc >= 0)
+        rc = write_txn(svc, &f, &wr);
+    if (rc < 0) {
+        failed(svc, rc);
+        return rc;
+    }
+    committed(svc, &f, &wr, t0);
+    return 0;
+}
+
+int svc_wait_work(svc_t *svc, int64_t until)
+{
+    pthread_mutex_lock(&svc->wlock);
+    while (!svc->stop && !__atomic_load_n(&svc->kick, __ATOMIC_ACQUIRE)) {
+        int64_t now = time_update();
+        if (now >= until)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t ns = ts.tv_nsec + (until - now) * 1000000;
+        ts.tv_sec += ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        pthread_cond_timedwait(&svc->wcond, &svc->wlock, &ts);
+    }
+    int stop = svc->stop;
+    pthread_mutex_unlock(&svc->wlock);
+    return stop;
 }
 
 void *svc_writer_main(void *arg)
@@ -485,20 +639,7 @@ void *svc_writer_main(void *arg)
     svc_t *svc = arg;
     int64_t next = time_update() + svc->cfg.flush_ms;
     for (;;) {
-        pthread_mutex_lock(&svc->wlock);
-        while (!svc->stop && !__atomic_load_n(&svc->kick, __ATOMIC_ACQUIRE)) {
-            int64_t now = time_update();
-            if (now >= next)
-                break;
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            int64_t ns = ts.tv_nsec + (next - now) * 1000000;
-            ts.tv_sec += ns / 1000000000;
-            ts.tv_nsec = ns % 1000000000;
-            pthread_cond_timedwait(&svc->wcond, &svc->wlock, &ts);
-        }
-        int stop = svc->stop;
-        pthread_mutex_unlock(&svc->wlock);
+        int stop = svc_wait_work(svc, next);
         next = time_update() + svc->cfg.flush_ms;
         int rc = flush_once(svc);
         if (!stop)
@@ -535,4 +676,26 @@ void *svc_checkpointer_main(void *arg)
     }
     pthread_mutex_unlock(&svc->wlock);
     return NULL;
+}
+
+/* ---- for the web nodes (queue.c), which take and answer windows as the
+ * writer does but hand them to Redis ---- */
+
+void svc_take_windows(svc_t *svc)
+{
+    swap_all(svc);
+}
+
+void svc_answer_pending(svc_t *svc)
+{
+    post_answers(svc->pending, __atomic_load_n(&svc->loops_gone, __ATOMIC_ACQUIRE));
+}
+
+void svc_recycle_pending(svc_t *svc)
+{
+    while (svc->pending) {
+        svc_window_t *w = svc->pending;
+        svc->pending = w->next;
+        recycle(svc, w);
+    }
 }

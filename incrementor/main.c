@@ -2,60 +2,63 @@
  * them in memory per loop thread and writes the sums into SQLite in one
  * transaction per --flush-ms ("gear ratio": 10+1+1+1 = 10+3, one write per
  * key per interval). The reactor of the core serves HTTP; service.c handles
- * the requests, flush.c the writer thread, db.c the database. */
-#include <getopt.h>
+ * the requests, flush.c the writer thread, db.c the database. With --queue
+ * it is a web node handing its sums to Redis (queue.c), with --consume the
+ * writer applying them to SQLite (consume.c). */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "core/proto.h"
+#include "core/opt.h"
+#include "redis.h"
 #include "service.h"
 
-#define VERSION "0.1.0"
-
-static void usage(FILE *f)
+/* --ack: buffered or durable. */
+static int parse_ack(const char *val, void *dst, char *err, size_t errlen)
 {
-    fprintf(f, "usage: incrementor [options]\n"
-               "  --db FILE          SQLite database, created if absent (./numbers.db)\n"
-               "  --host ADDR        address to listen on (127.0.0.1)\n"
-               "  --port N           port, 0 for any free one (3333)\n"
-               "  --flush-ms MS      write the sums every MS milliseconds (100)\n"
-               "  --ack MODE         buffered: answer once summed in memory;\n"
-               "                     durable: answer once committed (buffered)\n"
-               "  --threads N        event loops (online CPUs)\n"
-               "  --idempotency-window S\n"
-               "                     remember an Idempotency-Key for S seconds (86400) ...\n"
-               "  --idempotency-keys N\n"
-               "                     ... and among the newest N keys (1000000)\n"
-               "  --help, --version\n");
-}
-
-static long long int_arg(const char *flag, const char *v, long long lo, long long hi)
-{
-    uint64_t x;
-    if (proto_parse_u64(v, strlen(v), (uint64_t)hi, &x) < 0 || (long long)x < lo) {
-        fprintf(stderr, "incrementor: --%s: expected an integer from %lld to %lld, got '%s'\n",
-                flag, lo, hi, v);
-        exit(2);
+    if (strcmp(val, "buffered") && strcmp(val, "durable")) {
+        snprintf(err, errlen, "expected buffered or durable");
+        return -EINVAL;
     }
-    return (long long)x;
+    *(int *)dst = strcmp(val, "durable") == 0;
+    return 0;
 }
 
-int main(int argc, char **argv)
+/* --queue, --consume: redis://HOST:PORT (checked by rds_parse_url). */
+static int check_url(const char *val, void *dst, char *err, size_t errlen)
 {
-    enum { O_DB = 256, O_HOST, O_PORT, O_FLUSH, O_ACK, O_THREADS, O_IDEM_WINDOW, O_IDEM_KEYS,
-           O_HELP, O_VERSION };
-    static const struct option opts[] = {
-        {"db", 1, 0, O_DB}, {"host", 1, 0, O_HOST}, {"port", 1, 0, O_PORT},
-        {"flush-ms", 1, 0, O_FLUSH}, {"ack", 1, 0, O_ACK}, {"threads", 1, 0, O_THREADS},
-        {"idempotency-window", 1, 0, O_IDEM_WINDOW}, {"idempotency-keys", 1, 0, O_IDEM_KEYS},
-        {"help", 0, 0, O_HELP}, {"version", 0, 0, O_VERSION}, {0, 0, 0, 0}};
-    svc_cfg_t cfg = {.db_path = "./numbers.db", .flush_ms = 100,
-                     .idem_window_ms = SVC_IDEM_WINDOW_S * INT64_C(1000),
-                     .idem_keys = SVC_IDEM_KEYS};
-    server_cfg_t *sc = &cfg.server;
+    char host[256];
+    int port;
+    (void)dst;
+    if (rds_parse_url(val, host, sizeof host, &port) == 0)
+        return 0;
+    snprintf(err, errlen, "expected redis://HOST:PORT");
+    return -EINVAL;
+}
+
+/* --db: any file name but the empty one. */
+static int check_db(const char *val, void *dst, char *err, size_t errlen)
+{
+    (void)dst;
+    if (*val)
+        return 0;
+    snprintf(err, errlen, "expected a file name");
+    return -EINVAL;
+}
+
+static void defaults(svc_cfg_t *cfg)
+{
+    server_cfg_t *sc = &cfg->server;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    *cfg = (svc_cfg_t){.db_path = "./numbers.db",
+                       .flush_ms = 100,
+                       .idem_window_ms = SVC_IDEM_WINDOW_S * INT64_C(1000),
+                       .idem_keys = SVC_IDEM_KEYS,
+                       .consumer = "writer",
+                       .claim_ms = 5000,
+                       .lease_ms = 10000};
     sc->design = "incrementor";
     sc->host = "127.0.0.1";
     sc->port = 3333;
@@ -63,50 +66,55 @@ int main(int argc, char **argv)
     sc->workers = 1; /* only for the core's /burn */
     session_cfg_default(&sc->session);
     sc->session.json_errors = 1;
+}
 
-    opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, ":", opts, NULL)) != -1) {
-        const char *name = optind > 0 && optind <= argc ? argv[optind - 1] : "?";
-        switch (c) {
-        case O_DB: cfg.db_path = optarg; break;
-        case O_HOST: sc->host = optarg; break;
-        case O_PORT: sc->port = (int)int_arg("port", optarg, 0, 65535); break;
-        case O_FLUSH: cfg.flush_ms = (int)int_arg("flush-ms", optarg, 1, 60000); break;
-        case O_THREADS: sc->threads = (int)int_arg("threads", optarg, 1, SVC_THREADS_MAX); break;
-        case O_IDEM_WINDOW:
-            cfg.idem_window_ms = int_arg("idempotency-window", optarg, 1, 366 * 86400) * 1000LL;
-            break;
-        case O_IDEM_KEYS:
-            cfg.idem_keys = int_arg("idempotency-keys", optarg, 1, 1000000000);
-            break;
-        case O_ACK:
-            if (strcmp(optarg, "buffered") && strcmp(optarg, "durable")) {
-                fprintf(stderr, "incrementor: --ack: expected buffered or durable, got '%s'\n",
-                        optarg);
-                exit(2);
-            }
-            cfg.durable = strcmp(optarg, "durable") == 0;
-            break;
-        case O_HELP: usage(stdout); return 0;
-        case O_VERSION: printf("incrementor %s\n", VERSION); return 0;
-        case ':':
-            fprintf(stderr, "incrementor: %s needs a value\n", name);
-            return 2;
-        default:
-            fprintf(stderr, "incrementor: unknown option '%s' (see --help)\n", name);
-            return 2;
-        }
+/* Parse the command line into cfg (defaulted first), or exit: 0 after
+ * --help or --version, 2 on a bad flag. */
+static void parse_flags(svc_cfg_t *cfg, int argc, char **argv)
+{
+    server_cfg_t *sc = &cfg->server;
+    defaults(cfg);
+    const opt_t table[] = {
+        OPT_STRING_E("db", 0, &cfg->db_path, check_db, "FILE",
+                     "SQLite database, created if absent (./numbers.db)"),
+        OPT_STRING_E("host", 0, &sc->host, NULL, "ADDR", "address to listen on (127.0.0.1)"),
+        OPT_INT_E("port", 0, &sc->port, 0, 65535, "N", "port, 0 for any free one (3333)"),
+        OPT_INT_E("flush-ms", 0, &cfg->flush_ms, 1, 60000, "MS",
+                  "write the sums every MS milliseconds (100)"),
+        OPT_CALL_E("ack", 0, &cfg->durable, parse_ack, "MODE",
+                   "buffered: answer once summed in memory;\n"
+                   "durable: answer once committed (buffered)"),
+        OPT_INT_E("threads", 0, &sc->threads, 1, SVC_THREADS_MAX, "N", "event loops (online CPUs)"),
+        /* Whole seconds or a duration ("1h"), kept in milliseconds. */
+        OPT_DURATION_E("idempotency-window", 0, &cfg->idem_window_ms, 1000, 1000000,
+                       366 * 86400 * INT64_C(1000000), "S",
+                       "remember an Idempotency-Key for S seconds (86400) ..."),
+        OPT_INT_E("idempotency-keys", 0, &cfg->idem_keys, 1, 1000000000, "N",
+                  "... and among the newest N keys (1000000)"),
+        OPT_STRING_E("queue", 0, &cfg->queue_url, check_url, "URL",
+                     "a web node: hand each window's sums to Redis at redis://HOST:PORT"),
+        OPT_STRING_E("consume", 0, &cfg->consume_url, check_url, "URL",
+                     "the writer: apply Redis's stream at redis://HOST:PORT to --db"),
+        OPT_STRING_E("consumer", 0, &cfg->consumer, check_db, "NAME",
+                     "the writer's name in the consumer group (writer)"),
+        OPT_INT_E("claim-ms", 0, &cfg->claim_ms, 100, 3600000, "MS",
+                  "take over another writer's entries idle this long (5000)"),
+        OPT_INT_E("lease-ms", 0, &cfg->lease_ms, 200, 3600000, "MS",
+                  "a buffered web node's lease in Redis (10000)"),
+        OPT_END,
+    };
+    opt_spec_t spec = {.prog = "incrementor", .opts = table};
+    opt_parse_or_exit(&spec, argc, argv, NULL, 0);
+    if (cfg->queue_url && cfg->consume_url) {
+        fprintf(stderr, "incrementor: --queue and --consume exclude each other\n");
+        exit(2);
     }
-    if (optind < argc) {
-        fprintf(stderr, "incrementor: unexpected argument '%s' (see --help)\n", argv[optind]);
-        return 2;
-    }
-    if (!*cfg.db_path) {
-        fprintf(stderr, "incrementor: --db: expected a file name\n");
-        return 2;
-    }
+}
 
+int main(int argc, char **argv)
+{
+    svc_cfg_t cfg;
+    parse_flags(&cfg, argc, argv);
     server_process_init();
     svc_t svc;
     if (svc_init(&svc, &cfg) < 0) {

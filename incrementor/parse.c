@@ -171,14 +171,15 @@ int req_parse_form(const char *body, size_t len, char *keybuf, req_item_t *item,
     char vbuf[VALUE_RAW_MAX];
     ssize_t vn = val_len <= VALUE_RAW_MAX ? http_url_decode(val, val_len, vbuf, 1) : -1;
     if (vn < 0) {
-        snprintf(err, errlen, val_len > VALUE_RAW_MAX ? "value out of int64 range"
-                                                      : "bad percent-encoding in value");
+        snprintf(err, errlen,
+                 val_len > VALUE_RAW_MAX ? "value out of int64 range"
+                                         : "bad percent-encoding in value");
         return 400;
     }
     int rc = req_parse_i64(vbuf, (size_t)vn, &item->value);
     if (rc < 0) {
-        snprintf(err, errlen, rc == -ERANGE ? "value out of int64 range"
-                                            : "value is not an integer");
+        snprintf(err, errlen,
+                 rc == -ERANGE ? "value out of int64 range" : "value is not an integer");
         return 400;
     }
     item->key = keybuf;
@@ -194,13 +195,14 @@ int req_parse_json(const char *body, size_t len, json_t **root, req_item_t **ite
     json_t *j = json_loadb(body, len, JSON_REJECT_DUPLICATES, &je);
     if (!j) {
         /* jansson says "too big integer" for values beyond int64. */
-        snprintf(err, errlen, "%s%s", strstr(je.text, "too big") ? "value out of int64 range: "
-                                                                 : "bad JSON: ", je.text);
+        snprintf(err, errlen, "%s%s",
+                 strstr(je.text, "too big") ? "value out of int64 range: " : "bad JSON: ", je.text);
         return 400;
     }
     if (!json_is_object(j) || json_object_size(j) == 0) {
-        snprintf(err, errlen, json_is_object(j) ? "empty batch: missing key and value"
-                                                : "JSON body must be an object {\"key\": value}");
+        snprintf(err, errlen,
+                 json_is_object(j) ? "empty batch: missing key and value"
+                                   : "JSON body must be an object {\"key\": value}");
         goto err;
     }
     it = calloc(json_object_size(j), sizeof *it);
@@ -211,7 +213,8 @@ int req_parse_json(const char *body, size_t len, json_t **root, req_item_t **ite
     size_t i = 0;
     const char *k;
     json_t *v;
-    json_object_foreach(j, k, v) {
+    json_object_foreach(j, k, v)
+    {
         const char *why;
         size_t kl = strlen(k);
         if (req_key_check(k, kl, &why) < 0) {

@@ -1,9 +1,12 @@
 /* parse: the bodies of POST /increment, checked before anything is applied.
  *
  * Two encodings: a form `key=<k>&value=<v>` (one increment) and a JSON
- * object `{"<k>": <v>, ...}` (a batch). Every function returns 0, or the
- * HTTP status to answer (400, 415) with a one-line reason in the caller's
- * `err` buffer. Nothing here allocates except the JSON parser. */
+ * object `{"<k>": <v>, ...}` (a batch). The functions that judge a request
+ * (req_parse_form, req_parse_json, req_idem_key) return 0, or the HTTP
+ * status to answer (400) with a one-line reason in the caller's `err`
+ * buffer: a verdict, not a failure (see the README's "Conventions"). The
+ * helpers under them (req_key_check, req_parse_i64) return 0 or -errno.
+ * Nothing here allocates except the JSON parser. */
 #ifndef INCR_PARSE_H
 #define INCR_PARSE_H
 

@@ -1,5 +1,5 @@
 /* The incrementor's HTTP side: POST /increment, GET /counters, /stats, and
- * its lines in /metrics. Runs on the loop threads of the core's reactor. */
+ * its lines in /metrics. Runs on the loop threads of the reactor (servers/core/reactor.c). */
 #include "service.h"
 
 #include <errno.h>
@@ -11,7 +11,7 @@
 #include "core/metrics.h"
 #include "core/reactor.h"
 
-#define JSON "application/json"
+#define JSON         "application/json"
 #define PAGE_DEFAULT 100
 #define PAGE_MAX     1000
 
@@ -94,7 +94,8 @@ static int take_fast(svc_window_t *w, const req_item_t *it, size_t n, int64_t no
     if (off < 0)
         off = 0;
     if ((size_t)off >= w->nacks)
-        off = (int64_t)w->nacks - 1; /* a late window: counted as older, so lag is not understated */
+        off =
+            (int64_t)w->nacks - 1; /* a late window: counted as older, so lag is not understated */
     w->acks[off]++;
     if (!w->oldest_ack_ms)
         w->oldest_ack_ms = now;
@@ -115,12 +116,12 @@ static int take_deferred(svc_window_t *w, session_t *s, const req_item_t *it, si
         w->keys_len + klen > UINT32_MAX)
         return -ENOMEM;
     svc_deferred_t *d = &w->defs[w->ndefs++];
-    *d = (svc_deferred_t){.s = s, .t_ms = now, .item_off = (uint32_t)w->nitems,
-                          .nitems = (uint32_t)n};
+    *d = (svc_deferred_t){
+        .s = s, .t_ms = now, .item_off = (uint32_t)w->nitems, .nitems = (uint32_t)n};
     for (size_t i = 0; i < n; i++) {
         memcpy(w->keys + w->keys_len, it[i].key, it[i].key_len);
-        w->items[w->nitems++] = (svc_item_t){(uint32_t)w->keys_len, (uint32_t)it[i].key_len,
-                                             it[i].value};
+        w->items[w->nitems++] =
+            (svc_item_t){(uint32_t)w->keys_len, (uint32_t)it[i].key_len, it[i].value};
         w->keys_len += it[i].key_len;
     }
     if (ik_len) {
@@ -152,8 +153,9 @@ static void increment(svc_t *svc, session_t *s, const http_request_t *r, const c
     int kind = req_content_kind(ct ? ct->value : NULL, ct ? ct->value_len : 0);
     if (!kind) {
         count(&t->counts.refused);
-        respond_error(s, 415, "Content-Type must be application/x-www-form-urlencoded or "
-                              "application/json");
+        respond_error(s, 415,
+                      "Content-Type must be application/x-www-form-urlencoded or "
+                      "application/json");
         return;
     }
     if ((st = req_idem_key(r->headers, r->num_headers, &ik, &ik_len, err, sizeof err)) == 0)
@@ -173,14 +175,13 @@ static void increment(svc_t *svc, session_t *s, const http_request_t *r, const c
      * Idempotency-Key always waits for the commit that records its key:
      * only the writer, inside its transaction, can tell a retry (from any
      * process on the database) from a first request. */
-    int fast = !svc->cfg.durable && !ik_len &&
-               __atomic_load_n(&svc->fast_open, __ATOMIC_RELAXED) &&
-               take_fast(t->cur, items, n, now);
+    int64_t until = __atomic_load_n(&svc->fast_until, __ATOMIC_RELAXED); /* queue.c's lease */
+    int fast = !svc->cfg.durable && !ik_len && __atomic_load_n(&svc->fast_open, __ATOMIC_RELAXED) &&
+               (!until || now < until) && take_fast(t->cur, items, n, now);
     int rc = fast ? 0 : take_deferred(t->cur, s, items, n, ik, ik_len, fp, now);
     pthread_mutex_unlock(&t->lock);
     if (fast) {
-        __atomic_store_n(&t->counts.accepted_items, t->counts.accepted_items + n,
-                         __ATOMIC_RELAXED);
+        __atomic_store_n(&t->counts.accepted_items, t->counts.accepted_items + n, __ATOMIC_RELAXED);
         count(&t->counts.accepted);
         session_respond(s, 200, JSON, ok_body, sizeof ok_body - 1);
     } else if (rc < 0) {
@@ -249,7 +250,8 @@ static void get_one(svc_t *svc, session_t *s, const char *raw, size_t raw_len)
 static void page_row(const char *key, size_t len, int64_t value, void *ctx)
 {
     json_t *arr = ctx;
-    json_array_append_new(arr, json_pack("{s:s%,s:I}", "key", key, len, "value", (json_int_t)value));
+    json_array_append_new(arr,
+                          json_pack("{s:s%,s:I}", "key", key, len, "value", (json_int_t)value));
 }
 
 static void get_page(svc_t *svc, session_t *s, const http_request_t *r)
@@ -283,8 +285,8 @@ static void get_page(svc_t *svc, session_t *s, const http_request_t *r)
         return;
     }
     /* "next" is the `after` of the following page, null on the last one. */
-    json_t *last = json_array_size(arr) == (size_t)limit ? json_array_get(arr, (size_t)limit - 1)
-                                                        : NULL;
+    json_t *last =
+        json_array_size(arr) == (size_t)limit ? json_array_get(arr, (size_t)limit - 1) : NULL;
     json_t *j = json_pack("{s:o,s:O}", "counters", arr, "next",
                           last ? json_object_get(last, "key") : json_null());
     char *txt = j ? json_dumps(j, JSON_COMPACT) : NULL;
@@ -329,8 +331,14 @@ static void snapshot(svc_t *svc, snapshot_t *sn)
 static void stats(svc_t *svc, session_t *s)
 {
     snapshot_t sn;
-    char body[2048];
+    char body[3072], role[768] = "";
+    uint64_t lag_n, lag_max, lag_p50, lag_p99;
     snapshot(svc, &sn);
+    svc_lag(svc, &lag_n, &lag_max, &lag_p50, &lag_p99);
+    if (svc->queue || svc->consume) {
+        role[0] = ',';
+        (svc->queue ? queue_stats : consume_stats)(svc, role + 1, sizeof role - 1);
+    }
     int n = snprintf(
         body, sizeof body,
         "{\"ack\":\"%s\",\"flush_ms\":%d,\"threads\":%d,"
@@ -345,18 +353,17 @@ static void stats(svc_t *svc, session_t *s)
         ",\"replayed\":%" PRIu64 ",\"conflicts\":%" PRIu64 ",\"evicted\":%" PRIu64 "},"
         "\"lag_ms\":{\"count\":%" PRIu64 ",\"max\":%" PRIu64 ",\"p50\":%" PRIu64 ",\"p99\":%" PRIu64
         "},\"durable_wait_ms\":{\"count\":%" PRIu64 ",\"max\":%" PRIu64 ",\"p50\":%" PRIu64
-        ",\"p99\":%" PRIu64 "}}\n",
+        ",\"p99\":%" PRIu64 "}%s}\n",
         svc->cfg.durable ? "durable" : "buffered", svc->cfg.flush_ms, svc->nthreads,
         sn.accepted + LOAD(svc->deferred_ok), sn.accepted_items, sn.deferred, sn.refused,
         LOAD(svc->rejected_overflow), LOAD(svc->failed_reqs), LOAD(svc->applied),
         LOAD(svc->applied_reqs), sn.pending_keys, sn.pending_items, sn.deferred_waiting,
-        LOAD(svc->flushes), LOAD(svc->rows_written), LOAD(svc->failed_flushes),
-        LOAD(svc->barriers), (double)LOAD(svc->last_flush_us) / 1000.0,
-        LOAD(svc->fast_open) ? "true" : "false", svc->cfg.idem_window_ms / 1000,
-        svc->cfg.idem_keys, LOAD(svc->idem_keys), LOAD(svc->idem_replayed),
-        LOAD(svc->idem_conflicts), LOAD(svc->idem_evicted), LOAD(svc->lag.n), LOAD(svc->lag.max),
-        lag_quantile(&svc->lag, 0.5), lag_quantile(&svc->lag, 0.99), LOAD(svc->wait.n),
-        LOAD(svc->wait.max), lag_quantile(&svc->wait, 0.5), lag_quantile(&svc->wait, 0.99));
+        LOAD(svc->flushes), LOAD(svc->rows_written), LOAD(svc->failed_flushes), LOAD(svc->barriers),
+        (double)LOAD(svc->last_flush_us) / 1000.0, LOAD(svc->fast_open) ? "true" : "false",
+        svc->cfg.idem_window_ms / 1000, svc->cfg.idem_keys, LOAD(svc->idem_keys),
+        LOAD(svc->idem_replayed), LOAD(svc->idem_conflicts), LOAD(svc->idem_evicted), lag_n,
+        lag_max, lag_p50, lag_p99, LOAD(svc->wait.n), LOAD(svc->wait.max),
+        lag_quantile(&svc->wait, 0.5), lag_quantile(&svc->wait, 0.99), role);
     session_respond(s, 200, JSON, body, (size_t)n < sizeof body ? (size_t)n : sizeof body - 1);
 }
 
@@ -364,55 +371,79 @@ static void metrics_lines(buf_t *out, void *ctx)
 {
     svc_t *svc = ctx;
     snapshot_t sn;
+    uint64_t lag_n, lag_max, lag_p50, lag_p99;
     snapshot(svc, &sn);
-    buf_printf(out,
-               "# TYPE incrementor_accepted_total counter\n"
-               "incrementor_accepted_total %" PRIu64 "\n"
-               "# TYPE incrementor_refused_total counter\n"
-               "incrementor_refused_total{reason=\"input\"} %" PRIu64 "\n"
-               "incrementor_refused_total{reason=\"overflow\"} %" PRIu64 "\n"
-               "incrementor_refused_total{reason=\"commit\"} %" PRIu64 "\n"
-               "incrementor_refused_total{reason=\"idempotency_conflict\"} %" PRIu64 "\n"
-               "# TYPE incrementor_applied_total counter\n"
-               "incrementor_applied_total %" PRIu64 "\n"
-               "# TYPE incrementor_pending_increments gauge\n"
-               "incrementor_pending_increments %" PRIu64 "\n"
-               "# TYPE incrementor_pending_keys gauge\n"
-               "incrementor_pending_keys %" PRIu64 "\n"
-               "# TYPE incrementor_flushes_total counter\n"
-               "incrementor_flushes_total{result=\"ok\"} %" PRIu64 "\n"
-               "incrementor_flushes_total{result=\"failed\"} %" PRIu64 "\n"
-               "# TYPE incrementor_rows_written_total counter\n"
-               "incrementor_rows_written_total %" PRIu64 "\n"
-               "# TYPE incrementor_last_flush_seconds gauge\n"
-               "incrementor_last_flush_seconds %.6f\n"
-               "# TYPE incrementor_ack_commit_lag_seconds summary\n"
-               "incrementor_ack_commit_lag_seconds{quantile=\"0.5\"} %.3f\n"
-               "incrementor_ack_commit_lag_seconds{quantile=\"0.99\"} %.3f\n"
-               "incrementor_ack_commit_lag_seconds{quantile=\"1\"} %.3f\n"
-               "incrementor_ack_commit_lag_seconds_count %" PRIu64 "\n"
-               "# TYPE incrementor_idempotent_replays_total counter\n"
-               "incrementor_idempotent_replays_total %" PRIu64 "\n"
-               "# TYPE incrementor_idempotency_keys gauge\n"
-               "incrementor_idempotency_keys %" PRIu64 "\n"
-               "# TYPE incrementor_idempotency_evicted_total counter\n"
-               "incrementor_idempotency_evicted_total %" PRIu64 "\n",
-               sn.accepted + LOAD(svc->deferred_ok), sn.refused, LOAD(svc->rejected_overflow),
-               LOAD(svc->failed_reqs), LOAD(svc->idem_conflicts), LOAD(svc->applied),
-               sn.pending_items, sn.pending_keys, LOAD(svc->flushes), LOAD(svc->failed_flushes),
-               LOAD(svc->rows_written),
-               (double)LOAD(svc->last_flush_us) / 1e6, lag_quantile(&svc->lag, 0.5) / 1e3,
-               lag_quantile(&svc->lag, 0.99) / 1e3, (double)LOAD(svc->lag.max) / 1e3,
-               LOAD(svc->lag.n), LOAD(svc->idem_replayed), LOAD(svc->idem_keys),
-               LOAD(svc->idem_evicted));
+    svc_lag(svc, &lag_n, &lag_max, &lag_p50, &lag_p99);
+    buf_printf(
+        out,
+        "# HELP incrementor_accepted_total Increments acknowledged to their clients.\n"
+        "# TYPE incrementor_accepted_total counter\n"
+        "incrementor_accepted_total %" PRIu64 "\n"
+        "# HELP incrementor_refused_total Increments refused, by reason.\n"
+        "# TYPE incrementor_refused_total counter\n"
+        "incrementor_refused_total{reason=\"input\"} %" PRIu64 "\n"
+        "incrementor_refused_total{reason=\"overflow\"} %" PRIu64 "\n"
+        "incrementor_refused_total{reason=\"commit\"} %" PRIu64 "\n"
+        "incrementor_refused_total{reason=\"idempotency_conflict\"} %" PRIu64 "\n"
+        "# HELP incrementor_applied_total Increments applied to the in-memory sums.\n"
+        "# TYPE incrementor_applied_total counter\n"
+        "incrementor_applied_total %" PRIu64 "\n"
+        "# HELP incrementor_pending_increments Increments applied in memory, not yet written to "
+        "the database.\n"
+        "# TYPE incrementor_pending_increments gauge\n"
+        "incrementor_pending_increments %" PRIu64 "\n"
+        "# HELP incrementor_pending_keys Keys with increments not yet written to the database.\n"
+        "# TYPE incrementor_pending_keys gauge\n"
+        "incrementor_pending_keys %" PRIu64 "\n"
+        "# HELP incrementor_flushes_total Batches written to the database, by result.\n"
+        "# TYPE incrementor_flushes_total counter\n"
+        "incrementor_flushes_total{result=\"ok\"} %" PRIu64 "\n"
+        "incrementor_flushes_total{result=\"failed\"} %" PRIu64 "\n"
+        "# HELP incrementor_rows_written_total Rows written to the database.\n"
+        "# TYPE incrementor_rows_written_total counter\n"
+        "incrementor_rows_written_total %" PRIu64 "\n"
+        "# HELP incrementor_last_flush_seconds How long the last batch took to write.\n"
+        "# TYPE incrementor_last_flush_seconds gauge\n"
+        "incrementor_last_flush_seconds %.6f\n"
+        "# HELP incrementor_ack_commit_lag_seconds Time from an increment's acknowledgement to its "
+        "commit (quantile 1 is the maximum).\n"
+        "# TYPE incrementor_ack_commit_lag_seconds summary\n"
+        "incrementor_ack_commit_lag_seconds{quantile=\"0.5\"} %.3f\n"
+        "incrementor_ack_commit_lag_seconds{quantile=\"0.99\"} %.3f\n"
+        "incrementor_ack_commit_lag_seconds{quantile=\"1\"} %.3f\n"
+        "incrementor_ack_commit_lag_seconds_count %" PRIu64 "\n"
+        "# HELP incrementor_idempotent_replays_total Retries answered from the idempotency table, "
+        "not applied again.\n"
+        "# TYPE incrementor_idempotent_replays_total counter\n"
+        "incrementor_idempotent_replays_total %" PRIu64 "\n"
+        "# HELP incrementor_idempotency_keys Idempotency keys remembered now.\n"
+        "# TYPE incrementor_idempotency_keys gauge\n"
+        "incrementor_idempotency_keys %" PRIu64 "\n"
+        "# HELP incrementor_idempotency_evicted_total Idempotency keys forgotten before their "
+        "window ended (the bound).\n"
+        "# TYPE incrementor_idempotency_evicted_total counter\n"
+        "incrementor_idempotency_evicted_total %" PRIu64 "\n",
+        sn.accepted + LOAD(svc->deferred_ok), sn.refused, LOAD(svc->rejected_overflow),
+        LOAD(svc->failed_reqs), LOAD(svc->idem_conflicts), LOAD(svc->applied), sn.pending_items,
+        sn.pending_keys, LOAD(svc->flushes), LOAD(svc->failed_flushes), LOAD(svc->rows_written),
+        (double)LOAD(svc->last_flush_us) / 1e6, lag_p50 / 1e3, lag_p99 / 1e3, lag_max / 1e3, lag_n,
+        LOAD(svc->idem_replayed), LOAD(svc->idem_keys), LOAD(svc->idem_evicted));
 }
 
 int svc_handle(session_t *s, const http_request_t *r, const char *body, size_t len, void *ctx)
 {
     svc_t *svc = ctx;
     static const char prefix[] = "/counters/";
-    if (path_is(r, "/increment")) {
+    if (path_is(r, "/increment") && svc->consume) {
+        respond_error(s, 421, "this is the writer (--consume): POST /increment to a web node");
+    } else if (path_is(r, "/increment")) {
         increment(svc, s, r, body, len);
+    } else if (svc->queue && method_is(r, "GET") &&
+               (path_is(r, "/counters") || (r->path_len >= sizeof prefix - 1 &&
+                                            memcmp(r->path, prefix, sizeof prefix - 1) == 0))) {
+        respond_error(s, 421,
+                      "this is a web node (--queue): reads are served by the writer "
+                      "(--consume)");
     } else if (path_is(r, "/stats") || path_is(r, "/counters") ||
                (r->path_len >= sizeof prefix - 1 &&
                 memcmp(r->path, prefix, sizeof prefix - 1) == 0)) {
@@ -438,15 +469,32 @@ int svc_init(svc_t *svc, const svc_cfg_t *cfg)
     memset(svc, 0, sizeof *svc);
     svc->cfg = *cfg;
     svc->nthreads = cfg->server.threads;
-    int rc = db_open_writer(&svc->db, cfg->db_path, cfg->durable, err, sizeof err);
+    int rc;
+    if (cfg->queue_url) {
+        /* A web node: no database, Redis instead (queue.c). */
+        if ((rc = queue_init(svc)) < 0)
+            return rc;
+        goto threads;
+    }
+    /* The writer acknowledges entries to Redis after its commit: that commit
+     * must survive a power loss (synchronous=FULL), whatever --ack says. */
+    if (cfg->consume_url)
+        svc->cfg.durable = 1;
+    /* A single durable process syncs its commits itself, off the writer's
+     * path (flush.c); the consumer's commits are durable when they return. */
+    rc = db_open_writer(&svc->db, cfg->db_path,
+                        !svc->cfg.durable  ? DB_BUFFERED
+                        : cfg->consume_url ? DB_DURABLE_FULL
+                                           : DB_DURABLE_SYNCED,
+                        err, sizeof err);
     if (rc < 0) {
         fprintf(stderr, "incrementor: %s\n", err);
         return rc;
     }
     int64_t red = 1, evicted = 0, kept = 0;
     if ((rc = db_red(svc->db, &red)) < 0 || (rc = db_begin(svc->db)) < 0 ||
-        (rc = db_idem_trim(svc->db, svc_wall_ms() - cfg->idem_window_ms, cfg->idem_keys,
-                           &evicted, &kept)) < 0 ||
+        (rc = db_idem_trim(svc->db, svc_wall_ms() - cfg->idem_window_ms, cfg->idem_keys, &evicted,
+                           &kept)) < 0 ||
         (rc = db_commit(svc->db)) < 0) {
         fprintf(stderr, "incrementor: %s: %s\n", cfg->db_path, db_errmsg(svc->db));
         db_rollback(svc->db);
@@ -461,6 +509,9 @@ int svc_init(svc_t *svc, const svc_cfg_t *cfg)
         return rc;
     }
     svc->fast_open = !cfg->durable && red == 0;
+    if (cfg->consume_url && (rc = consume_init(svc)) < 0)
+        return rc;
+threads:
     svc->threads = calloc((size_t)svc->nthreads, sizeof *svc->threads);
     if (!svc->threads)
         goto nomem;
@@ -471,6 +522,10 @@ int svc_init(svc_t *svc, const svc_cfg_t *cfg)
             goto nomem;
     }
     pthread_mutex_init(&svc->wlock, NULL);
+    pthread_mutex_init(&svc->slock, NULL);
+    pthread_cond_init(&svc->scond, NULL);
+    pthread_cond_init(&svc->staken, NULL);
+    svc->sync_tail = &svc->sync_q;
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -491,21 +546,36 @@ nomem:
 
 int svc_run(svc_t *svc)
 {
-    if (pthread_create(&svc->writer, NULL, svc_writer_main, svc) != 0) {
+    /* Durable, single process: the syncer makes commits durable (flush.c);
+     * without its thread the writer syncs in line: slower, as exact. */
+    svc->sync_running = svc->cfg.durable && !svc->queue && !svc->consume &&
+                        pthread_create(&svc->syncer, NULL, svc_syncer_main, svc) == 0;
+    void *(*writer)(void *) = svc->queue     ? queue_main
+                              : svc->consume ? consume_main
+                                             : svc_writer_main;
+    if (pthread_create(&svc->writer, NULL, writer, svc) != 0) {
         fprintf(stderr, "incrementor: cannot start the writer thread\n");
         return 1;
     }
-    int ckpt = pthread_create(&svc->checkpointer, NULL, svc_checkpointer_main, svc) == 0;
+    int ckpt =
+        svc->ckpt && pthread_create(&svc->checkpointer, NULL, svc_checkpointer_main, svc) == 0;
     int status = reactor_run(&svc->cfg.server, NULL);
     /* The loops are gone: the writer must not post answers any more, and
      * flushes what is left (the loops drained what was in flight). */
     __atomic_store_n(&svc->loops_gone, 1, __ATOMIC_RELEASE);
     pthread_mutex_lock(&svc->wlock);
-    svc->stop = 1;
+    __atomic_store_n(&svc->stop, 1, __ATOMIC_RELEASE); /* also read without the lock */
     pthread_cond_signal(&svc->wcond);
     pthread_cond_signal(&svc->ccond);
     pthread_mutex_unlock(&svc->wlock);
     pthread_join(svc->writer, NULL);
+    if (svc->sync_running) { /* after the writer: it queues no more */
+        pthread_mutex_lock(&svc->slock);
+        svc->sync_stop = 1;
+        pthread_cond_signal(&svc->scond);
+        pthread_mutex_unlock(&svc->slock);
+        pthread_join(svc->syncer, NULL);
+    }
     if (ckpt)
         pthread_join(svc->checkpointer, NULL);
     return status ? status : svc->exit_status;
@@ -521,8 +591,11 @@ void svc_free(svc_t *svc)
     free(svc->threads);
     svc_window_free_list(svc->spare);
     svc_window_free_list(svc->pending);
+    svc_window_free_list(svc->synced);
     agg_free(&svc->w);
     db_close(svc->db);
     db_close(svc->ckpt);
+    queue_free(svc);
+    consume_free(svc);
     memset(svc, 0, sizeof *svc);
 }

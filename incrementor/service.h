@@ -30,9 +30,9 @@
  * With at most SVC_THREADS_MAX threads, what one process has acknowledged
  * and not yet committed on one key is below 2^50 per window (2^51 across a
  * failed commit, after which the fast path closes). */
-#define SVC_FAST_MAX    (INT64_C(1) << 40)
-#define SVC_THREADS_MAX 1024
-#define SVC_OWN_PENDING (INT64_C(1) << 50) /* this process's open windows */
+#define SVC_FAST_MAX     (INT64_C(1) << 40)
+#define SVC_THREADS_MAX  1024
+#define SVC_OWN_PENDING  (INT64_C(1) << 50) /* this process's open windows */
 #define SVC_PROC_PENDING (INT64_C(1) << 51) /* another process's windows, failed ones included */
 
 #define SVC_IDEM_WINDOW_S 86400   /* --idempotency-window default: a day */
@@ -41,9 +41,14 @@
 typedef struct svc_cfg {
     const char *db_path;
     int flush_ms;
-    int durable; /* --ack durable */
-    int64_t idem_window_ms; /* a key is remembered this long ... */
-    int64_t idem_keys;      /* ... and among the newest this many */
+    int durable;             /* --ack durable */
+    int64_t idem_window_ms;  /* a key is remembered this long ... */
+    int64_t idem_keys;       /* ... and among the newest this many */
+    const char *queue_url;   /* --queue: a web node (queue.c) */
+    const char *consume_url; /* --consume: the writer (consume.c) */
+    const char *consumer;    /* --consumer: its name in the group */
+    int claim_ms;            /* --claim-ms */
+    int lease_ms;            /* --lease-ms: a buffered web node's lease in Redis */
     server_cfg_t server;
 } svc_cfg_t;
 
@@ -60,9 +65,9 @@ enum svc_outcome {
  * Idempotency-Key (idem_len 0: none) keys[idem_off .. idem_off+idem_len). */
 typedef struct svc_deferred {
     session_t *s;
-    int64_t t_ms;  /* when it arrived */
+    int64_t t_ms; /* when it arrived */
     uint32_t item_off, nitems;
-    uint64_t fp;   /* req_fingerprint of the items, with a key */
+    uint64_t fp; /* req_fingerprint of the items, with a key */
     uint32_t idem_off;
     uint16_t idem_len;
     uint8_t replay;  /* writer: answered from the key's record, nothing applied */
@@ -76,7 +81,7 @@ typedef struct svc_item {
 
 /* What one thread gathered between two swaps. */
 typedef struct svc_window {
-    agg_t fast;               /* acknowledged increments, summed per key */
+    agg_t fast; /* acknowledged increments, summed per key */
     uint64_t fast_reqs, fast_items;
     svc_deferred_t *defs;
     size_t ndefs, cap_defs;
@@ -84,35 +89,35 @@ typedef struct svc_window {
     size_t nitems, cap_items;
     char *keys;
     size_t keys_len, keys_cap;
-    int64_t start_ms;         /* opened at */
-    int64_t oldest_ack_ms;    /* first fast acknowledgement, 0 = none */
-    uint32_t *acks;           /* fast acknowledgements per ms since start_ms */
+    int64_t start_ms;      /* opened at */
+    int64_t oldest_ack_ms; /* first fast acknowledgement, 0 = none */
+    uint32_t *acks;        /* fast acknowledgements per ms since start_ms */
     size_t nacks;
-    struct svc_window *next;  /* writer's lists */
+    struct svc_window *next; /* writer's lists */
 } svc_window_t;
 
 /* Counters a loop thread keeps for /stats, written by it alone. */
 typedef struct svc_counts {
-    uint64_t accepted;   /* requests answered 200 at once */
+    uint64_t accepted; /* requests answered 200 at once */
     uint64_t accepted_items;
-    uint64_t deferred;   /* requests handed to the writer */
-    uint64_t refused;    /* 4xx answers to POST /increment */
+    uint64_t deferred; /* requests handed to the writer */
+    uint64_t refused;  /* 4xx answers to POST /increment */
 } svc_counts_t;
 
 typedef struct svc_thread {
     pthread_mutex_t lock; /* guards cur (the writer swaps it) */
     svc_window_t *cur;
     svc_counts_t counts;
-    db_t *reader;         /* for GET /counters, opened on first use */
+    db_t *reader; /* for GET /counters, opened on first use */
 } __attribute__((aligned(64))) svc_thread_t;
 
 typedef struct svc {
     svc_cfg_t cfg;
     int nthreads;
     svc_thread_t *threads;
-    int fast_open;        /* atomic: fast acknowledgements allowed (see flush.c) */
-    int loops_gone;       /* atomic: reactor_run returned, answer nobody */
-    int kick;             /* atomic: a request was deferred since the last flush began */
+    int fast_open;  /* atomic: fast acknowledgements allowed (see flush.c) */
+    int loops_gone; /* atomic: reactor_run returned, answer nobody */
+    int kick;       /* atomic: a request was deferred since the last flush began */
 
     /* The writer. */
     db_t *db;
@@ -121,20 +126,38 @@ typedef struct svc {
     pthread_mutex_t wlock;
     pthread_cond_t wcond;  /* wakes the writer */
     pthread_cond_t ccond;  /* wakes the checkpointer */
-    int stop;             /* under wlock: flush what is left and exit */
-    svc_window_t *spare;  /* writer: empty windows to hand out */
+    int stop;              /* under wlock: flush what is left and exit */
+    svc_window_t *spare;   /* writer: empty windows to hand out */
     svc_window_t *pending; /* writer: taken, not yet committed */
-    agg_t w;              /* writer: the batch of one transaction */
+    agg_t w;               /* writer: the batch of one transaction */
     int exit_status;
 
+    /* Durable: the syncer makes committed batches durable (flush.c). */
+    pthread_t syncer;
+    int sync_running;         /* the syncer thread runs: batches go to it */
+    pthread_mutex_t slock;    /* guards the three below */
+    pthread_cond_t scond;     /* wakes the syncer */
+    pthread_cond_t staken;    /* the syncer took the queue: wakes the writer */
+    struct svc_batch *sync_q; /* committed, waiting for a sync */
+    struct svc_batch **sync_tail;
+    svc_window_t *synced; /* answered: back to the writer's spare list */
+    int sync_stop;        /* under slock: sync what is queued and exit */
+
     /* Written by the writer, read by /stats (atomics). */
-    uint64_t applied, applied_reqs, deferred_ok, flushes, failed_flushes, rejected_overflow, failed_reqs;
+    uint64_t applied, applied_reqs, deferred_ok, flushes, failed_flushes, rejected_overflow,
+        failed_reqs;
     uint64_t rows_written; /* rows upserted by committed flushes */
     uint64_t last_flush_us, pending_keys, pending_items, barriers;
     uint64_t idem_replayed, idem_conflicts, idem_evicted, idem_keys;
     int64_t idem_trimmed_ms; /* writer: wall clock of the last db_idem_trim */
-    lag_hist_t lag;       /* fast acknowledgement -> commit */
-    lag_hist_t wait;      /* deferred request arrival -> commit */
+    lag_hist_t lag;          /* fast acknowledgement -> commit */
+    lag_hist_t wait;         /* deferred request arrival -> commit */
+
+    /* Past one machine (queue.c, consume.c). */
+    struct queue *queue;     /* --queue: this web node's link to Redis */
+    struct consume *consume; /* --consume: the writer's */
+    int64_t fast_until;      /* atomic, --queue: fast acknowledgements only before this
+                                (time_now_ms), while the node's lease runs; 0: no limit */
 } svc_t;
 
 /* Open the database and set up the threads' state. Returns 0, or prints
@@ -158,8 +181,23 @@ void svc_kick(svc_t *svc);
  * checkpoint every SVC_CHECKPOINT_MS, until svc->stop. */
 void *svc_checkpointer_main(void *arg);
 #define SVC_CHECKPOINT_MS 1000
+/* flush.c: the syncer thread's body (arg is the svc_t; durable mode): sync
+ * the WAL for the batches the writer committed, then answer them, while
+ * the writer writes the next batch; until svc->sync_stop and nothing is
+ * queued. */
+void *svc_syncer_main(void *arg);
 /* flush.c: the writer thread's body (arg is the svc_t). */
 void *svc_writer_main(void *arg);
+
+/* Sleep on svc->wlock until `until` (time_update's clock, ms), a kick
+ * (svc->kick) or the stop, whichever comes first. Returns svc->stop as seen
+ * under the lock. For the threads that flush windows (the writer, a web
+ * node's queue). */
+int svc_wait_work(svc_t *svc, int64_t until);
+
+/* Add window w's acknowledged ("fast") sums to the batch being built in
+ * svc->w, key by key. Returns 0 or -ENOMEM. */
+int svc_merge(svc_t *svc, svc_window_t *w);
 /* flush.c: a window for a thread, from the spare list or new (NULL if out
  * of memory). Writer thread only, or before it starts. */
 svc_window_t *svc_window_new(svc_t *svc, int64_t now);
@@ -169,5 +207,34 @@ svc_window_t *svc_window_new(svc_t *svc, int64_t now);
 int64_t svc_wall_ms(void);
 /* flush.c: free a window list. */
 void svc_window_free_list(svc_window_t *w);
+/* flush.c, for queue.c: take every thread's window (appended to
+ * svc->pending); send each deferred request of svc->pending its decided
+ * answer (its `outcome`); recycle svc->pending's windows. Writer thread. */
+void svc_take_windows(svc_t *svc);
+void svc_answer_pending(svc_t *svc);
+void svc_recycle_pending(svc_t *svc);
+
+/* queue.c (--queue, a web node): connect to Redis and register the node
+ * (0, or one line on stderr and a negative errno); the thread that hands
+ * the windows to Redis, in place of the writer (arg is the svc_t); the
+ * node's part of /stats (a JSON member, without braces around it, written
+ * into buf); free. */
+int queue_init(svc_t *svc);
+void *queue_main(void *arg);
+void queue_stats(svc_t *svc, char *buf, size_t len);
+void queue_free(svc_t *svc);
+
+/* consume.c (--consume, the writer): connect to Redis and create the
+ * consumer group (0, or one line on stderr and a negative errno); the
+ * thread that applies the stream to the database (arg is the svc_t); its
+ * part of /stats; free. */
+int consume_init(svc_t *svc);
+void *consume_main(void *arg);
+void consume_stats(svc_t *svc, char *buf, size_t len);
+void consume_free(svc_t *svc);
+
+/* The end-to-end lag (acknowledgement to commit) as this node knows it: the
+ * writer's own histogram, or what it published in Redis (a web node). */
+void svc_lag(svc_t *svc, uint64_t *n, uint64_t *max, uint64_t *p50, uint64_t *p99);
 
 #endif

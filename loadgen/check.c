@@ -91,8 +91,7 @@ static void compare_body(check_state_t *st, const check_expect_t *e, const char 
     st->seen += k;
 }
 
-static int check_http(check_state_t *st, const check_expect_t *e, char *buf, size_t len,
-                      int *done)
+static int check_http(check_state_t *st, const check_expect_t *e, char *buf, size_t len, int *done)
 {
     switch (st->phase) {
     case PH_START: {
@@ -109,9 +108,7 @@ static int check_http(check_state_t *st, const check_expect_t *e, char *buf, siz
         if (http_body_framing(res.headers, res.num_headers, &cl, &chunked) != 0)
             return CHECK_BAD;
         st->status = res.status;
-        st->outcome = res.status >= 500   ? CHECK_5XX
-                      : res.status >= 400 ? CHECK_4XX
-                                          : CHECK_OK;
+        st->outcome = res.status >= 500 ? CHECK_5XX : res.status >= 400 ? CHECK_4XX : CHECK_OK;
         const http_header_t *c = http_find_header(res.headers, res.num_headers, "connection");
         if (res.major == 1 && res.minor == 0)
             st->close = !(c && http_has_token(c->value, c->value_len, "keep-alive"));

@@ -29,21 +29,21 @@ enum check_outcome {
 /* What the answer to one kind of request must be; built once per request
  * variant before the run. */
 typedef struct check_expect {
-    int kind;             /* enum check_kind */
-    uint64_t n;           /* CHECK_RESULT: the value; CHECK_STREAM: the byte count */
-    int head;             /* HTTP: a HEAD request, whose response has no body */
-    const char *body;     /* HTTP: the exact body a 2xx must carry, NULL = any */
+    int kind;         /* enum check_kind */
+    uint64_t n;       /* CHECK_RESULT: the value; CHECK_STREAM: the byte count */
+    int head;         /* HTTP: a HEAD request, whose response has no body */
+    const char *body; /* HTTP: the exact body a 2xx must carry, NULL = any */
     size_t body_len;
 } check_expect_t;
 
 /* Progress through one response; zero it (check_reset) before each one. */
 typedef struct check_state {
     int phase;
-    int status;           /* HTTP status */
-    int outcome;          /* enum check_outcome, decided so far */
-    int close;            /* HTTP: the server closes the connection after this response */
-    uint64_t left;        /* body or STREAM bytes still to come */
-    uint64_t seen;        /* body bytes compared so far */
+    int status;    /* HTTP status */
+    int outcome;   /* enum check_outcome, decided so far */
+    int close;     /* HTTP: the server closes the connection after this response */
+    uint64_t left; /* body or STREAM bytes still to come */
+    uint64_t seen; /* body bytes compared so far */
     http_chunked_t chunked;
 } check_state_t;
 

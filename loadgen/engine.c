@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
 #include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
@@ -12,59 +11,22 @@
 #include "core/buf.h"
 #include "core/net.h"
 #include "core/timer.h"
+#include "engine_io.h"
 
 const char *const lg_err_names[LG_ERR_N] = {
     "connect", "read", "write", "timeout", "closed", "mismatch", "status_4xx", "status_5xx",
 };
 
-#define IN_CAP       16384              /* read buffer per connection */
-#define IN_MAX       (HTTP_MAX_BODY + 65536) /* a chunked body must fit whole */
-#define RETRY_MS     50                 /* pause before reconnecting after a connect error */
-#define SPIN_US      100                /* -R: poll this close to a send time */
-#define MAX_WAIT_US  100000             /* wake up at least this often (SIGINT, progress) */
+#define IN_CAP      16384                   /* read buffer per connection */
+#define IN_MAX      (HTTP_MAX_BODY + 65536) /* a chunked body must fit whole */
+#define RETRY_MS    50                      /* pause before reconnecting after a connect error */
+#define SPIN_US     100                     /* -R: poll this close to a send time */
+#define MAX_WAIT_US 100000                  /* wake up at least this often (SIGINT, progress) */
 
-enum { C_IDLE, C_CONNECTING, C_OPEN, C_DONE };
-
-/* One request in flight. */
-typedef struct slot {
-    int64_t intended_us; /* when it should have been sent (-R), else when it was */
-    int64_t sent_us;
-    uint32_t variant;
-    uint32_t key;        /* increment mode */
-    int32_t value;
-} slot_t;
-
-typedef struct conn {
-    int fd;
-    int state;
-    unsigned armed;      /* epoll events registered */
-    buf_t in;
-    char *out;           /* requests waiting to be written: out[out_off..out_len) */
-    size_t out_off, out_len;
-    slot_t *ring;        /* in flight, oldest at head */
-    unsigned head, count;
-    check_state_t ck;
-    timer_node_t tmo;    /* ms: the oldest request's timeout, or the connect timeout */
-    timer_node_t pace;   /* us: the next intended send (-R), or a reconnect pause */
-    uint64_t issued;     /* requests this connection has sent */
-    double next_us;      /* -R: intended time of the next request */
-} conn_t;
-
-typedef struct loop {
-    lg_thread_t *th;
-    const lg_run_t *run;
-    const lg_opts_t *o;
-    const lg_workload_t *w;
-    int ep;
-    conn_t *conns;
-    timers_t tmo;         /* ms deadlines (core timers) */
-    timers_t pace;        /* us deadlines, same structure */
-    uint64_t rng;
-    uint64_t issued;      /* toward the -n quota */
-    int stopping;         /* no new requests */
-    int64_t now;          /* us, read after each wake-up and each read */
-    double interval_us;   /* -R: time between requests of one connection */
-} loop_t;
+/* The engine's own names for the types engine_io.h shares with the backends. */
+typedef lg_slot_t slot_t;
+typedef lg_conn_t conn_t;
+typedef lg_loop_t loop_t;
 
 static inline uint64_t rng_next(uint64_t *s)
 {
@@ -77,46 +39,64 @@ static inline uint64_t rng_next(uint64_t *s)
     return x * 0x2545F4914F6CDD1DULL;
 }
 
-#define conn_of(node, field) ((conn_t *)((char *)(node) - offsetof(conn_t, field)))
+#define conn_of(node, field) ((conn_t *)((char *)(node)-offsetof(conn_t, field)))
 
 /* ---- statistics ---- */
 
+/* Move the current second's latencies into its slot. A failed allocation
+ * loses them (the counts were already in the slot). */
 static void sec_flush(lg_thread_t *th)
 {
-    lg_stats_t *st = &th->st;
-    if (th->cur_sec < 0)
+    if (th->cur_sec < 0 || persec_grow(&th->st.secs, (size_t)th->cur_sec + 1) < 0)
         return;
-    size_t need = (size_t)th->cur_sec + 1;
-    if (need > st->nsecs) {
-        lg_sec_t *s = realloc(st->secs, need * sizeof *s);
-        if (!s)
-            return;
-        memset(s + st->nsecs, 0, (need - st->nsecs) * sizeof *s);
-        st->secs = s;
-        st->nsecs = need;
-    }
-    lg_sec_t *sec = &st->secs[th->cur_sec];
-    hist_t *h = &th->sec_hist;
-    if (h->count > 0) {
-        uint32_t n = 0;
-        for (unsigned i = 0; i < HIST_BUCKETS; i++)
-            n += h->counts[i] != 0;
-        uint32_t *p = realloc(sec->pairs, 2 * (size_t)(sec->n + n) * sizeof *p);
-        if (p) {
-            /* A second is flushed once, unless a thread's clock went back;
-             * append and let the merge combine duplicates. */
-            uint32_t k = sec->n;
-            for (unsigned i = 0; i < HIST_BUCKETS; i++)
-                if (h->counts[i]) {
-                    p[2 * k] = i;
-                    p[2 * k + 1] = (uint32_t)h->counts[i];
-                    k++;
-                }
-            sec->pairs = p;
-            sec->n = k;
+    const lg_sec_t *sec = &th->st.secs.v[th->cur_sec];
+    (void)persec_add_hist(&th->st.secs.v[th->cur_sec], &th->sec_hist);
+    if (th->run->publish) {
+        /* Once a second: the lock is never in the way of a request. */
+        struct engine_pub *p = &th->pub[th->cur_sec % ENGINE_PUB_SLOTS];
+        pthread_mutex_lock(&th->pub_mu);
+        if (p->sec != th->cur_sec) {
+            /* What an older second left here was published without it
+             * (the main thread gave up waiting): never count it twice. */
+            hist_reset(&p->lat);
+            p->requests = p->errors = 0;
         }
-        hist_reset(h);
+        p->sec = th->cur_sec;
+        hist_merge(&p->lat, &th->sec_hist);
+        p->requests += sec->requests;
+        p->errors += sec->errors;
+        pthread_mutex_unlock(&th->pub_mu);
     }
+    hist_reset(&th->sec_hist);
+}
+
+void engine_pub_init(lg_thread_t *th)
+{
+    pthread_mutex_init(&th->pub_mu, NULL);
+    for (int i = 0; i < ENGINE_PUB_SLOTS; i++) {
+        th->pub[i].sec = -1;
+        hist_reset(&th->pub[i].lat);
+        th->pub[i].requests = th->pub[i].errors = 0;
+    }
+    atomic_store(&th->pub_done, -1);
+}
+
+void engine_take_published(lg_thread_t *th, int64_t sec, hist_t *h, uint64_t *requests,
+                           uint64_t *errors)
+{
+    struct engine_pub *p = &th->pub[sec % ENGINE_PUB_SLOTS];
+    pthread_mutex_lock(&th->pub_mu);
+    if (p->sec == sec) {
+        hist_merge(h, &p->lat);
+        *requests += p->requests;
+        *errors += p->errors;
+    }
+    if (p->sec >= 0 && p->sec <= sec) {
+        hist_reset(&p->lat);
+        p->requests = p->errors = 0;
+        p->sec = -1;
+    }
+    pthread_mutex_unlock(&th->pub_mu);
 }
 
 /* The per-second slot for time `now`; returns NULL outside the window. */
@@ -129,18 +109,11 @@ static lg_sec_t *sec_at(loop_t *l, int64_t now)
     if (s != th->cur_sec) {
         sec_flush(th);
         th->cur_sec = s;
-        lg_stats_t *st = &th->st;
-        if ((size_t)s >= st->nsecs) {
-            size_t need = (size_t)s + 1;
-            lg_sec_t *p = realloc(st->secs, need * sizeof *p);
-            if (!p)
-                return NULL;
-            memset(p + st->nsecs, 0, (need - st->nsecs) * sizeof *p);
-            st->secs = p;
-            st->nsecs = need;
-        }
+        atomic_store_explicit(&th->pub_done, s - 1, memory_order_release);
     }
-    return &th->st.secs[s];
+    if (persec_grow(&th->st.secs, (size_t)s + 1) < 0)
+        return NULL;
+    return &th->st.secs.v[s];
 }
 
 static void count_error(loop_t *l, int cls, const char *text)
@@ -199,15 +172,6 @@ static void complete(loop_t *l, const slot_t *s, int outcome, int status)
 
 static void conn_connect(loop_t *l, conn_t *c);
 
-static void arm(loop_t *l, conn_t *c, unsigned ev)
-{
-    if (ev == c->armed)
-        return;
-    struct epoll_event e = {.events = ev, .data.ptr = c};
-    epoll_ctl(l->ep, c->armed ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd, &e);
-    c->armed = ev;
-}
-
 /* Close c, counting one error of class cls (-1: none) with text, and replace
  * it unless the run is ending. Requests still in flight are lost: in
  * increment mode their values go to the unacknowledged sums. */
@@ -223,16 +187,18 @@ static void conn_close(loop_t *l, conn_t *c, int cls, const char *text)
             st->unacked_requests++;
         }
     }
-    if (c->fd >= 0)
-        close(c->fd); /* also leaves the epoll set */
+    if (c->fd >= 0) {
+        l->be->forget(l, c);
+        close(c->fd);
+    }
     c->fd = -1;
-    c->armed = 0;
+    c->gen++;
     c->count = 0;
     c->head = 0;
     c->out_off = c->out_len = 0;
     c->in.off = c->in.len = 0;
     check_reset(&c->ck);
-    timers_set(&l->tmo, &c->tmo, 0);
+    (void)timers_set(&l->tmo, &c->tmo, 0);
     c->state = C_IDLE;
     if (l->stopping) {
         c->state = C_DONE;
@@ -240,7 +206,7 @@ static void conn_close(loop_t *l, conn_t *c, int cls, const char *text)
     }
     if (cls == LG_ERR_CONNECT) {
         /* Do not spin on a server that refuses: try again shortly. */
-        timers_set(&l->pace, &c->pace, l->now + RETRY_MS * 1000);
+        (void)timers_set(&l->pace, &c->pace, l->now + RETRY_MS * 1000);
         if (l->th->quota)
             l->issued++; /* a failed connect uses up quota, so -n always ends */
         return;
@@ -261,44 +227,29 @@ static void conn_connect(loop_t *l, conn_t *c)
     }
     c->fd = fd;
     c->state = C_CONNECTING;
-    arm(l, c, EPOLLOUT);
-    timers_set(&l->tmo, &c->tmo, time_now_ms() + l->o->timeout_ms);
+    int rc = l->be->watch(l, c);
+    if (rc < 0) {
+        char text[LG_ERR_TEXT];
+        snprintf(text, sizeof text, "%s: %s", l->be->name, strerror(-rc));
+        conn_close(l, c, LG_ERR_CONNECT, text);
+        return;
+    }
+    (void)timers_set(&l->tmo, &c->tmo, time_now_ms() + l->o->timeout_ms);
 }
 
-/* Write what is waiting. Returns 0, or -1 when c was closed. */
-static int conn_flush(loop_t *l, conn_t *c)
+void engine_failed(loop_t *l, conn_t *c, int cls, int err)
 {
-    while (c->out_off < c->out_len) {
-        ssize_t n = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno == EAGAIN)
-                break;
-            char text[LG_ERR_TEXT];
-            snprintf(text, sizeof text, "write: %s", strerror(errno));
-            conn_close(l, c, LG_ERR_WRITE, text);
-            return -1;
-        }
-        c->out_off += (size_t)n;
-    }
-    if (c->out_off == c->out_len) {
-        c->out_off = c->out_len = 0;
-        arm(l, c, EPOLLIN);
-    } else {
-        arm(l, c, EPOLLIN | EPOLLOUT);
-    }
-    return 0;
+    char text[LG_ERR_TEXT];
+    snprintf(text, sizeof text, "%s: %s", cls == LG_ERR_WRITE ? "write" : "read", strerror(err));
+    conn_close(l, c, cls, text);
 }
 
-/* Queue as many requests as the pipeline, the schedule and the quota allow,
- * then write them with one write. Returns 0, or -1 when c was closed. */
-static int conn_pump(loop_t *l, conn_t *c)
+int engine_pump(loop_t *l, conn_t *c)
 {
     const lg_workload_t *w = l->w;
     unsigned depth = l->o->pipeline;
     int added = 0;
-    if (c->out_off > 0) {
+    if (c->out_off > 0 && !c->pinned) {
         /* Bytes already written still sit at the front while the rest of a
          * partial write waits: make room, or the buffer would overflow. */
         memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
@@ -308,12 +259,16 @@ static int conn_pump(loop_t *l, conn_t *c)
     while (c->count < depth && !l->stopping) {
         if (l->th->quota && l->issued >= l->th->quota)
             break;
+        /* A send in flight pins what it reads: new requests go after it,
+         * and wait for the next pump when there is no room left. */
+        if (c->out_len + w->max_len > l->out_cap)
+            break;
         int64_t intended = l->now;
         if (l->o->rate > 0) {
             if (c->next_us > (double)l->now) {
                 /* Round up: a fractional deadline truncated down to `now`
                  * would be due at once, and the pace loop would never end. */
-                timers_set(&l->pace, &c->pace, (int64_t)c->next_us + 1);
+                (void)timers_set(&l->pace, &c->pace, (int64_t)c->next_us + 1);
                 break;
             }
             intended = (int64_t)c->next_us;
@@ -326,7 +281,10 @@ static int conn_pump(loop_t *l, conn_t *c)
             uint64_t r = rng_next(&l->rng);
             s->variant = 0;
             s->key = (uint32_t)(r % w->incr_keys);
-            s->value = (int32_t)((r >> 32) % (2 * (uint64_t)w->incr_max + 1)) - w->incr_max;
+            if (w->incr_positive)
+                s->value = (int32_t)((r >> 32) % (uint64_t)(w->incr_max ? w->incr_max : 1)) + 1;
+            else
+                s->value = (int32_t)((r >> 32) % (2 * (uint64_t)w->incr_max + 1)) - w->incr_max;
             c->out_len += workload_increment(w, c->out + c->out_len, s->key, s->value);
         } else {
             unsigned v = workload_pick(w, c->issued, w->random_pick ? rng_next(&l->rng) : 0);
@@ -335,14 +293,14 @@ static int conn_pump(loop_t *l, conn_t *c)
             c->out_len += w->v[v].len;
         }
         if (c->count == 0)
-            timers_set(&l->tmo, &c->tmo, s->sent_us / 1000 + l->o->timeout_ms);
+            (void)timers_set(&l->tmo, &c->tmo, s->sent_us / 1000 + l->o->timeout_ms);
         c->count++;
         c->issued++;
         l->issued++;
         added = 1;
     }
     if (added)
-        return conn_flush(l, c);
+        return l->be->flush(l, c);
     return 0;
 }
 
@@ -351,13 +309,10 @@ static const check_expect_t *expect_of(loop_t *l, const slot_t *s)
     return l->w->incr_keys ? &l->w->incr_expect : &l->w->v[s->variant].expect;
 }
 
-/* Peer closed, or read failed. */
-static void conn_eof(loop_t *l, conn_t *c, int err)
+void engine_eof(loop_t *l, conn_t *c, int err)
 {
-    char text[LG_ERR_TEXT];
     if (err) {
-        snprintf(text, sizeof text, "read: %s", strerror(err));
-        conn_close(l, c, LG_ERR_READ, text);
+        engine_failed(l, c, LG_ERR_READ, err);
         return;
     }
     if (c->count > 0 && check_eof(&c->ck)) {
@@ -372,21 +327,19 @@ static void conn_eof(loop_t *l, conn_t *c, int err)
         conn_close(l, c, -1, NULL);
 }
 
-static void conn_readable(loop_t *l, conn_t *c)
+int engine_in_room(loop_t *l, conn_t *c, size_t want)
+{
+    if (buf_room(&c->in) < want && buf_reserve(&c->in, want, IN_MAX) < 0) {
+        conn_close(l, c, LG_ERR_READ, "response too large for the read buffer");
+        return -1;
+    }
+    return 0;
+}
+
+void engine_received(loop_t *l, conn_t *c, size_t n)
 {
     unsigned depth = l->o->pipeline;
-    if (buf_room(&c->in) < 4096 && buf_reserve(&c->in, 4096, IN_MAX) < 0) {
-        conn_close(l, c, LG_ERR_READ, "response too large for the read buffer");
-        return;
-    }
-    ssize_t n = read(c->fd, c->in.data + c->in.len, buf_room(&c->in));
-    if (n <= 0) {
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return;
-        conn_eof(l, c, n < 0 ? errno : 0);
-        return;
-    }
-    c->in.len += (size_t)n;
+    c->in.len += n;
     l->now = time_now_us();
 
     int close_after = 0;
@@ -422,37 +375,23 @@ static void conn_readable(loop_t *l, conn_t *c)
         return;
     }
     if (c->count > 0)
-        timers_set(&l->tmo, &c->tmo, c->ring[c->head].sent_us / 1000 + l->o->timeout_ms);
-    conn_pump(l, c);
+        (void)timers_set(&l->tmo, &c->tmo, c->ring[c->head].sent_us / 1000 + l->o->timeout_ms);
+    engine_pump(l, c);
 }
 
-static void conn_event(loop_t *l, conn_t *c, unsigned ev)
+void engine_connected(loop_t *l, conn_t *c, int err)
 {
-    if (c->state == C_CONNECTING) {
-        int rc = net_connect_result(c->fd);
-        if (rc < 0) {
-            char text[LG_ERR_TEXT];
-            snprintf(text, sizeof text, "connect: %s", strerror(-rc));
-            conn_close(l, c, LG_ERR_CONNECT, text);
-            return;
-        }
-        c->state = C_OPEN;
-        timers_set(&l->tmo, &c->tmo, 0);
-        arm(l, c, EPOLLIN);
-        if (l->o->rate > 0 && c->next_us < (double)l->run->start_us)
-            c->next_us = (double)l->run->start_us;
-        conn_pump(l, c);
+    if (err < 0) {
+        char text[LG_ERR_TEXT];
+        snprintf(text, sizeof text, "connect: %s", strerror(-err));
+        conn_close(l, c, LG_ERR_CONNECT, text);
         return;
     }
-    if (c->state != C_OPEN)
-        return;
-    if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
-        conn_readable(l, c);
-        if (c->state != C_OPEN || c->fd < 0)
-            return;
-    }
-    if ((ev & EPOLLOUT) && c->out_off < c->out_len)
-        conn_flush(l, c);
+    c->state = C_OPEN;
+    (void)timers_set(&l->tmo, &c->tmo, 0);
+    if (l->o->rate > 0 && c->next_us < (double)l->run->start_us)
+        c->next_us = (double)l->run->start_us;
+    engine_pump(l, c);
 }
 
 /* The oldest request's timeout (or the connect timeout) may have passed. */
@@ -468,7 +407,7 @@ static void conn_timeout(loop_t *l, conn_t *c)
         return;
     int64_t due = c->ring[c->head].sent_us / 1000 + l->o->timeout_ms;
     if (due > time_now_ms()) {
-        timers_set(&l->tmo, &c->tmo, due);
+        (void)timers_set(&l->tmo, &c->tmo, due);
         return;
     }
     snprintf(text, sizeof text, "no response in %lld ms", (long long)l->o->timeout_ms);
@@ -495,15 +434,18 @@ static int loop_init(loop_t *l, lg_thread_t *th)
     l->run = run;
     l->o = run->o;
     l->w = run->w;
+    l->be = run->backend ? run->backend : &engine_epoll;
     l->rng = run->o->seed * 0x9E3779B97F4A7C15ULL + th->id + 1;
     if (l->rng == 0)
         l->rng = 1;
     th->cur_sec = -1;
     if (l->o->rate > 0)
         l->interval_us = 1e6 * l->o->connections / l->o->rate;
-    l->ep = epoll_create1(EPOLL_CLOEXEC);
     l->conns = calloc(th->nconns, sizeof *l->conns);
-    if (l->ep < 0 || !l->conns)
+    /* Each connection files at most one node in each heap: with room for
+     * all of them, no timers_set below can fail (and lose a timeout). */
+    if (!l->conns || timers_reserve(&l->tmo, th->nconns) < 0 ||
+        timers_reserve(&l->pace, th->nconns) < 0)
         return -ENOMEM;
     if (l->w->incr_keys) {
         th->st.acked = calloc(l->w->incr_keys, sizeof(int64_t));
@@ -511,18 +453,21 @@ static int loop_init(loop_t *l, lg_thread_t *th)
         if (!th->st.acked || !th->st.unacked)
             return -ENOMEM;
     }
-    size_t out_cap = (size_t)l->o->pipeline * l->w->max_len + 64;
+    /* A pipeline's worth of requests, twice: while a send in flight pins the
+     * first (engine_uring.c), answers to its front can free slots for more. */
+    l->out_cap = 2 * (size_t)l->o->pipeline * l->w->max_len + 64;
     for (unsigned i = 0; i < th->nconns; i++) {
         conn_t *c = &l->conns[i];
         c->fd = -1;
-        c->out = malloc(out_cap);
+        c->out = malloc(l->out_cap);
         c->ring = calloc(l->o->pipeline, sizeof *c->ring);
         if (!c->out || !c->ring || buf_reserve(&c->in, IN_CAP, IN_MAX) < 0)
             return -ENOMEM;
         /* -R: stagger the connections' schedules evenly over one interval. */
-        c->next_us = (double)run->start_us + l->interval_us * (th->first_conn + i) / l->o->connections;
+        c->next_us =
+            (double)run->start_us + l->interval_us * (th->first_conn + i) / l->o->connections;
     }
-    return 0;
+    return l->be->init(l);
 }
 
 static void loop_free(loop_t *l)
@@ -531,6 +476,13 @@ static void loop_free(loop_t *l)
         conn_t *c = &l->conns[i];
         if (c->fd >= 0)
             close(c->fd);
+    }
+    /* The backend's requests end with its state, before the buffers they
+     * point into are freed. */
+    if (l->be)
+        l->be->free(l);
+    for (unsigned i = 0; l->conns && i < l->th->nconns; i++) {
+        conn_t *c = &l->conns[i];
         buf_free(&c->in);
         free(c->out);
         free(c->ring);
@@ -538,13 +490,11 @@ static void loop_free(loop_t *l)
     free(l->conns);
     timers_free(&l->tmo);
     timers_free(&l->pace);
-    if (l->ep >= 0)
-        close(l->ep);
 }
 
-/* Wait for events until `until_us` at the latest, with microsecond
- * precision: -R schedules need better than epoll_wait's milliseconds. */
-static int wait_events(loop_t *l, struct epoll_event *evs, int max, int64_t until_us)
+/* Microseconds the backend may sleep for, to wake up by `until_us`: -R
+ * schedules need better than milliseconds. */
+static int64_t wait_budget(loop_t *l, int64_t until_us)
 {
     int64_t d = until_us - time_now_us();
     if (d < 0)
@@ -554,11 +504,7 @@ static int wait_events(loop_t *l, struct epoll_event *evs, int max, int64_t unti
      * rest of the way, so the send is on time. */
     if (l->o->rate > 0)
         d = d > SPIN_US ? d - SPIN_US : 0;
-    struct timespec ts = {.tv_sec = d / 1000000, .tv_nsec = (d % 1000000) * 1000};
-    int n = epoll_pwait2(l->ep, evs, max, &ts, NULL);
-    if (n < 0 && errno == ENOSYS)
-        n = epoll_wait(l->ep, evs, max, (int)((d + 999) / 1000));
-    return n;
+    return d;
 }
 
 void *engine_thread(void *arg)
@@ -566,7 +512,6 @@ void *engine_thread(void *arg)
     lg_thread_t *th = arg;
     const lg_run_t *run = th->run;
     loop_t l;
-    struct epoll_event evs[256];
     int drain = run->w->incr_keys > 0; /* increment sums must be exact: wait for answers */
 
     if ((th->rc = loop_init(&l, th)) < 0)
@@ -583,10 +528,16 @@ void *engine_thread(void *arg)
     int64_t drain_until = 0;
     for (;;) {
         int stop = atomic_load_explicit(&run->stop, memory_order_relaxed);
-        if (!l.stopping && (l.now >= run->end_us || stop ||
-                            (th->quota && l.issued >= th->quota))) {
+        if (!l.stopping && (l.now >= run->end_us || stop || (th->quota && l.issued >= th->quota))) {
             l.stopping = 1;
             drain_until = l.now + l.o->timeout_ms * 1000 + 100000;
+            if (l.now >= run->end_us) {
+                /* Past the window nothing counts any more (sec_at): the last
+                 * second is complete now, not at the end of the drain. */
+                sec_flush(th);
+                th->cur_sec = -1;
+                atomic_store_explicit(&th->pub_done, INT64_MAX, memory_order_release);
+            }
         }
         if (l.stopping) {
             if (stop || all_quiet(&l) || l.now >= drain_until)
@@ -602,11 +553,10 @@ void *engine_thread(void *arg)
             until = l.now + (int64_t)t * 1000;
         if (l.pace.n > 0 && l.pace.heap[0]->when < until)
             until = l.pace.heap[0]->when;
-        int n = wait_events(&l, evs, 256, until);
+        if ((th->rc = l.be->wait(&l, wait_budget(&l, until))) < 0)
+            break;
         l.now = time_now_us();
         time_update();
-        for (int i = 0; i < n; i++)
-            conn_event(&l, evs[i].data.ptr, evs[i].events);
         timer_node_t *node;
         while ((node = timers_expired(&l.tmo, time_now_ms())) != NULL)
             conn_timeout(&l, conn_of(node, tmo));
@@ -615,8 +565,12 @@ void *engine_thread(void *arg)
             if (c->state == C_IDLE)
                 conn_connect(&l, c); /* the pause after a connect error is over */
             else if (c->state == C_OPEN)
-                conn_pump(&l, c);
+                engine_pump(&l, c);
         }
+        /* Watched live: finish a second when it ends, not at the next answer,
+         * so that a stalled server's second is published on time. */
+        if (run->publish)
+            (void)sec_at(&l, l.now);
         atomic_store_explicit(&th->live_requests, th->st.requests, memory_order_relaxed);
         uint64_t e = 0;
         for (int k = 0; k < LG_ERR_N; k++)
@@ -625,6 +579,7 @@ void *engine_thread(void *arg)
     }
     th->st.finish_us = l.now;
     sec_flush(th);
+    th->cur_sec = -1;
     /* Requests still in flight at the end are not answers; in increment mode
      * their values may or may not have been applied. */
     l.stopping = 1;
@@ -632,57 +587,12 @@ void *engine_thread(void *arg)
         if (l.conns[i].fd >= 0)
             conn_close(&l, &l.conns[i], -1, NULL);
 out:
+    atomic_store_explicit(&th->pub_done, INT64_MAX, memory_order_release);
     loop_free(&l);
     return NULL;
 }
 
 /* ---- merging ---- */
-
-static int sec_merge(lg_sec_t *dst, const lg_sec_t *src)
-{
-    dst->requests += src->requests;
-    dst->errors += src->errors;
-    if (src->n == 0)
-        return 0;
-    uint32_t *p = malloc(2 * (size_t)(dst->n + src->n) * sizeof *p);
-    if (!p)
-        return -ENOMEM;
-    /* Both lists are sorted by bucket except for rare appended runs; a
-     * counting pass over the buckets keeps it simple and exact. */
-    static __thread uint64_t tmp[HIST_BUCKETS];
-    memset(tmp, 0, sizeof tmp);
-    for (uint32_t i = 0; i < dst->n; i++)
-        tmp[dst->pairs[2 * i]] += dst->pairs[2 * i + 1];
-    for (uint32_t i = 0; i < src->n; i++)
-        tmp[src->pairs[2 * i]] += src->pairs[2 * i + 1];
-    uint32_t k = 0;
-    for (unsigned i = 0; i < HIST_BUCKETS; i++)
-        if (tmp[i]) {
-            p[2 * k] = i;
-            p[2 * k + 1] = (uint32_t)tmp[i];
-            k++;
-        }
-    free(dst->pairs);
-    dst->pairs = p;
-    dst->n = k;
-    return 0;
-}
-
-uint64_t engine_sec_p99(const lg_sec_t *s)
-{
-    uint64_t total = 0, seen = 0;
-    for (uint32_t i = 0; i < s->n; i++)
-        total += s->pairs[2 * i + 1];
-    if (total == 0)
-        return 0;
-    uint64_t rank = (total * 99 + 99) / 100;
-    for (uint32_t i = 0; i < s->n; i++) {
-        seen += s->pairs[2 * i + 1];
-        if (seen >= rank)
-            return hist_bucket_high(s->pairs[2 * i]);
-    }
-    return 0;
-}
 
 int engine_stats_merge(lg_stats_t *dst, const lg_stats_t *src, unsigned keys)
 {
@@ -696,17 +606,8 @@ int engine_stats_merge(lg_stats_t *dst, const lg_stats_t *src, unsigned keys)
             dst->first_us[k] = src->first_us[k];
         }
     }
-    if (src->nsecs > dst->nsecs) {
-        lg_sec_t *s = realloc(dst->secs, src->nsecs * sizeof *s);
-        if (!s)
-            return -ENOMEM;
-        memset(s + dst->nsecs, 0, (src->nsecs - dst->nsecs) * sizeof *s);
-        dst->secs = s;
-        dst->nsecs = src->nsecs;
-    }
-    for (size_t i = 0; i < src->nsecs; i++)
-        if (sec_merge(&dst->secs[i], &src->secs[i]) < 0)
-            return -ENOMEM;
+    if (persec_merge(&dst->secs, &src->secs) < 0)
+        return -ENOMEM;
     if (keys && src->acked) {
         if (!dst->acked) {
             dst->acked = calloc(keys, sizeof(int64_t));
@@ -728,12 +629,8 @@ int engine_stats_merge(lg_stats_t *dst, const lg_stats_t *src, unsigned keys)
 
 void engine_stats_free(lg_stats_t *st)
 {
-    for (size_t i = 0; i < st->nsecs; i++)
-        free(st->secs[i].pairs);
-    free(st->secs);
+    persec_free(&st->secs);
     free(st->acked);
     free(st->unacked);
-    st->secs = NULL;
-    st->nsecs = 0;
     st->acked = st->unacked = NULL;
 }

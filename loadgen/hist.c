@@ -84,8 +84,7 @@ double hist_stddev(const hist_t *h)
 
 int hist_write_hgrm(const hist_t *h, FILE *f)
 {
-    fprintf(f, "%12s %14s %10s %14s\n\n", "Value", "Percentile", "TotalCount",
-            "1/(1-Percentile)");
+    fprintf(f, "%12s %14s %10s %14s\n\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
     if (h->count > 0) {
         /* As HdrHistogram's percentile iterator: 5 ticks per halving of the
          * distance to 100%, so the tail gets ever finer steps. */

@@ -17,10 +17,10 @@
 #define HIST_BUCKETS  3328          /* index of HIST_MAX_US, plus one */
 
 typedef struct hist {
-    uint64_t count;  /* values recorded */
+    uint64_t count; /* values recorded */
     uint64_t min, max;
-    double sum;      /* for the mean (exact, not bucketed) */
-    double sumsq;    /* for the standard deviation */
+    double sum;   /* for the mean (exact, not bucketed) */
+    double sumsq; /* for the standard deviation */
     uint64_t counts[HIST_BUCKETS];
 } hist_t;
 
@@ -30,9 +30,8 @@ void hist_reset(hist_t *h);
 /* Bucket of value v (already clamped to HIST_MAX_US). */
 static inline unsigned hist_index(uint64_t v)
 {
-    unsigned shift = v < (1u << (HIST_SUB_BITS + 1))
-                         ? 0
-                         : (unsigned)(63 - __builtin_clzll(v)) - HIST_SUB_BITS;
+    unsigned shift =
+        v < (1u << (HIST_SUB_BITS + 1)) ? 0 : (unsigned)(63 - __builtin_clzll(v)) - HIST_SUB_BITS;
     return (shift << HIST_SUB_BITS) + (unsigned)(v >> shift);
 }
 

@@ -2,111 +2,18 @@
 
 #include <ctype.h>
 #include <errno.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
 
+#include "core/opt.h"
 #include "core/proto.h"
-
-const char opts_usage[] =
-    "usage: loadgen [options] TARGET\n"
-    "  TARGET                http://HOST:PORT/PATH (HTTP/1.1) or tcp://HOST:PORT (line protocol)\n"
-    "  -c, --connections N   connections (default 10)\n"
-    "  -t, --threads N       threads (default 1)\n"
-    "  -d, --duration T      measured time: 10s, 500ms, 2m (default 10s unless -n)\n"
-    "  -n, --requests N      stop after N requests\n"
-    "      --warmup T        run this long first without measuring\n"
-    "  -R, --rate N          open loop: N requests/s in total, latency from intended send time\n"
-    "      --pipeline N      requests in flight per connection (default 1)\n"
-    "      --timeout T       per-request timeout (default 2s)\n"
-    "      --mix SPEC        line protocol mix, e.g. \"PING:80,BURN 1000:10,WAIT 1:10\"\n"
-    "  -m, --method M        HTTP method (default GET)\n"
-    "  -H, --header H        extra HTTP header \"Name: value\" (repeatable)\n"
-    "      --body S|@FILE    HTTP request body\n"
-    "      --path P          another HTTP path in rotation (repeatable)\n"
-    "      --increment KEYS  POST /increment key=<k>&value=<v> over KEYS keys, sums in JSON\n"
-    "      --increment-max V values drawn from -V..V (default 10000)\n"
-    "      --idle N          hold N extra idle connections\n"
-    "      --slowloris N     N connections sending a request one byte per second\n"
-    "      --slow-readers N  N connections reading a large STREAM slowly\n"
-    "      --slow-read-rate B bytes/s each slow reader reads (default 4096)\n"
-    "      --server-pid PID  sample that process from /proc during the run\n"
-    "      --metrics URL     scrape this Prometheus endpoint before and after the run\n"
-    "      --wait-ready T    wait up to T for the target to accept connections\n"
-    "      --json FILE       write the results as JSON\n"
-    "      --hgrm FILE       write the latency distribution in HdrHistogram .hgrm format\n"
-    "      --seed N          random seed (mix, increment keys and values)\n"
-    "  -q, --quiet           no human summary on stdout\n"
-    "      --help, --version\n";
-
-enum {
-    O_WARMUP = 256, O_PIPELINE, O_TIMEOUT, O_MIX, O_BODY, O_PATH, O_INCREMENT, O_INCR_MAX,
-    O_IDLE, O_SLOWLORIS, O_SLOW_READERS, O_SLOW_RATE, O_SERVER_PID, O_METRICS, O_WAIT_READY,
-    O_JSON, O_HGRM, O_SEED, O_HELP, O_VERSION,
-};
-
-static const struct option longopts[] = {
-    {"connections", required_argument, NULL, 'c'},
-    {"threads", required_argument, NULL, 't'},
-    {"duration", required_argument, NULL, 'd'},
-    {"requests", required_argument, NULL, 'n'},
-    {"rate", required_argument, NULL, 'R'},
-    {"method", required_argument, NULL, 'm'},
-    {"header", required_argument, NULL, 'H'},
-    {"quiet", no_argument, NULL, 'q'},
-    {"warmup", required_argument, NULL, O_WARMUP},
-    {"pipeline", required_argument, NULL, O_PIPELINE},
-    {"timeout", required_argument, NULL, O_TIMEOUT},
-    {"mix", required_argument, NULL, O_MIX},
-    {"body", required_argument, NULL, O_BODY},
-    {"path", required_argument, NULL, O_PATH},
-    {"increment", required_argument, NULL, O_INCREMENT},
-    {"increment-max", required_argument, NULL, O_INCR_MAX},
-    {"idle", required_argument, NULL, O_IDLE},
-    {"slowloris", required_argument, NULL, O_SLOWLORIS},
-    {"slow-readers", required_argument, NULL, O_SLOW_READERS},
-    {"slow-read-rate", required_argument, NULL, O_SLOW_RATE},
-    {"server-pid", required_argument, NULL, O_SERVER_PID},
-    {"metrics", required_argument, NULL, O_METRICS},
-    {"wait-ready", required_argument, NULL, O_WAIT_READY},
-    {"json", required_argument, NULL, O_JSON},
-    {"hgrm", required_argument, NULL, O_HGRM},
-    {"seed", required_argument, NULL, O_SEED},
-    {"help", no_argument, NULL, O_HELP},
-    {"version", no_argument, NULL, O_VERSION},
-    {NULL, 0, NULL, 0},
-};
 
 int opts_parse_duration(const char *s, int64_t *us)
 {
-    char *end;
-    if (!s || !*s || !(isdigit((unsigned char)*s) || *s == '.'))
-        return -EINVAL;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s)
-        return -EINVAL;
-    double mult;
-    if (*end == '\0' || strcmp(end, "s") == 0)
-        mult = 1e6;
-    else if (strcmp(end, "ms") == 0)
-        mult = 1e3;
-    else if (strcmp(end, "us") == 0)
-        mult = 1;
-    else if (strcmp(end, "m") == 0)
-        mult = 60e6;
-    else if (strcmp(end, "h") == 0)
-        mult = 3600e6;
-    else
-        return -EINVAL;
-    v *= mult;
-    if (v < 0 || v > 1e15)
-        return -EINVAL;
-    *us = (int64_t)(v + 0.5);
-    return 0;
+    return opt_parse_duration(s, us);
 }
 
 /* A whole decimal number in [min, max]. */
@@ -222,6 +129,10 @@ int opts_parse_mix(lg_opts_t *o, const char *text, char *err, size_t errlen)
             snprintf(err, errlen, "bad --mix command '%s': %s", s, pl.err ? pl.err : "invalid");
             return -EINVAL;
         }
+        if (pl.cmd == CMD_JOIN || pl.cmd == CMD_SAY || pl.cmd == CMD_LEAVE) {
+            snprintf(err, errlen, "bad --mix command '%s': the chat's load is --chat", s);
+            return -EINVAL;
+        }
         if (weight > 0) {
             strcpy(o->mix[o->nmix].cmd, s);
             o->mix[o->nmix].weight = weight;
@@ -235,8 +146,8 @@ int opts_parse_mix(lg_opts_t *o, const char *text, char *err, size_t errlen)
         goto bad;
     return 0;
 bad:
-    snprintf(err, errlen, "bad --mix '%s': expected \"CMD:WEIGHT,...\" e.g. \"PING:80,BURN 1000:20\"",
-             text);
+    snprintf(err, errlen,
+             "bad --mix '%s': expected \"CMD:WEIGHT,...\" e.g. \"PING:80,BURN 1000:20\"", text);
     return -EINVAL;
 }
 
@@ -287,215 +198,261 @@ static void set_defaults(lg_opts_t *o)
     o->slow_read_bps = 4096;
     o->slow_stream_bytes = 1ULL << 32; /* the protocol's maximum: never ends in a run */
     o->increment_max = 10000;
+    o->stream_fd = -1;
+    o->live_port = -1;
     o->seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
 }
 
-int opts_parse(lg_opts_t *o, int argc, char **argv, char *err, size_t errlen)
+/* -R: requests per second over all connections, a positive real number. */
+static int parse_rate(const char *val, void *dst, char *err, size_t errlen)
 {
-    int c, have_d = 0;
-    uint64_t v;
-    int64_t us;
-    const char *body_arg = NULL;
-    const char *extra_paths[LG_MAX_PATHS];
-    size_t nextra = 0;
-
-    set_defaults(o);
-    optind = 0; /* GNU: full re-initialisation, so tests can parse again */
-    opterr = 0;
-    char name[48];
-    int li;
-    while ((li = -1, c = getopt_long(argc, argv, ":c:t:d:n:R:m:H:q", longopts, &li)) != -1) {
-        if (li >= 0)
-            snprintf(name, sizeof name, "--%s", longopts[li].name);
-        else
-            snprintf(name, sizeof name, "-%c", c == ':' || c == '?' ? optopt : c);
-        switch (c) {
-        case 'c':
-            if (parse_num(optarg, 1, 10000000, &v) < 0)
-                goto bad_arg;
-            o->connections = (unsigned)v;
-            break;
-        case 't':
-            if (parse_num(optarg, 1, 1024, &v) < 0)
-                goto bad_arg;
-            o->threads = (unsigned)v;
-            break;
-        case 'd':
-            if (opts_parse_duration(optarg, &us) < 0 || us <= 0)
-                goto bad_arg;
-            o->duration_us = us;
-            have_d = 1;
-            break;
-        case 'n':
-            if (parse_num(optarg, 1, UINT64_MAX / 2, &v) < 0)
-                goto bad_arg;
-            o->requests = v;
-            break;
-        case 'R': {
-            char *end;
-            errno = 0;
-            double r = strtod(optarg, &end);
-            if (errno || end == optarg || *end || !(r > 0) || r > 1e9)
-                goto bad_arg;
-            o->rate = r;
-            break;
-        }
-        case 'm':
-            if (!*optarg || strpbrk(optarg, " \r\n\t"))
-                goto bad_arg;
-            o->method = optarg;
-            break;
-        case 'H':
-            if (!strchr(optarg, ':') || strpbrk(optarg, "\r\n") || o->nheaders == LG_MAX_HEADERS)
-                goto bad_arg;
-            o->headers[o->nheaders++] = optarg;
-            break;
-        case 'q':
-            o->quiet = 1;
-            break;
-        case O_WARMUP:
-            if (opts_parse_duration(optarg, &us) < 0)
-                goto bad_arg;
-            o->warmup_us = us;
-            break;
-        case O_PIPELINE:
-            if (parse_num(optarg, 1, 1024, &v) < 0)
-                goto bad_arg;
-            o->pipeline = (unsigned)v;
-            break;
-        case O_TIMEOUT:
-            if (opts_parse_duration(optarg, &us) < 0 || us < 1000)
-                goto bad_arg;
-            o->timeout_ms = us / 1000;
-            break;
-        case O_MIX:
-            o->mix_text = optarg;
-            break;
-        case O_BODY:
-            body_arg = optarg;
-            break;
-        case O_PATH:
-            if (optarg[0] != '/' || strpbrk(optarg, " \r\n\t") || nextra + 1 == LG_MAX_PATHS)
-                goto bad_arg;
-            extra_paths[nextra++] = optarg;
-            break;
-        case O_INCREMENT:
-            if (parse_num(optarg, 1, 100000000, &v) < 0)
-                goto bad_arg;
-            o->increment_keys = (unsigned)v;
-            break;
-        case O_INCR_MAX:
-            if (parse_num(optarg, 0, 1000000000, &v) < 0)
-                goto bad_arg;
-            o->increment_max = (int)v;
-            break;
-        case O_IDLE:
-            if (parse_num(optarg, 0, 10000000, &v) < 0)
-                goto bad_arg;
-            o->idle = (unsigned)v;
-            break;
-        case O_SLOWLORIS:
-            if (parse_num(optarg, 0, 1000000, &v) < 0)
-                goto bad_arg;
-            o->slowloris = (unsigned)v;
-            break;
-        case O_SLOW_READERS:
-            if (parse_num(optarg, 0, 1000000, &v) < 0)
-                goto bad_arg;
-            o->slow_readers = (unsigned)v;
-            break;
-        case O_SLOW_RATE:
-            if (parse_num(optarg, 1, 1U << 30, &v) < 0)
-                goto bad_arg;
-            o->slow_read_bps = (unsigned)v;
-            break;
-        case O_SERVER_PID:
-            if (parse_num(optarg, 1, 1U << 30, &v) < 0)
-                goto bad_arg;
-            o->server_pid = (int)v;
-            break;
-        case O_METRICS:
-            if (strncmp(optarg, "http://", 7) != 0)
-                goto bad_arg;
-            o->metrics_url = optarg;
-            break;
-        case O_WAIT_READY:
-            if (opts_parse_duration(optarg, &us) < 0)
-                goto bad_arg;
-            o->wait_ready_ms = us / 1000;
-            break;
-        case O_JSON:
-            o->json_path = optarg;
-            break;
-        case O_HGRM:
-            o->hgrm_path = optarg;
-            break;
-        case O_SEED:
-            if (parse_num(optarg, 0, UINT64_MAX, &v) < 0)
-                goto bad_arg;
-            o->seed = v;
-            break;
-        case O_HELP:
-            fputs(opts_usage, stdout);
-            return 1;
-        case O_VERSION:
-            puts("loadgen 1.0");
-            return 1;
-        case ':':
-            snprintf(err, errlen, "option '%s' needs a value",
-                     optopt ? name : argv[optind - 1]);
-            return -EINVAL;
-        default:
-            snprintf(err, errlen, "unknown option '%s' (try --help)", argv[optind - 1]);
-            return -EINVAL;
-        }
-    }
-    if (optind != argc - 1) {
-        snprintf(err, errlen, optind >= argc ? "missing TARGET (try --help)"
-                                             : "one TARGET expected, got extra '%s'",
-                 argv[argc - 1]);
+    char *end;
+    errno = 0;
+    double r = strtod(val, &end);
+    if (errno || end == val || *end || !(r > 0) || r > 1e9) {
+        snprintf(err, errlen, "expected requests per second, more than 0, at most 1e9");
         return -EINVAL;
     }
-    o->target = argv[optind];
+    *(double *)dst = r;
+    return 0;
+}
+
+/* --start-at: milliseconds since the epoch, as `date +%s%3N` prints them.
+ * Seconds (ten digits) would mean 1970: refused rather than started now. */
+static int parse_start_at(const char *val, void *dst, char *err, size_t errlen)
+{
+    uint64_t v;
+    if (parse_num(val, 1000000000000ULL, 99999999999999ULL, &v) < 0) {
+        snprintf(err, errlen, "expected milliseconds since the epoch (13 digits: date +%%s%%3N)");
+        return -EINVAL;
+    }
+    *(int64_t *)dst = (int64_t)v;
+    return 0;
+}
+
+/* --engine: epoll or uring. */
+static int parse_engine(const char *val, void *dst, char *err, size_t errlen)
+{
+    if (strcmp(val, "epoll") == 0)
+        *(int *)dst = LG_ENGINE_EPOLL;
+    else if (strcmp(val, "uring") == 0)
+        *(int *)dst = LG_ENGINE_URING;
+    else {
+        snprintf(err, errlen, "expected epoll or uring");
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* --chat ROOMS:MEMBERS, each from 1 to 100000, 1,000,000 connections at most. */
+static int parse_chat(const char *val, void *dst, char *err, size_t errlen)
+{
+    lg_opts_t *o = dst;
+    unsigned rooms, members;
+    char end;
+    if (sscanf(val, "%u:%u%c", &rooms, &members, &end) != 2 || rooms < 1 || members < 1 ||
+        rooms > 100000 || members > 100000 || (uint64_t)rooms * members > 1000000) {
+        snprintf(err, errlen, "expected ROOMS:MEMBERS, at most 1000000 connections in all");
+        return -EINVAL;
+    }
+    o->chat_rooms = rooms;
+    o->chat_members = members;
+    return 0;
+}
+
+/* -m: one token. */
+static int check_method(const char *val, void *dst, char *err, size_t errlen)
+{
+    (void)dst;
+    if (*val && !strpbrk(val, " \r\n\t"))
+        return 0;
+    snprintf(err, errlen, "expected a method such as GET or POST");
+    return -EINVAL;
+}
+
+/* -H: "Name: value" on one line. */
+static int check_header(const char *val, void *dst, char *err, size_t errlen)
+{
+    (void)dst;
+    if (strchr(val, ':') && !strpbrk(val, "\r\n"))
+        return 0;
+    snprintf(err, errlen, "expected \"Name: value\"");
+    return -EINVAL;
+}
+
+/* --path: an absolute path with no white space. */
+static int check_path(const char *val, void *dst, char *err, size_t errlen)
+{
+    (void)dst;
+    if (val[0] == '/' && !strpbrk(val, " \r\n\t"))
+        return 0;
+    snprintf(err, errlen, "expected a path starting with /");
+    return -EINVAL;
+}
+
+static int check_metrics(const char *val, void *dst, char *err, size_t errlen)
+{
+    (void)dst;
+    if (strncmp(val, "http://", 7) == 0)
+        return 0;
+    snprintf(err, errlen, "expected an http:// URL");
+    return -EINVAL;
+}
+
+/* What the flags give that opts_finish turns into lg_opts_t's fields. */
+typedef struct raw {
+    const char *body;                    /* --body */
+    const char *paths[LG_MAX_PATHS - 1]; /* --path (the URL's path comes first) */
+    size_t npaths;
+    const char *pos[2]; /* TARGET, and one too many */
+    int npos;
+} raw_t;
+
+/* The flags into o and r, each checked on its own. Returns as opts_parse. */
+static int parse_flags(lg_opts_t *o, raw_t *r, int argc, char **argv, char *err, size_t errlen)
+{
+    const opt_t table[] = {
+        OPT_INT_E("connections", 'c', &o->connections, 1, 10000000, "N",
+                  "connections (default 10)"),
+        OPT_INT_E("threads", 't', &o->threads, 1, 1024, "N", "threads (default 1)"),
+        OPT_DURATION_E("duration", 'd', &o->duration_us, 1, 1, OPT_NO_MAX, "T",
+                       "measured time: 10s, 500ms, 2m (default 10s unless -n)"),
+        OPT_INT_E("requests", 'n', &o->requests, 1, UINT64_MAX / 2, "N", "stop after N requests"),
+        OPT_DURATION_E("warmup", 0, &o->warmup_us, 1, 0, OPT_NO_MAX, "T",
+                       "run this long first without measuring"),
+        OPT_CALL_E("rate", 'R', &o->rate, parse_rate, "N",
+                   "open loop: N requests/s in total, latency from intended send time"),
+        OPT_INT_E("pipeline", 0, &o->pipeline, 1, 1024, "N",
+                  "requests in flight per connection (default 1)"),
+        OPT_DURATION_E("timeout", 0, &o->timeout_ms, 1000, 1000, OPT_NO_MAX, "T",
+                       "per-request timeout (default 2s)"),
+        OPT_CALL_E("engine", 0, &o->engine, parse_engine, "E",
+                   "epoll (default) or uring: io_uring, sends and receives batched\n"
+                   "(falls back to epoll, saying so, where the kernel cannot)"),
+        OPT_STRING_E("mix", 0, &o->mix_text, NULL, "SPEC",
+                     "line protocol mix, e.g. \"PING:80,BURN 1000:10,WAIT 1:10\""),
+        OPT_STRING_E("method", 'm', &o->method, check_method, "M", "HTTP method (default GET)"),
+        OPT_STRINGS_E("header", 'H', o->headers, &o->nheaders, LG_MAX_HEADERS, check_header, "H",
+                      "extra HTTP header \"Name: value\" (repeatable)"),
+        OPT_STRING_E("body", 0, &r->body, NULL, "S|@FILE", "HTTP request body"),
+        OPT_STRINGS_E("path", 0, r->paths, &r->npaths, LG_MAX_PATHS - 1, check_path, "P",
+                      "another HTTP path in rotation (repeatable)"),
+        OPT_CALL_E("chat", 0, o, parse_chat, "ROOMS:MEMBERS",
+                   "the chat: MEMBERS connections JOIN each of ROOMS rooms, one SAYs\n"
+                   "at a time per room; delivery latency (SAY to each MSG), fan-out rate"),
+        OPT_INT_E("chat-bytes", 0, &o->chat_bytes, 0, 4000, "N",
+                  "--chat: N bytes of padding in each SAY's text (default 0)"),
+        OPT_INT_E("increment", 0, &o->increment_keys, 1, 100000000, "KEYS",
+                  "POST /increment key=<k>&value=<v> over KEYS keys, sums in JSON"),
+        OPT_INT_E("increment-max", 0, &o->increment_max, 0, 1000000000, "V",
+                  "values drawn from -V..V (default 10000)"),
+        OPT_FLAG_E("increment-positive", 0, &o->increment_positive,
+                   "values drawn from 1..V instead: what is lost or applied twice\n"
+                   "shows in the sums (scripts/check-incrementor)"),
+        OPT_INT_E("idle", 0, &o->idle, 0, 10000000, "N", "hold N extra idle connections"),
+        OPT_INT_E("slowloris", 0, &o->slowloris, 0, 1000000, "N",
+                  "N connections sending a request one byte per second"),
+        OPT_INT_E("slow-readers", 0, &o->slow_readers, 0, 1000000, "N",
+                  "N connections reading a large STREAM slowly"),
+        OPT_INT_E("slow-read-rate", 0, &o->slow_read_bps, 1, 1U << 30, "B",
+                  "bytes/s each slow reader reads (default 4096)"),
+        OPT_INT_E("server-pid", 0, &o->server_pid, 1, 1U << 30, "PID",
+                  "sample that process from /proc during the run"),
+        OPT_STRING_E("metrics", 0, &o->metrics_url, check_metrics, "URL",
+                     "scrape this Prometheus endpoint before and after the run"),
+        OPT_DURATION_E("wait-ready", 0, &o->wait_ready_ms, 1000, 0, OPT_NO_MAX, "T",
+                       "wait up to T for the target to accept connections"),
+        OPT_STRING_E("json", 0, &o->json_path, NULL, "FILE", "write the results as JSON"),
+        OPT_STRING_E("hgrm", 0, &o->hgrm_path, NULL, "FILE",
+                     "write the latency distribution in HdrHistogram .hgrm format"),
+        OPT_STRING_E("hlog", 0, &o->hlog_path, NULL, "FILE",
+                     "write an HdrHistogram interval log, one interval a second"),
+        OPT_CALL_E("start-at", 0, &o->start_at_ms, parse_start_at, "MS",
+                   "wait until this wall-clock time (ms since the epoch) to start,\n"
+                   "so that agents on several hosts start together"),
+        OPT_INT_E("seed", 0, &o->seed, 0, UINT64_MAX, "N",
+                  "random seed (mix, increment keys and values)"),
+        OPT_FLAG_E("quiet", 'q', &o->quiet, "no human summary on stdout"),
+        OPT_INT_E("stream", 0, &o->stream_fd, 1, 1 << 20, "FD",
+                  "write each second's figures on descriptor FD, one JSON line each"),
+        OPT_INT_E("live", 0, &o->live_port, 0, 65535, "PORT",
+                  "serve a live dashboard on http://127.0.0.1:PORT/ during the run\n"
+                  "(0 picks a free port; the address is printed on stderr)"),
+        OPT_END,
+    };
+    const opt_spec_t spec = {
+        .prog = "loadgen",
+        .args = " TARGET",
+        .about = "  TARGET  http://HOST:PORT/PATH (HTTP/1.1) or tcp://HOST:PORT (line protocol)\n",
+        .opts = table,
+    };
+    int rc = opt_parse(&spec, argc, argv, r->pos, 2, &r->npos, err, errlen);
+    if (rc != 0)
+        return rc;
+    if (r->npos != 1) {
+        snprintf(err, errlen,
+                 r->npos == 0 ? "missing TARGET (try --help)"
+                              : "one TARGET expected, got extra '%s'",
+                 r->pos[1]);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* The target, and what depends on it or on several flags at once. Returns
+ * 0 or -EINVAL with err filled; o owns the body it read. */
+static int opts_finish(lg_opts_t *o, const raw_t *r, char *err, size_t errlen)
+{
+    o->target = r->pos[0];
     if (opts_parse_target(o, o->target, err, errlen) < 0)
         return -EINVAL;
-    for (size_t i = 0; i < nextra; i++)
-        o->paths[o->npaths++] = extra_paths[i];
+    for (size_t i = 0; i < r->npaths; i++)
+        o->paths[o->npaths++] = r->paths[i];
 
     if (o->proto == LG_LINE) {
-        if (nextra || body_arg || o->nheaders || o->increment_keys || strcmp(o->method, "GET")) {
+        if (r->npaths || r->body || o->nheaders || o->increment_keys || strcmp(o->method, "GET")) {
             snprintf(err, errlen, "-m, -H, --body, --path and --increment need an http:// target");
             return -EINVAL;
         }
         if (opts_parse_mix(o, o->mix_text ? o->mix_text : "PING", err, errlen) < 0)
             return -EINVAL;
-    } else if (o->mix_text) {
-        snprintf(err, errlen, "--mix needs a tcp:// target (use --path for HTTP)");
+    } else if (o->mix_text || o->chat_rooms) {
+        snprintf(err, errlen, "%s",
+                 o->mix_text ? "--mix needs a tcp:// target (use --path for HTTP)"
+                             : "--chat needs a tcp:// target");
         return -EINVAL;
     }
-    if (body_arg) {
-        if (body_arg[0] == '@') {
-            if (read_body_file(o, body_arg + 1, err, errlen) < 0)
-                return -EINVAL;
-        } else {
-            o->body = (char *)body_arg;
-            o->body_len = strlen(body_arg);
-        }
+    if (o->chat_rooms && (o->stream_fd >= 0 || o->live_port >= 0)) {
+        snprintf(err, errlen, "--stream and --live do not apply to --chat (it has no seconds)");
+        return -EINVAL;
     }
-    if (o->increment_keys && (body_arg || nextra)) {
+    if (o->increment_keys && (r->body || r->npaths)) {
         snprintf(err, errlen, "--increment makes its own requests: no --body or --path with it");
-        opts_free(o);
         return -EINVAL;
     }
+    if (r->body && r->body[0] == '@')
+        return read_body_file(o, r->body + 1, err, errlen);
+    if (r->body) {
+        o->body = (char *)r->body;
+        o->body_len = strlen(r->body);
+    }
+    return 0;
+}
+
+int opts_parse(lg_opts_t *o, int argc, char **argv, char *err, size_t errlen)
+{
+    raw_t r = {0};
+    set_defaults(o);
+    int rc = parse_flags(o, &r, argc, argv, err, errlen);
+    if (rc == 0)
+        rc = opts_finish(o, &r, err, errlen);
+    if (rc != 0)
+        return rc;
     if (o->threads > o->connections)
         o->threads = o->connections;
-    if (!have_d && !o->requests)
+    if (!o->duration_us && !o->requests) /* -d is at least 1us when given */
         o->duration_us = 10 * 1000000LL;
     return 0;
-bad_arg:
-    snprintf(err, errlen, "bad value '%s' for %s", optarg ? optarg : "", name);
-    opts_free(o);
-    return -EINVAL;
 }
 
 void opts_free(lg_opts_t *o)

@@ -107,7 +107,8 @@ int probe_parse_metrics(const char *text, probe_metrics_t *m)
             /* "name{labels} value [timestamp]": the value follows the last
              * space outside the braces. */
             const char *brace = memchr(p, '}', len);
-            const char *sp = memchr(brace ? brace : p, ' ', len - (size_t)((brace ? brace : p) - p));
+            const char *sp =
+                memchr(brace ? brace : p, ' ', len - (size_t)((brace ? brace : p) - p));
             if (sp) {
                 char *end;
                 double v = strtod(sp + 1, &end);

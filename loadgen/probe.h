@@ -26,8 +26,7 @@ typedef struct probe_metrics {
 
 /* GET url and parse its Prometheus text. Returns 0 or a negative errno with
  * err filled. */
-int probe_scrape(const char *url, int64_t timeout_ms, probe_metrics_t *m, char *err,
-                 size_t errlen);
+int probe_scrape(const char *url, int64_t timeout_ms, probe_metrics_t *m, char *err, size_t errlen);
 
 /* Parse Prometheus text format (comments skipped) into m. Returns 0 or -ENOMEM. */
 int probe_parse_metrics(const char *text, probe_metrics_t *m);

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,6 +61,7 @@ int procstat_open(procstat_t *p, int pid)
 {
     memset(p, 0, sizeof *p);
     p->pid = pid;
+    p->nlisten = -1;
     return procstat_sample(p);
 }
 
@@ -73,8 +75,9 @@ int procstat_sample(procstat_t *p)
     char *s = strrchr(text, ')');
     unsigned long long ut = 0, st = 0;
     long nthreads = 0;
-    if (!s || sscanf(s + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %ld",
-                     &ut, &st, &nthreads) != 3)
+    if (!s ||
+        sscanf(s + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %ld",
+               &ut, &st, &nthreads) != 3)
         return -EINVAL;
     long hz = sysconf(_SC_CLK_TCK);
     p->user_s = (double)ut / (double)hz;
@@ -104,16 +107,81 @@ int procstat_sample(procstat_t *p)
             procstat_task_t *t = task_slot(p, tid);
             if (!t)
                 break;
-            t->vcsw = (uint64_t)status_field(text, "\nvoluntary_ctxt_switches:");
-            t->nvcsw = (uint64_t)status_field(text, "nonvoluntary_ctxt_switches:");
+            uint64_t v = (uint64_t)status_field(text, "\nvoluntary_ctxt_switches:");
+            uint64_t nv = (uint64_t)status_field(text, "nonvoluntary_ctxt_switches:");
+            if (v < t->vcsw || nv < t->nvcsw) {
+                /* Fewer than last time: a new thread has the tid of one that
+                 * exited. The old one's last counts stay in the sum. */
+                p->gone_vcsw += t->vcsw;
+                p->gone_nvcsw += t->nvcsw;
+            }
+            t->vcsw = v;
+            t->nvcsw = nv;
         }
         closedir(d);
     }
-    p->vcsw = p->nvcsw = 0;
+    p->vcsw = p->gone_vcsw;
+    p->nvcsw = p->gone_nvcsw;
     for (size_t i = 0; i < p->cap; i++) {
         p->vcsw += p->tasks[i].vcsw;
         p->nvcsw += p->tasks[i].nvcsw;
     }
+    return 0;
+}
+
+/* The inodes of the listening sockets in the process's network namespace
+ * (a few: one per listener, or per loop with SO_REUSEPORT). */
+static void find_listeners(procstat_t *p)
+{
+    static const char *const tables[] = {"tcp", "tcp6"};
+    p->nlisten = 0;
+    for (int t = 0; t < 2; t++) {
+        char path[64], line[512];
+        snprintf(path, sizeof path, "/proc/%d/net/%s", p->pid, tables[t]);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue; /* no IPv6 here: nothing listens there */
+        while (fgets(line, sizeof line, f)) {
+            unsigned st;
+            unsigned long inode;
+            /* sl local rem st tx:rx tr:when retrnsmt uid timeout inode */
+            if (sscanf(line, "%*s %*s %*s %x %*s %*s %*s %*s %*s %lu", &st, &inode) == 2 &&
+                st == 0x0A && p->nlisten < (int)(sizeof p->listen / sizeof p->listen[0]))
+                p->listen[p->nlisten++] = inode;
+        }
+        fclose(f);
+    }
+}
+
+int procstat_conns(procstat_t *p)
+{
+    if (p->nlisten < 0)
+        find_listeners(p);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/fd", p->pid);
+    DIR *d = opendir(path);
+    if (!d)
+        return -errno;
+    long n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        char link[64];
+        if (de->d_name[0] == '.')
+            continue;
+        ssize_t len = readlinkat(dirfd(d), de->d_name, link, sizeof link - 1);
+        if (len <= 0)
+            continue; /* closed since the readdir */
+        link[len] = '\0';
+        unsigned long inode;
+        if (sscanf(link, "socket:[%lu]", &inode) != 1)
+            continue;
+        int listener = 0;
+        for (int i = 0; i < p->nlisten && !listener; i++)
+            listener = p->listen[i] == inode;
+        n += !listener;
+    }
+    closedir(d);
+    p->conns = n;
     return 0;
 }
 

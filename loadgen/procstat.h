@@ -3,7 +3,11 @@
  * CPU time comes from /proc/PID/stat, which counts every thread, exited ones
  * included. Context switches exist only per thread (/proc/PID/task/TID/status),
  * so the sampler remembers the last counts of every thread it has seen: a
- * thread that exits between two samples keeps what it had at the last one. */
+ * thread that exits between two samples keeps what it had at the last one,
+ * and one whose tid a new thread reuses too (gone_*). What a thread did
+ * between its last sample and its exit, and a thread born and gone between
+ * two samples, are not counted: the figure is a lower bound, and it never
+ * goes down. */
 #ifndef LOADGEN_PROCSTAT_H
 #define LOADGEN_PROCSTAT_H
 
@@ -17,12 +21,16 @@ typedef struct procstat_task {
 
 typedef struct procstat {
     int pid;
-    double user_s, system_s;  /* as of the last sample */
-    uint64_t vcsw, nvcsw;     /* summed over every thread seen */
-    long rss_kb, hwm_kb;      /* VmRSS and VmHWM (peak) */
+    double user_s, system_s;        /* as of the last sample */
+    uint64_t vcsw, nvcsw;           /* summed over every thread seen */
+    uint64_t gone_vcsw, gone_nvcsw; /* of the threads whose tid was reused */
+    long rss_kb, hwm_kb;            /* VmRSS and VmHWM (peak) */
     long threads, threads_max;
-    procstat_task_t *tasks;   /* every thread seen: a hash on tid, cap slots */
+    procstat_task_t *tasks; /* every thread seen: a hash on tid, cap slots */
     size_t ntasks, cap;
+    long conns;               /* procstat_conns: open TCP connections */
+    unsigned long listen[64]; /* the inodes of its listening sockets */
+    int nlisten;              /* -1: not looked for yet */
 } procstat_t;
 
 /* Start watching pid. Returns 0 or -errno (-ESRCH: no such process). */
@@ -31,6 +39,13 @@ int procstat_open(procstat_t *p, int pid);
 /* Take a sample (updates every field). Returns 0 or -errno (the process
  * is gone: the last sample stays). */
 int procstat_sample(procstat_t *p);
+
+/* Count the process's open connections into p->conns: its socket
+ * descriptors less its listening sockets (found on the first call, in
+ * /proc/PID/net/tcp and tcp6: state LISTEN). A readlink per descriptor, so
+ * only a live run (--stream, --live) asks for it. Returns 0 or -errno (the
+ * process is gone: the last count stays). */
+int procstat_conns(procstat_t *p);
 
 /* Free the thread table. */
 void procstat_close(procstat_t *p);

@@ -13,16 +13,16 @@
 
 const char *const scenario_names[SCEN_N] = {"idle", "slowloris", "slow_readers"};
 
-#define TICK_MS      100
-#define MAX_PENDING  512   /* connects in progress at once: stay under the listen backlog */
+#define TICK_MS     100
+#define MAX_PENDING 512 /* connects in progress at once: stay under the listen backlog */
 
 enum { S_WAIT, S_CONNECTING, S_OPEN, S_FAILED };
 
 typedef struct sconn {
     int fd;
     unsigned char kind, state;
-    uint32_t src;          /* source address index (0: the default) */
-    size_t pos;            /* slowloris: next byte of the request to send */
+    uint32_t src; /* source address index (0: the default) */
+    size_t pos;   /* slowloris: next byte of the request to send */
 } sconn_t;
 
 typedef struct sloop {
@@ -32,7 +32,7 @@ typedef struct sloop {
     size_t n, next_start, pending, attempted;
     char req[SCEN_N][4096]; /* the request each kind sends */
     size_t req_len[SCEN_N];
-    int spread;             /* use 127.0.0.x source addresses */
+    int spread; /* use 127.0.0.x source addresses */
     size_t per_src;
 } sloop_t;
 
@@ -80,13 +80,22 @@ static void sc_connect(sloop_t *l, sconn_t *c)
     if (c->kind == SCEN_SLOW_READERS) {
         /* A small receive buffer makes the server's writes block early. */
         int small = 4096;
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+        /* Best effort: with the default buffer they are merely slower to
+         * block the server; a valid option and size cannot fail anyway. */
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     }
     c->fd = fd;
     c->state = S_CONNECTING;
     l->pending++;
     struct epoll_event e = {.events = EPOLLOUT, .data.ptr = c};
-    epoll_ctl(l->ep, EPOLL_CTL_ADD, fd, &e);
+    if (epoll_ctl(l->ep, EPOLL_CTL_ADD, fd, &e) < 0) {
+        note_error(l->s, "epoll", errno);
+        l->s->st[c->kind].failed++;
+        l->pending--;
+        close(fd);
+        c->fd = -1;
+        c->state = S_FAILED;
+    }
 }
 
 static void sc_event(sloop_t *l, sconn_t *c, unsigned ev)
@@ -111,9 +120,8 @@ static void sc_event(sloop_t *l, sconn_t *c, unsigned ev)
          * triggered loop would spin on their unread bytes. */
         struct epoll_event e = {.events = c->kind == SCEN_SLOW_READERS ? 0 : EPOLLIN,
                                 .data.ptr = c};
-        epoll_ctl(l->ep, EPOLL_CTL_MOD, c->fd, &e);
-        if (c->kind == SCEN_SLOW_READERS &&
-            write(c->fd, l->req[c->kind], l->req_len[c->kind]) < 0)
+        (void)epoll_ctl(l->ep, EPOLL_CTL_MOD, c->fd, &e); /* registered: cannot fail */
+        if (c->kind == SCEN_SLOW_READERS && write(c->fd, l->req[c->kind], l->req_len[c->kind]) < 0)
             sc_close(l, c, 1);
         return;
     }
@@ -255,7 +263,7 @@ int scenario_start(scenario_t *s, const lg_opts_t *o, const struct sockaddr_stor
     for (size_t i = 0; i < total; i++) {
         sconn_t *c = &l->c[i];
         c->fd = -1;
-        c->kind = i < o->idle ? SCEN_IDLE
+        c->kind = i < o->idle                          ? SCEN_IDLE
                   : i < (size_t)o->idle + o->slowloris ? SCEN_SLOWLORIS
                                                        : SCEN_SLOW_READERS;
         c->src = l->spread ? (uint32_t)(i / l->per_src) : 0;

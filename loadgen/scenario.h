@@ -25,12 +25,12 @@ enum { SCEN_IDLE, SCEN_SLOWLORIS, SCEN_SLOW_READERS, SCEN_N };
 extern const char *const scenario_names[SCEN_N];
 
 typedef struct scen_stats {
-    uint64_t requested;   /* connections asked for */
-    uint64_t opened;      /* successful connects, reconnects included */
-    uint64_t open;        /* open now (at the end of the run in the report) */
-    uint64_t failed;      /* connects that failed */
-    uint64_t closed;      /* connections the server closed */
-    uint64_t bytes;       /* slowloris: bytes sent; slow readers: bytes read */
+    uint64_t requested; /* connections asked for */
+    uint64_t opened;    /* successful connects, reconnects included */
+    uint64_t open;      /* open now (at the end of the run in the report) */
+    uint64_t failed;    /* connects that failed */
+    uint64_t closed;    /* connections the server closed */
+    uint64_t bytes;     /* slowloris: bytes sent; slow readers: bytes read */
 } scen_stats_t;
 
 typedef struct scenario {
@@ -40,7 +40,7 @@ typedef struct scenario {
     pthread_t tid;
     int running;
     atomic_int stop;
-    atomic_int ready;     /* every connection has made its first attempt */
+    atomic_int ready;        /* every connection has made its first attempt */
     scen_stats_t st[SCEN_N]; /* read them after scenario_stop */
     char first_error[160];
 } scenario_t;

@@ -59,6 +59,7 @@ int workload_build(lg_workload_t *w, const lg_opts_t *o, char *err, size_t errle
     if (o->increment_keys) {
         w->incr_keys = o->increment_keys;
         w->incr_max = o->increment_max;
+        w->incr_positive = o->increment_positive;
         if (buf_printf(&b, "POST /increment HTTP/1.1\r\n") < 0 || http_common(&b, o) < 0 ||
             buf_printf(&b, "Content-Type: application/x-www-form-urlencoded\r\n"
                            "Content-Length: ") < 0)
@@ -84,7 +85,8 @@ int workload_build(lg_workload_t *w, const lg_opts_t *o, char *err, size_t errle
                 rc = -EINVAL;
                 goto err;
             }
-            if (buf_printf(&b, "%s\n", o->mix[i].cmd) < 0 || add_variant(w, &b, o->mix[i].weight) < 0)
+            if (buf_printf(&b, "%s\n", o->mix[i].cmd) < 0 ||
+                add_variant(w, &b, o->mix[i].weight) < 0)
                 goto err;
         }
     } else {

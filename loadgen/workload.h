@@ -14,23 +14,24 @@
 #include "opts.h"
 
 typedef struct lg_variant {
-    char *bytes;          /* the request, ready to write */
+    char *bytes; /* the request, ready to write */
     size_t len;
-    unsigned weight;      /* line mix weight */
+    unsigned weight; /* line mix weight */
     check_expect_t expect;
-    char store[32];       /* an expected body computed for this variant */
+    char store[32]; /* an expected body computed for this variant */
 } lg_variant_t;
 
 typedef struct lg_workload {
     lg_variant_t *v;
     size_t n;
     unsigned total_weight;
-    int random_pick;      /* line mix: weighted random; HTTP paths: rotation */
-    size_t max_len;       /* longest request, in bytes */
+    int random_pick; /* line mix: weighted random; HTTP paths: rotation */
+    size_t max_len;  /* longest request, in bytes */
 
-    unsigned incr_keys;   /* increment mode when > 0 */
+    unsigned incr_keys; /* increment mode when > 0 */
     int incr_max;
-    char *incr_head;      /* "POST /increment ... Content-Length: " */
+    int incr_positive; /* values 1..incr_max */
+    char *incr_head;   /* "POST /increment ... Content-Length: " */
     size_t incr_head_len;
     check_expect_t incr_expect;
 } lg_workload_t;

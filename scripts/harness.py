@@ -1,11 +1,15 @@
 """harness: what scripts/bench and scripts/lab share.
 
 Start a server pinned to its CPUs and stop it by PID whatever happens, run
-bin/loadgen and read its JSON, describe the machine, draw charts with
-gnuplot and write the HTML page. Standard library only (Debian's python3).
+bin/loadgen and read its JSON, describe the machine, format the tables and
+the pages' style (the charts are scripts/svgchart.py's); find the lab's
+experiments and the bench's scenarios, one file each (`discover`). Standard
+library only (Debian's python3).
 """
 
+import functools
 import html
+import importlib.util
 import json
 import os
 import platform
@@ -13,9 +17,11 @@ import re
 import resource
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -30,6 +36,57 @@ SCHEMA_VERSION = 1
 
 class HarnessError(Exception):
     """A step could not run (a server that won't start, a loadgen failure)."""
+
+
+class Unavailable(HarnessError):
+    """A server that exited 2 before it listened: it cannot run here (a
+    kernel without io_uring or one of its features, say) or with these
+    flags, and said why in one line. Its message is "skipped: " and that
+    line: the bench records the design as skipped, with the reason."""
+
+
+FILE_NAME = re.compile(r"^(\d+)-([a-z0-9][a-z0-9-]*)\.py$")
+
+
+@functools.lru_cache(maxsize=None)
+def discover(folder, kind, required):
+    """The modules in folder, one per file NN-NAME.py, in file-name order:
+    the number only sorts them (the runners number them 1, 2, ... by
+    position). Each module must set NAME to the NAME of its file name and
+    every attribute in `required` (a tuple). Files starting with _ are not
+    loaded (helpers); any other .py that is not NN-NAME.py is an error, so
+    that a misnamed file is not silently left out. Raises HarnessError
+    saying which file is wrong and why."""
+    found, names = [], set()
+    for path in sorted(Path(folder).glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        m = FILE_NAME.match(path.name)
+        if not m:
+            raise HarnessError(f"{path}: a {kind} file is named NN-NAME.py (a number, a dash, its name in lower case)")
+        spec = importlib.util.spec_from_file_location(f"{Path(folder).name}.{m.group(2)}", path)
+        mod = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as e:  # a broken file names itself, not a traceback
+            raise HarnessError(f"{path}: cannot load: {type(e).__name__}: {e}")
+        if getattr(mod, "NAME", None) != m.group(2):
+            raise HarnessError(f"{path}: NAME must be '{m.group(2)}', as in its file name")
+        missing = [a for a in required if not hasattr(mod, a)]
+        if missing:
+            raise HarnessError(f"{path}: a {kind} sets {', '.join(missing)}")
+        if mod.NAME in names:
+            raise HarnessError(f"{path}: a second {kind} named '{mod.NAME}'")
+        names.add(mod.NAME)
+        found.append(mod)
+    return found
+
+
+def scenarios():
+    """The bench's scenarios, scripts/scenarios/NN-NAME.py, in order (see
+    scripts/bench's head); report.py takes their tables from them."""
+    return discover(ROOT / "scripts" / "scenarios", "bench scenario",
+                    ("ABOUT", "QUICK", "TITLE", "COLUMNS", "BEST", "run"))
 
 
 def cpu_sets():
@@ -60,13 +117,28 @@ def pinned(argv, cpus):
     return (["taskset", "-c", cpus] + list(argv)) if cpus else list(argv)
 
 
+def spawn(argv, host=None, **kw):
+    """Popen argv here, or in a world host (scripts/world.py: its namespace
+    and cgroups) when host is given; either way the Popen's pid is the
+    command's, so it is stopped and sampled by PID alike."""
+    if host is None:
+        return subprocess.Popen(argv, preexec_fn=_raise_nofile, **kw)
+    _raise_nofile()  # Host.popen has its own preexec_fn: children inherit ours
+    return host.popen(argv, **kw)
+
+
 class Server:
     """A server process started on a free port, waited for until it prints
     `listening on HOST:PORT`, and stopped by its PID (SIGTERM, then
-    SIGKILL) when the `with` block ends, whatever happened inside."""
+    SIGKILL) when the `with` block ends, whatever happened inside. With a
+    world host it runs there (its argv then says `--host` the host's
+    address); `addr` is where it listens, as it said."""
 
-    def __init__(self, argv, cpus=None, log_dir=None, ready_timeout=10.0, port=None, env=None):
+    def __init__(self, argv, cpus=None, log_dir=None, ready_timeout=10.0, port=None, env=None,
+                 host=None):
         self.argv = list(argv)
+        self.host = host
+        self.addr = "127.0.0.1"
         self.env = env  # None: this process's environment
         self.cpus = cpus
         self.ready_timeout = ready_timeout
@@ -94,8 +166,8 @@ class Server:
         self.log_path = self.log_dir / f"{name}.{os.getpid()}.{int(time.time()*1000)}.log"
         log = open(self.log_path, "wb")
         try:
-            self.proc = subprocess.Popen(pinned(self.argv, self.cpus), stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, preexec_fn=_raise_nofile, env=self.env)
+            self.proc = spawn(pinned(self.argv, self.cpus), self.host, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, env=self.env)
         except OSError as e:
             log.close()
             raise HarnessError(f"cannot start {name}: {e}")
@@ -107,16 +179,21 @@ class Server:
             buf += chunk
             m = re.search(rb"listening on (\S+):(\d+)", buf)
             if m:
-                self.port = int(m.group(2))
+                self.addr, self.port = m.group(1).decode(), int(m.group(2))
                 break
             if self.proc.poll() is not None:
+                buf += self.proc.stderr.read() or b""  # what it said before it exited
                 break
             time.sleep(0.02)
         log.write(buf)
         if self.port is None or self.proc.poll() is not None:
-            self.stop()
+            said = buf.decode(errors="replace").strip()
+            status = self.stop()
             log.close()
-            raise HarnessError(f"{name} did not start: {buf.decode(errors='replace').strip()[-300:]}")
+            self.proc.stderr.close()
+            if status == 2 and said:
+                raise Unavailable(f"skipped: {said.splitlines()[-1][-300:]}")
+            raise HarnessError(f"{name} did not start: {said[-300:]}")
         # From here its stderr goes on into the log, read by a drain thread
         # so a chatty server never blocks on a full pipe.
         import threading
@@ -126,6 +203,7 @@ class Server:
             for line in iter(src.readline, b""):
                 dst.write(line)
             dst.close()
+            src.close()
 
         threading.Thread(target=drain, args=(self.proc.stderr, log), daemon=True).start()
         return self
@@ -216,10 +294,27 @@ def free_port():
     return port
 
 
-def run_loadgen(args, cpus=None, server_pid=None, budget_s=60.0, hgrm=None):
-    """Run bin/loadgen with args (a list: options and TARGET) and return its
-    JSON as a dict. Bounded: killed after budget_s. Raises HarnessError with
-    loadgen's own error line when it fails."""
+# A live.Live when bench or lab runs with --live or on a terminal (its
+# progress line); with --live every loadgen run streams its seconds to it
+# (--stream), without it loadgen runs as it would unwatched.
+LIVE = None
+
+
+def _watch(fd, label):
+    """Hand loadgen's --stream lines from fd to LIVE until it closes it."""
+    with os.fdopen(fd, "r") as f:
+        for line in f:
+            try:
+                LIVE.feed(json.loads(line), label)
+            except ValueError:
+                pass  # not a line of loadgen's: nothing to show
+
+
+def run_loadgen(args, cpus=None, server_pid=None, budget_s=60.0, hgrm=None, host=None):
+    """Run bin/loadgen with args (a list: options and TARGET), here or in a
+    world host, and return its JSON as a dict. Bounded: killed after
+    budget_s. Raises HarnessError with loadgen's own error line when it
+    fails."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         out = tmp.name
     argv = [str(BIN / "loadgen"), "--quiet", "--json", out]
@@ -227,19 +322,40 @@ def run_loadgen(args, cpus=None, server_pid=None, budget_s=60.0, hgrm=None):
         argv += ["--server-pid", str(server_pid)]
     if hgrm:
         argv += ["--hgrm", str(hgrm)]
+    watch, rfd, wfd = None, None, None
+    if LIVE is not None and LIVE.httpd is not None:
+        import live
+        rfd, wfd = os.pipe()
+        argv += ["--stream", str(wfd)]
+        label = live.server_label(server_pid) if server_pid else str(args[-1])
+        watch = threading.Thread(target=_watch, args=(rfd, label), daemon=True)
     argv += [str(a) for a in args]
+    p = None
     try:
-        p = subprocess.run(pinned(argv, cpus), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           timeout=budget_s, preexec_fn=_raise_nofile)
+        p = spawn(pinned(argv, cpus), host, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                  pass_fds=(wfd,) if wfd is not None else ())
+        if watch:
+            os.close(wfd)  # loadgen's copy is the writer now: its exit ends the reader
+            wfd = None
+            watch.start()  # the reader owns rfd now
+            rfd = None
+        _, err = p.communicate(timeout=budget_s)
+        if watch:
+            watch.join(5)
         if p.returncode != 0:
-            raise HarnessError("loadgen: " + p.stderr.decode(errors="replace").strip()[-300:])
+            raise HarnessError("loadgen: " + err.decode(errors="replace").strip()[-300:])
         with open(out) as f:
             return json.load(f)
     except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
         raise HarnessError(f"loadgen did not finish within {budget_s:.0f} s")
     except (OSError, ValueError) as e:
         raise HarnessError(f"loadgen: {e}")
     finally:
+        for fd in (rfd, wfd):  # loadgen did not start: nobody took them
+            if fd is not None:
+                os.close(fd)
         try:
             os.unlink(out)
         except OSError:
@@ -250,13 +366,13 @@ class Background:
     """A loadgen run in the background (the WAIT or BURN clients beside a
     measured run), stopped by PID when the block ends."""
 
-    def __init__(self, args, cpus=None):
+    def __init__(self, args, cpus=None, host=None):
         self.argv = pinned([str(BIN / "loadgen"), "--quiet"] + [str(a) for a in args], cpus)
+        self.host = host
         self.proc = None
 
     def __enter__(self):
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=_raise_nofile)
+        self.proc = spawn(self.argv, self.host, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return self
 
     def __exit__(self, *exc):
@@ -330,6 +446,28 @@ def parse_tenant_metrics(text, tenant):
             continue  # another tenant whose name starts with this one
         out[key] = float(rest.split()[-1])
     return out
+
+
+def exactness(db, run):
+    """Compare an incrementor's database with loadgen's acknowledged sums
+    (its --increment JSON): every key must hold at least what was
+    acknowledged and at most that plus what was sent without an answer."""
+    inc = run.get("increment") or {}
+    acked, unacked = inc.get("acked") or {}, inc.get("unacked") or {}
+    try:
+        con = sqlite3.connect(str(db))
+        got = dict(con.execute("SELECT key, value FROM counters").fetchall())
+        con.close()
+    except sqlite3.Error as e:
+        return {"exact": False, "mismatch": f"cannot read the database: {e}"}
+    bad = []
+    for k in set(acked) | set(got):
+        a, u, v = acked.get(k, 0), unacked.get(k, 0), got.get(k, 0)
+        lo, hi = min(a, a + u), max(a, a + u)
+        if not lo <= v <= hi:
+            bad.append(k)
+    return {"exact": not bad, "keys": len(got), "mismatch": (f"{len(bad)} keys, e.g. {bad[0]}" if bad else None),
+            "acked_requests": inc.get("acked_requests")}
 
 
 def loadgen_bound(run, gen_cpus):
@@ -430,63 +568,11 @@ def html_table(headers, rows, best=None):
     return h + "</table>"
 
 
-def gnuplot(svg, title, xlabel, ylabel, series, logx=False, logy=False, xtics=None):
-    """Draw series {name: [(x, y), ...]} as lines into an SVG. Returns True
-    when drawn; False when gnuplot is missing or nothing has a point."""
-    series = {k: [(x, y) for x, y in v if y is not None] for k, v in series.items()}
-    series = {k: v for k, v in series.items() if v}
-    if not series or not shutil.which("gnuplot"):
-        return False
-    svg = Path(svg)
-    datadir = Path(tempfile.mkdtemp())
-    plots = []
-    for i, (name, pts) in enumerate(sorted(series.items())):
-        d = datadir / f"s{i}.dat"
-        d.write_text("".join(f"{x} {y}\n" for x, y in pts))
-        plots.append(f"'{d}' using 1:2 with linespoints title '{name}'")
-    script = [
-        "set terminal svg size 800,480 dynamic enhanced font 'sans,11' background rgb 'white'",
-        f"set output '{svg}'",
-        f"set title '{title}'",
-        f"set xlabel '{xlabel}'",
-        f"set ylabel '{ylabel}'",
-        "set grid",
-        "set key outside right",
-    ]
-    if logx:
-        script.append("set logscale x")
-    if logy:
-        script.append("set logscale y")
-    if xtics:
-        script.append("set xtics (" + ", ".join(f"'{lbl}' {x}" for lbl, x in xtics) + ")")
-    script.append("plot " + ", ".join(plots))
-    try:
-        subprocess.run(["gnuplot"], input="\n".join(script), text=True, check=True,
-                       capture_output=True, timeout=30)
-        return True
-    except (subprocess.SubprocessError, OSError):
-        return False
-    finally:
-        shutil.rmtree(datadir, ignore_errors=True)
-
-
 PAGE_STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}
 td:first-child,th:first-child{text-align:left}tr.best{background:#e8f5e9;font-weight:bold}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}pre{background:#f6f6f6;padding:.6em;overflow:auto}
 .fail{color:#b00}.ok{color:#070}"""
-
-
-def html_page(path, title, intro_html, sections):
-    """Write a self-contained page: sections are (heading, html, [svg names])
-    with the SVGs beside the page (so it reads offline)."""
-    parts = [f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title>",
-             f"<style>{PAGE_STYLE}</style><h1>{html.escape(title)}</h1>", intro_html]
-    for heading, body, images in sections:
-        parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
-        for img in images:
-            parts.append(f'<img src="{html.escape(img)}" alt="{html.escape(img)}">')
-    Path(path).write_text("\n".join(parts) + "\n")
 
 
 def write_json(path, obj):
@@ -497,4 +583,8 @@ def write_json(path, obj):
 
 
 def log(msg):
+    if LIVE is not None:
+        LIVE.clear()  # the progress line goes, the message stays, the line comes back
     print(msg, file=sys.stderr, flush=True)
+    if LIVE is not None:
+        LIVE.draw()

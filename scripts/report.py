@@ -11,60 +11,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness as H  # noqa: E402
+import svgchart  # noqa: E402
 
-# Per scenario: its title, its columns (header, point, figure) and which
-# column decides the best row ('max' or 'min').
-TABLES = {
-    "throughput": ("1. throughput: GET / closed loop", [
-        ("success rate c64", "c64", "success_rate"), ("req/s c1", "c1", "rps"), ("req/s c8", "c8", "rps"), ("req/s c64", "c64", "rps"),
-        ("req/s c256", "c256", "rps"), ("req/s pipe16", "c64-pipe16", "rps"),
-        ("p50 us c64", "c64", "p50_us"), ("p99 us c64", "c64", "p99_us"), ("p99.9 us c64", "c64", "p999_us"),
-        ("usr us/req", "c64", "server_user_per_req_us"), ("sys us/req", "c64", "server_system_per_req_us"),
-        ("ctxsw/req", "c64", "ctxsw_per_req"), ("peak RSS KB", "c64", "peak_rss_kb"),
-    ], (4, "max")),
-    "rate": ("2. latency at a fixed rate (open loop, corrected)", [
-        ("target/s 50%", "50%", "rate"), ("p99 us at 50%", "50%", "p99_us"),
-        ("target/s 90%", "90%", "rate"), ("got/s 90%", "90%", "rps"), ("p99 us at 90%", "90%", "p99_us"),
-        ("p99.9 us at 90%", "90%", "p999_us"),
-    ], (5, "min")),
-    "hol-wait": ("3. head-of-line blocking: PING beside 8 clients running WAIT 1000", [
-        ("success rate", "ping", "success_rate"), ("PING/s", "ping", "rps"), ("p50 us", "ping", "p50_us"),
-        ("p99 us", "ping", "p99_us"), ("max us", "ping", "max_us"),
-    ], (4, "min")),
-    "hol-burn": ("4. CPU-heavy work: PING beside 2 clients running BURN 100000000", [
-        ("success rate", "ping", "success_rate"), ("PING/s", "ping", "rps"), ("p50 us", "ping", "p50_us"),
-        ("p99 us", "ping", "p99_us"), ("max us", "ping", "max_us"),
-    ], (4, "min")),
-    "slow-clients": ("5. slow clients: PING beside slowloris and slow readers", [
-        ("success rate", "*", "success_rate"), ("PING/s", "*", "rps"), ("p99 us", "*", "p99_us"),
-        ("max us", "*", "max_us"),
-    ], (3, "min")),
-    "c10k": ("6. c10k: idle connections plus 64 active", [
-        ("idle held", "*", "idle_open"), ("success rate", "*", "success_rate"), ("req/s", "*", "rps"),
-        ("p99 us", "*", "p99_us"), ("KB/conn", "*", "kb_per_conn"), ("peak RSS KB", "*", "peak_rss_kb"),
-        ("threads", "*", "threads_max"),
-    ], (4, "min")),
-    "sandbox": ("7. sandbox: tenant hello against native GET / (same server)", [
-        ("native req/s", "native GET /", "rps"), ("tenant req/s", "tenant /t/hello/", "rps"),
-        ("ratio", "tenant /t/hello/", "ratio_to_native"), ("tenant p99 us", "tenant /t/hello/", "p99_us"),
-        ("CPU ratio", "tenant /t/hello/", "cpu_ratio_to_native"),
-        ("sandbox ns/req", "tenant /t/hello/", "sandbox_ns_per_req"),
-        ("restored B/req", "tenant /t/hello/", "restored_bytes_per_req"),
-    ], (3, "max")),
-    "incrementor": ("8. incrementor: POST /increment over 10,000 keys at -c64", [
-        ("req/s", "*", "rps"), ("exact", "*", "exact"), ("p99 us", "*", "p99_us"),
-        ("ack-commit lag max ms", "*", "max_lag_ms"), ("lag p99 ms", "*", "lag_p99_ms"),
-        ("flushes", "*", "flushes"), ("rows written", "*", "rows_written"),
-    ], (1, "max")),
-    "anchors": ("9. anchors: nginx (one worker) through the throughput points; loadgen against wrk on epoll", [
-        ("req/s c1", "c1", "rps"), ("req/s c8", "c8", "rps"), ("req/s c64", "c64", "rps"),
-        ("req/s c256", "c256", "rps"), ("req/s pipe16", "c64-pipe16", "rps"),
-        ("p99 us c64", "c64", "p99_us"), ("usr us/req", "c64", "server_user_per_req_us"),
-        ("sys us/req", "c64", "server_system_per_req_us"),
-        ("loadgen req/s", "loadgen c64", "rps"), ("wrk req/s", "wrk c64", "rps"),
-        ("loadgen/wrk", "loadgen c64", "ratio_to_wrk"),
-    ], (3, "max")),
-}
+# Per scenario: its numbered title, its columns (header, point, figure) and
+# which column decides the best row ('max' or 'min'), from the scenario's own
+# file (scripts/scenarios/NN-NAME.py), numbered in file-name order.
+TABLES = {sc.NAME: (f"{i}. {sc.TITLE}", sc.COLUMNS, sc.BEST) for i, sc in enumerate(H.scenarios(), 1)}
+# A row per design, or per what the scenario's row(run) labels a run with
+# (incrementor: design and mode; proxy: point and variant).
+ROW = {sc.NAME: getattr(sc, "row", lambda r: r["design"]) for sc in H.scenarios()}
 
 
 def lookup(runs, design, scenario, point, key):
@@ -88,7 +43,7 @@ def rows_for(summary, scenario):
     rows, notes, seen = [], [], []
     keyed = {}
     for r in sc_runs:
-        label = r["design"] if scenario != "incrementor" else f"{r['design']} {r['point']}"
+        label = ROW[scenario](r)
         if label not in seen:
             seen.append(label)
         keyed.setdefault(label, []).append(r)
@@ -96,6 +51,9 @@ def rows_for(summary, scenario):
             notes.append(f"{label} {r['point']}: {r['reason']}")
         elif r.get("loadgen_bound"):
             notes.append(f"{label} {r['point']}: loadgen was the limit (its CPUs were busy), not the server")
+        elif r.get("link_bound"):
+            notes.append(f"{label} {r['point']}: the link emulator was the limit (its CPU was busy), "
+                         "not the server")
         bp = r["figures"].get("breaking_point")
         if bp:
             notes.append(f"{label}: breaking point: {bp}")
@@ -114,44 +72,96 @@ def rows_for(summary, scenario):
     return title, ["design"] + [c[0] for c in cols], rows, notes, best
 
 
+THROUGHPUT_POINTS = ("c64", "c64-pipe16")  # the CPU charts' points, when present
+
+
+def point_runs(summary, point):
+    """The throughput scenario's ok runs at point, nginx's anchor included."""
+    return [r for r in summary["runs"] if r["ok"] and r["point"] == point
+            and (r["scenario"] == "throughput" or (r["scenario"] == "anchors" and r["design"] == "nginx"))]
+
+
+def spread(r, key, lo_key=None, hi_key=None):
+    """(lowest, highest) of a figure over a record's rounds, None with one."""
+    rounds = [v for v in (r.get("rounds") or {}).get(key) or [] if v is not None]
+    if len(rounds) > 1:
+        return min(rounds), max(rounds)
+    f = r["figures"]
+    if lo_key and f.get(lo_key) is not None and f.get(hi_key) is not None:
+        return f[lo_key], f[hi_key]
+    return None
+
+
+def label(r):
+    return r["design"] + (" (loadgen-bound)" if r.get("loadgen_bound") else "")
+
+
 def charts(out, summary):
-    """SVG charts: req/s against connections per design, and the latency
-    percentile curve of each design per scenario (from the .hgrm files)."""
-    made = {}
-    runs = summary["runs"]
+    """The page's charts, [(section, id, caption, svg)] in page order: server
+    CPU per request by design, throughput against connections, the latency
+    spectrum of each scenario with .hgrm files. Each is also written beside
+    the page as ID.svg."""
+    made = []
+    rounds = summary.get("config", {}).get("repeat") or 1
+    spread_note = (f"whiskers: lowest to highest of the {rounds} rounds, the bar the round kept "
+                   "(the median by req/s)"
+                   if rounds > 1 else "one round per point (--quick): no spread to show")
+    for point in THROUGHPUT_POINTS:
+        rs = [r for r in point_runs(summary, point) if r["figures"].get("server_cpu_per_req_us") is not None]
+        if not rs:
+            continue
+        rs.sort(key=lambda r: r["figures"]["server_cpu_per_req_us"])
+        bars = [(label(r), [r["figures"].get("server_user_per_req_us"), r["figures"].get("server_system_per_req_us")],
+                 spread(r, "server_cpu_per_req_us")) for r in rs]
+        made.append(("cpu", f"cpu-{point}", f"Server CPU per request at {point} (GET /), lowest first; {spread_note}.",
+                     svgchart.hbars(f"server CPU per request, GET / {point}", "us per request", bars,
+                                    parts=["user", "system"])))
     series = {}
-    for r in runs:
+    for r in (r for r in summary["runs"] if r["ok"]):
         if (r["scenario"] == "throughput" or (r["scenario"] == "anchors" and r["design"] == "nginx")) \
-                and r["ok"] and r["point"].startswith("c") and "pipe" not in r["point"]:
-            try:
-                c = int(r["point"][1:])
-            except ValueError:
-                continue
-            series.setdefault(r["design"], []).append((c, r["figures"].get("rps")))
-    for k in series:
-        series[k].sort()
-    if H.gnuplot(out / "throughput.svg", "GET / req/s against connections", "connections", "req/s",
-                 series, logx=True):
-        made["throughput"] = ["throughput.svg"]
+                and r["point"][1:].isdigit() and r["point"][0] == "c":
+            lo_hi = spread(r, "rps", "rps_min", "rps_max") or (None, None)
+            series.setdefault(r["design"], []).append((int(r["point"][1:]), r["figures"].get("rps"), *lo_hi))
+    conns = {p[0] for v in series.values() for p in v}
+    if len(conns) > 1:
+        for k in series:
+            series[k].sort()
+        made.append(("throughput", "throughput", f"GET / req/s against connections (closed loop); {spread_note}.",
+                     svgchart.lines("GET / req/s against connections", "connections", "req/s", series,
+                                    logx=True)))
+    for point in THROUGHPUT_POINTS if len(conns) <= 1 else THROUGHPUT_POINTS[1:]:
+        rs = sorted((r for r in point_runs(summary, point) if r["figures"].get("rps") is not None),
+                    key=lambda r: -r["figures"]["rps"])
+        if rs:
+            made.append(("throughput", f"throughput-{point}",
+                         f"GET / req/s at {point}, highest first; {spread_note}.",
+                         svgchart.hbars(f"GET / req/s at {point}", "req/s",
+                                        [(label(r), r["figures"]["rps"], spread(r, "rps", "rps_min", "rps_max"))
+                                         for r in rs])))
     for sc in TABLES:
         curves = {}
-        for r in runs:
+        for r in summary["runs"]:
             if r["scenario"] != sc or not r["ok"] or not r.get("file"):
                 continue
-            h = out / r["file"].replace(".json", ".hgrm")
-            pts = read_hgrm(h)
+            pts = read_hgrm(out / r["file"].replace(".json", ".hgrm"))
             if pts:
-                curves[f"{r['design']} {r['point']}" if sc not in ("hol-wait", "hol-burn") else r["design"]] = pts
-        if curves and H.gnuplot(out / f"latency-{sc}.svg", f"{sc}: latency by percentile",
-                                "percentile", "latency (us)", curves, logx=True, logy=True,
-                                xtics=[("50%", 2), ("90%", 10), ("99%", 100), ("99.9%", 1000),
-                                       ("99.99%", 10000)]):
-            made.setdefault(sc, []).append(f"latency-{sc}.svg")
+                curves[r["design"] if sc in ("hol-wait", "hol-burn") else f"{ROW[sc](r)} {r['point']}"] = pts
+        if curves:
+            made.append(("latency", f"latency-{sc}",
+                         f"{TABLES[sc][0]}: latency by percentile (HdrHistogram spectrum: the x axis is "
+                         "1/(1-p) on a log scale, so the tail gets room; the y axis is log too).",
+                         svgchart.lines(f"{sc}: latency by percentile", "percentile", "latency (ms)", curves,
+                                        logx=True, logy=True, spectrum=True,
+                                        xticks=[("0%", 1), ("50%", 2), ("90%", 10), ("99%", 100),
+                                                ("99.9%", 1000), ("99.99%", 10000), ("99.999%", 100000)])))
+    for _sec, cid, _cap, svg in made:
+        (out / f"{cid}.svg").write_text(svg + "\n")
     return made
 
 
 def read_hgrm(path):
-    """(1/(1-p), latency us) points from an HdrHistogram .hgrm text file."""
+    """(1/(1-p), latency ms) points from an HdrHistogram .hgrm text file
+    (loadgen writes its values in milliseconds, as wrk2 does)."""
     pts = []
     try:
         with open(path) as f:
@@ -169,12 +179,47 @@ def read_hgrm(path):
     return pts
 
 
+def machine_html(summary):
+    """The machine and the topology as readable tables."""
+    env, cfg = summary.get("env") or {}, summary.get("config") or {}
+    rows = [("CPU", f"{env.get('cpu_model') or '?'}, {env.get('cores') or '?'} cores"),
+            ("kernel", env.get("kernel")), ("compiler", env.get("compiler")), ("CFLAGS", env.get("cflags")),
+            ("commit", env.get("git_commit")), ("date", env.get("date")), ("python", env.get("python")),
+            ("server CPUs", cfg.get("server_cpus") or "any"), ("loadgen CPUs", cfg.get("loadgen_cpus") or "any"),
+            ("run", f"{'quick, ' if cfg.get('quick') else ''}{cfg.get('repeat')} round(s) of "
+                    f"{cfg.get('throughput_duration_s') or cfg.get('duration_s')} s per throughput point, "
+                    f"{cfg.get('duration_s')} s per other run; {summary.get('elapsed_s')} s in all"),
+            ("designs", ", ".join(cfg.get("designs") or [])), ("scenarios", ", ".join(cfg.get("scenarios") or []))]
+    h = "<table class=kv>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                                     for k, v in rows) + "</table>"
+    topo = summary.get("topology")
+    if not topo:
+        return h + "<p>Topology: loopback, no emulated network (server and loadgen on this machine).</p>"
+    hosts = [[x.get("name"), x.get("addr"), x.get("cpus"), x.get("cpu_quota"), x.get("mem_limit"),
+              x.get("oom_kills"), x.get("throttled")] for x in topo.get("hosts") or []]
+    h += "<h3>Hosts</h3>" + H.html_table(["host", "address", "CPUs", "CPU quota", "memory limit", "OOM kills",
+                                          "throttled"], hosts)
+    links = [[f"{x.get('a')} - {x.get('b')}", x.get("rtt"), x.get("jitter"), x.get("loss"), x.get("rate"),
+              x.get("rtt_measured_ms"), x.get("rtt_min_ms"), (x.get("emulator") or {}).get("cpu_us_per_packet")]
+             for x in topo.get("links") or []]
+    h += "<h3>Links</h3>" + H.html_table(["link", "round trip", "jitter", "loss", "rate", "measured ms (median)",
+                                          "measured ms (min)", "emulator us/packet"], links)
+    return h
+
+
+SECTIONS = [("cpu", "Server CPU per request, by design"), ("throughput", "Throughput"),
+            ("latency", "Latency percentile spectra")]
+
+
 def write_all(out, summary):
     """Write tables.txt, the charts and index.html into out; return the
-    tables as text (what the bench prints)."""
+    tables as text (what the bench prints). The page leads with the charts
+    (CPU per request, throughput, latency spectra), then the machine, then
+    the tables; the charts are inline SVG, so it is one file that reads
+    offline."""
     out = Path(out)
-    texts, sections = [], []
-    images = charts(out, summary)
+    texts, tables = [], []
+    made = charts(out, summary)
     present = [sc for sc in TABLES if any(r["scenario"] == sc for r in summary["runs"])]
     for sc in present:
         title, headers, rows, notes, best = rows_for(summary, sc)
@@ -185,16 +230,39 @@ def write_all(out, summary):
         body = H.html_table(headers, rows, best)
         if notes:
             body += "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
-        sections.append((title, body, images.get(sc, [])))
+        tables.append((title, body))
     text = "\n\n".join(texts) + "\n"
     (out / "tables.txt").write_text(text)
     env = summary.get("env", {})
-    intro = ("<p>Best row of each table in bold; * in the text tables. Server on CPUs "
-             f"{html.escape(str(summary.get('config', {}).get('server_cpus')))}, loadgen on CPUs "
-             f"{html.escape(str(summary.get('config', {}).get('loadgen_cpus')))}.</p><pre>"
-             + html.escape(json.dumps(env, indent=1)) + "</pre>")
-    H.html_page(out / "index.html", "concurrency-lab bench", intro, sections)
+    parts = ["<!doctype html><html lang=en><meta charset=utf-8><title>concurrency-lab bench</title>",
+             f"<style>{H.PAGE_STYLE}{PAGE_EXTRA}</style>",
+             f"<h1>concurrency-lab bench</h1><p class=sub>{html.escape(env.get('date') or '')}, commit "
+             f"<code>{html.escape((env.get('git_commit') or '?')[:12])}</code>, "
+             f"{html.escape(env.get('cpu_model') or '?')} ({env.get('cores') or '?'} cores); "
+             f"<a href=#machine>machine and topology</a>, <a href=#tables>tables</a>, "
+             f"<a href=summary.json>summary.json</a>.</p>"]
+    for sec, heading in SECTIONS:
+        these = [m for m in made if m[0] == sec]
+        if these:
+            parts.append(f"<h2 id={sec}>{html.escape(heading)}</h2>")
+            parts += [f'<figure class=chart id="chart-{html.escape(cid)}">{svg}<figcaption>{html.escape(cap)}'
+                      f"</figcaption></figure>" for _s, cid, cap, svg in these]
+    parts.append("<h2 id=machine>Machine and topology</h2>" + machine_html(summary))
+    parts.append("<h2 id=tables>Tables</h2><p>Best row of each table in bold; * in the text tables "
+                 "(tables.txt).</p>")
+    parts += [f"<h3>{html.escape(title)}</h3>{body}" for title, body in tables]
+    configs = summary.get("anchor_configs") or {}
+    if configs:
+        parts.append("<h2>The anchors' configurations</h2>" + "".join(
+            f"<details><summary>{html.escape(name)}</summary><pre>{html.escape(text)}</pre></details>"
+            for name, text in configs.items()))
+    (out / "index.html").write_text("\n".join(parts) + "\n")
     return text
+
+
+PAGE_EXTRA = """figure.chart{margin:1em 0}figure.chart svg{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#555;font-size:.9em}.sub{color:#555}table.kv th{text-align:left;background:#f6f6f6}
+table.kv td{text-align:left}"""
 
 
 if __name__ == "__main__":

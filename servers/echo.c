@@ -8,6 +8,7 @@
  * Weakness: it serves nothing else (no line protocol, no errors, no
  * timeouts), so a slow or hostile client is never cut. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -61,12 +62,17 @@ int main(int argc, char **argv)
     server_cfg_t cfg;
     server_init(argc, argv, "echo", 0, &cfg);
     int lfd = server_listen(&cfg, NET_NONBLOCK);
+    if (lfd < 0)
+        return 1;
     int ep = epoll_create1(EPOLL_CLOEXEC);
     static int listener, stopper;
     struct epoll_event e = {.events = EPOLLIN, .data.ptr = &listener};
-    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &e);
-    e.data.ptr = &stopper;
-    epoll_ctl(ep, EPOLL_CTL_ADD, server_stop_fd(), &e);
+    struct epoll_event st = {.events = EPOLLIN, .data.ptr = &stopper};
+    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &e) < 0 ||
+        epoll_ctl(ep, EPOLL_CTL_ADD, server_stop_fd(), &st) < 0) {
+        fprintf(stderr, "server-echo: epoll: %s\n", strerror(errno));
+        return 1;
+    }
     server_announce(&cfg, lfd);
 
     while (!server_stopping) {
@@ -92,7 +98,10 @@ int main(int argc, char **argv)
                     c->fd = fd;
                     c->in_len = c->out_off = c->out_len = 0;
                     struct epoll_event a = {.events = EPOLLIN, .data.ptr = c};
-                    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &a);
+                    if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &a) < 0) {
+                        close(fd); /* out of memory or of epoll watches */
+                        free(c);
+                    }
                 }
                 continue;
             }
@@ -112,7 +121,7 @@ int main(int argc, char **argv)
                 free(c);
             } else if (want != evs[i].events) {
                 struct epoll_event m = {.events = want, .data.ptr = c};
-                epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &m);
+                (void)epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &m); /* registered: cannot fail */
             }
         }
     }

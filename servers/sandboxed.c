@@ -2,7 +2,7 @@
  * run in a fresh sandbox for every request.
  *
  * Every DIR/<name>.lua (--tenants DIR) is served under /t/<name>/...: each
- * loop thread has a sandbox runner (servers/core/sandbox.h) and runs the
+ * loop thread has a sandbox runner (servers/sandbox/sandbox.h) and runs the
  * request inline, within the tenant's memory and time limits (503, 504). A
  * reloader thread picks up new, changed and removed files within 200 ms;
  * every other route (/, /ping, /metrics with per-tenant counters...) is
@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #include "core/reactor.h"
-#include "core/sandbox.h"
+#include "sandbox/sandbox.h"
 
 static __thread sandbox_runner_t *runner;
 
@@ -137,9 +137,10 @@ static int tenant_request(session_t *s, const http_request_t *r, const char *bod
     const char *name = r->path + 3, *end = r->path + r->path_len;
     const char *slash = memchr(name, '/', (size_t)(end - name));
     size_t name_len = (size_t)((slash ? slash : end) - name);
-    sandbox_req_t q = {r->method, r->method_len, slash ? slash : "/",
-                       slash ? (size_t)(end - slash) : 1, r->query, r->query_len,
-                       r->headers, r->num_headers, body, blen};
+    sandbox_req_t q = {
+        r->method, r->method_len, slash ? slash : "/", slash ? (size_t)(end - slash) : 1,
+        r->query,  r->query_len,  r->headers,          r->num_headers,
+        body,      blen};
     sandbox_resp_t a;
     int rc = sandbox_run(runner, name, name_len, &q, &a);
     if (rc == -EAGAIN) {
@@ -165,8 +166,8 @@ int main(int argc, char **argv)
 {
     server_cfg_t cfg;
     char err[256];
-    server_init(argc, argv, "sandboxed", SERVER_OPT_THREADS | SERVER_OPT_WORKERS | SERVER_OPT_TENANTS,
-                &cfg);
+    server_init(argc, argv, "sandboxed",
+                SERVER_OPT_THREADS | SERVER_OPT_WORKERS | SERVER_OPT_TENANTS, &cfg);
     sandbox_cfg_t sc = {cfg.tenants, cfg.tenant_mem_kb, cfg.tenant_ms, 0, 0};
     if (sandbox_init(&sc, err, sizeof err) < 0) {
         fprintf(stderr, "server-sandboxed: %s\n", err);

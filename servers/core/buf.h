@@ -16,11 +16,20 @@ typedef struct buf {
 } buf_t;
 
 /* Number of valid bytes. */
-static inline size_t buf_used(const buf_t *b) { return b->len - b->off; }
+static inline size_t buf_used(const buf_t *b)
+{
+    return b->len - b->off;
+}
 /* First valid byte (may be NULL when nothing was ever allocated). */
-static inline char *buf_head(const buf_t *b) { return b->data + b->off; }
+static inline char *buf_head(const buf_t *b)
+{
+    return b->data + b->off;
+}
 /* Free space after the valid bytes. */
-static inline size_t buf_room(const buf_t *b) { return b->cap - b->len; }
+static inline size_t buf_room(const buf_t *b)
+{
+    return b->cap - b->len;
+}
 
 /* Make room for at least `more` bytes after the valid ones, compacting first
  * and growing (doubling) if needed, never past `max` bytes of capacity.

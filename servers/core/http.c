@@ -7,17 +7,15 @@
 /* RFC 9110 tchar: the characters of a method or header name. */
 static const unsigned char tchar[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
-    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
-    ['8'] = 1, ['9'] = 1,
-    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
-    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
-    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
-    ['Y'] = 1, ['Z'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
-    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
-    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
-    ['y'] = 1, ['z'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,  ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1,  ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1,  ['N'] = 1, ['O'] = 1,
+    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1,  ['V'] = 1, ['W'] = 1,
+    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1,  ['d'] = 1, ['e'] = 1,
+    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1,  ['l'] = 1, ['m'] = 1,
+    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1,  ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
 static int hexval(char c)
@@ -304,6 +302,29 @@ int http_check_host(const http_request_t *req)
     return host_valid(host->value, host->value_len) ? 0 : 400;
 }
 
+int http_check_request(int parsed, const http_request_t *req, int64_t *content_length, int *chunked,
+                       const char **why)
+{
+    int st;
+    if (parsed < 0) {
+        *why = parsed == HTTP_TOO_LARGE ? "header block too large\n" : "malformed request\n";
+        return parsed == HTTP_TOO_LARGE ? 431 : 400;
+    }
+    if ((st = http_body_framing(req->headers, req->num_headers, content_length, chunked)) != 0) {
+        *why = st == 501 ? "transfer coding not supported\n" : "bad body framing\n";
+        return st;
+    }
+    if (req->major != 1) {
+        *why = "only HTTP/1.x is served here\n";
+        return 505;
+    }
+    if (http_check_host(req) != 0) { /* RFC 9112 3.2: a MUST, after the version is known */
+        *why = "missing, repeated or invalid Host\n";
+        return 400;
+    }
+    return 0;
+}
+
 int http_keep_alive(const http_request_t *req)
 {
     const http_header_t *c = http_find_header(req->headers, req->num_headers, "connection");
@@ -323,18 +344,18 @@ int http_keep_alive(const http_request_t *req)
  * read as one size by one and another by the other). A bare CR is never a
  * line end (RFC 9112 section 2.2); a bare LF is, as everywhere in this parser. */
 enum {
-    CH_SIZE,          /* the first hex digit of a size */
-    CH_SIZE_MORE,     /* more hex digits, or what follows the size */
-    CH_EXT,           /* after the size or an extension: ';', BWS or the line end */
-    CH_EXT_BWS,       /* white space there: only a ';' may follow it */
-    CH_EXT_NAME0,     /* after ';': BWS, then the name's first character */
-    CH_EXT_NAME,      /* the name: more of it, '=', ';', BWS or the line end */
-    CH_EXT_NAME_BWS,  /* white space after the name: '=' or ';' must follow */
-    CH_EXT_VAL0,      /* after '=': BWS, then a token or a quoted string */
-    CH_EXT_TOKEN,     /* a token value */
-    CH_EXT_QUOTED,    /* inside a quoted string */
-    CH_EXT_QPAIR,     /* after a backslash in a quoted string */
-    CH_SIZE_LF,       /* a CR ended the size line: LF must follow */
+    CH_SIZE,         /* the first hex digit of a size */
+    CH_SIZE_MORE,    /* more hex digits, or what follows the size */
+    CH_EXT,          /* after the size or an extension: ';', BWS or the line end */
+    CH_EXT_BWS,      /* white space there: only a ';' may follow it */
+    CH_EXT_NAME0,    /* after ';': BWS, then the name's first character */
+    CH_EXT_NAME,     /* the name: more of it, '=', ';', BWS or the line end */
+    CH_EXT_NAME_BWS, /* white space after the name: '=' or ';' must follow */
+    CH_EXT_VAL0,     /* after '=': BWS, then a token or a quoted string */
+    CH_EXT_TOKEN,    /* a token value */
+    CH_EXT_QUOTED,   /* inside a quoted string */
+    CH_EXT_QPAIR,    /* after a backslash in a quoted string */
+    CH_SIZE_LF,      /* a CR ended the size line: LF must follow */
     CH_DATA,
     CH_DATA_CR,
     CH_DATA_LF,
@@ -342,7 +363,7 @@ enum {
     CH_TRAILER_NAME,
     CH_TRAILER_VALUE,
     CH_TRAILER_LF,
-    CH_END_LF,        /* a CR began the final line end: LF must follow */
+    CH_END_LF, /* a CR began the final line end: LF must follow */
     CH_DONE
 };
 
@@ -366,7 +387,9 @@ static void size_line_end(http_chunked_t *d)
     d->state = d->left ? CH_DATA : CH_TRAILER_START;
 }
 
-int http_decode_chunked(http_chunked_t *d, char *buf, size_t len, size_t max_body)
+/* The chunked state machine, from buf[d->src] to buf[len): moving the data
+ * down to buf[d->dst] (decoding) or leaving it in place (scanning). */
+static int chunked_run(http_chunked_t *d, char *buf, size_t len, size_t max_body, int move)
 {
     while (d->src < len) {
         unsigned char c = (unsigned char)buf[d->src];
@@ -475,7 +498,8 @@ int http_decode_chunked(http_chunked_t *d, char *buf, size_t len, size_t max_bod
             size_t n = len - d->src;
             if (n > d->left)
                 n = (size_t)d->left;
-            memmove(buf + d->dst, buf + d->src, n);
+            if (move)
+                memmove(buf + d->dst, buf + d->src, n);
             d->dst += n;
             d->src += n;
             d->left -= n;
@@ -545,6 +569,20 @@ int http_decode_chunked(http_chunked_t *d, char *buf, size_t len, size_t max_bod
     return d->state == CH_DONE;
 }
 
+int http_decode_chunked(http_chunked_t *d, char *buf, size_t len, size_t max_body)
+{
+    return chunked_run(d, buf, len, max_body, 1);
+}
+
+int http_scan_chunked(http_chunked_t *d, const char *p, size_t n, size_t *used)
+{
+    d->src = 0;
+    /* Not written to: with move off, the machine only reads. */
+    int rc = chunked_run(d, (char *)p, n, SIZE_MAX, 0);
+    *used = d->src;
+    return rc;
+}
+
 int http_query_get(const char *query, size_t len, const char *name, const char **value,
                    size_t *value_len)
 {
@@ -594,24 +632,47 @@ ssize_t http_url_decode(const char *src, size_t len, char *dst, int plus)
 const char *http_reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 204: return "No Content";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 200:
+        return "OK";
+    case 204:
+        return "No Content";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 411:
+        return "Length Required";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 421:
+        return "Misdirected Request";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }

@@ -9,16 +9,20 @@
 #ifndef CORE_HTTP_H
 #define CORE_HTTP_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
-#define HTTP_BAD       (-1)
-#define HTTP_PARTIAL   (-2)
-#define HTTP_TOO_LARGE (-3)
+/* Negative errnos, as every failure in this code base (see the README's
+ * "Conventions"), so that no parse result reads as another function's
+ * error: http_query_get's -ENOENT is not "partial". */
+#define HTTP_BAD       (-EBADMSG)  /* malformed */
+#define HTTP_PARTIAL   (-EAGAIN)   /* not complete yet: more bytes needed */
+#define HTTP_TOO_LARGE (-EMSGSIZE) /* over a limit (head, headers, body) */
 
-#define HTTP_MAX_HEADERS 64     /* more is answered with 431 */
-#define HTTP_MAX_HEAD    8192   /* default header block limit (431 beyond) */
+#define HTTP_MAX_HEADERS 64        /* more is answered with 431 */
+#define HTTP_MAX_HEAD    8192      /* default header block limit (431 beyond) */
 #define HTTP_MAX_BODY    (1 << 20) /* default body limit (413 beyond) */
 
 typedef struct http_header {
@@ -73,6 +77,16 @@ int http_body_framing(const http_header_t *h, size_t n, int64_t *content_length,
  * messages of every version alike: HTTP/1.0 needs no Host. */
 int http_check_host(const http_request_t *req);
 
+/* A server's checks of a request head before it looks at what it asks
+ * (the same for every design, and for the proxy before it forwards):
+ * `parsed` is http_parse_request's return for req (not HTTP_PARTIAL). Returns
+ * 0 when the request may be served, with *content_length and *chunked set as
+ * http_body_framing sets them; else the status to answer and close with (431
+ * head too large, 400 malformed or bad framing or Host, 501 coding, 505
+ * version), *why its reason (a static line of text). */
+int http_check_request(int parsed, const http_request_t *req, int64_t *content_length, int *chunked,
+                       const char **why);
+
 /* Does the client want the connection kept open after this request?
  * HTTP/1.1 by default unless "Connection: close"; HTTP/1.0 only with
  * "Connection: keep-alive". */
@@ -81,12 +95,12 @@ int http_keep_alive(const http_request_t *req);
 /* Incremental, in-place decoder of a chunked body. Zero-initialise it before
  * the first call. */
 typedef struct http_chunked {
-    size_t src;       /* raw bytes consumed so far, from the body's start */
-    size_t dst;       /* decoded bytes so far, stored at the body's start */
-    uint64_t left;    /* bytes left in the current chunk */
-    size_t trailer;   /* bytes of the trailer section so far (at most HTTP_MAX_HEAD) */
+    size_t src;     /* raw bytes consumed so far, from the body's start */
+    size_t dst;     /* decoded bytes so far, stored at the body's start */
+    uint64_t left;  /* bytes left in the current chunk */
+    size_t trailer; /* bytes of the trailer section so far (at most HTTP_MAX_HEAD) */
     int state;
-    int digits;       /* significant digits of the current size (leading zeros don't count) */
+    int digits; /* significant digits of the current size (leading zeros don't count) */
 } http_chunked_t;
 
 /* Decode what has arrived of a chunked body at buf[0..len) (buf is the byte
@@ -99,6 +113,14 @@ typedef struct http_chunked {
  * digits or the trailers more than HTTP_MAX_HEAD bytes. Extensions and
  * trailer fields are checked, then ignored. */
 int http_decode_chunked(http_chunked_t *d, char *buf, size_t len, size_t max_body);
+
+/* Follow the framing of a chunked body passed on unchanged (a proxy): scan
+ * the n bytes at p, which come after those of the earlier calls with d.
+ * Returns 1 when the body and its trailers end within them (*used is then
+ * how many of the n are the body's), 0 when all n are and more are needed
+ * (*used = n), or HTTP_BAD / HTTP_TOO_LARGE as http_decode_chunked, with no
+ * limit on the body's length. d->src counts within the last call only. */
+int http_scan_chunked(http_chunked_t *d, const char *p, size_t n, size_t *used);
 
 /* Find parameter `name` in a query string (a=1&b=2). On success points
  * *value at its raw (still percent-encoded) value and returns 0; returns

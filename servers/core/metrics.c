@@ -32,15 +32,16 @@ static struct {
 } writers[MAX_WRITERS];
 static int nwriters;
 
-static const char *cmd_names[MC_N] = {"hello", "ping", "wait", "burn", "stream", "metrics",
-                                      "healthz", "ext", "other"};
-static const char *status_names[MS_N] = {"ok", "err", "200", "400", "404", "405", "408",
-                                         "413", "414", "415", "422", "431", "500", "501",
-                                         "503", "504", "505", "other"};
-static const int status_codes[MS_N] = {0, 0, 200, 400, 404, 405, 408, 413, 414, 415, 422,
-                                       431, 500, 501, 503, 504, 505, 0};
-static const char *error_names[ME_N] = {"read", "write", "header_timeout", "idle_timeout",
-                                        "line_too_long", "bad_request", "refused", "accept"};
+static const char *cmd_names[MC_N] = {"hello",   "ping",    "wait", "burn", "stream",
+                                      "metrics", "healthz", "ext",  "other"};
+static const char *status_names[MS_N] = {"ok",  "err", "200", "400", "404",  "405", "408",
+                                         "413", "414", "415", "422", "431",  "500", "501",
+                                         "502", "503", "504", "505", "other"};
+static const int status_codes[MS_N] = {0,   0,   200, 400, 404, 405, 408, 413, 414, 415,
+                                       422, 431, 500, 501, 502, 503, 504, 505, 0};
+static const char *error_names[ME_N] = {"read",         "write",         "header_timeout",
+                                        "idle_timeout", "line_too_long", "bad_request",
+                                        "refused",      "accept"};
 
 metrics_t *metrics_local(void)
 {
@@ -79,7 +80,10 @@ static void bump(uint64_t *c)
     __atomic_store_n(c, __atomic_load_n(c, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
 }
 
-static uint64_t get(const uint64_t *c) { return __atomic_load_n(c, __ATOMIC_RELAXED); }
+static uint64_t get(const uint64_t *c)
+{
+    return __atomic_load_n(c, __ATOMIC_RELAXED);
+}
 
 void metrics_request(int cmd, int slot)
 {
@@ -142,6 +146,60 @@ uint64_t metrics_open_conns(void)
     return __atomic_load_n(&open_conns, __ATOMIC_RELAXED);
 }
 
+void metrics_loop(int index)
+{
+    metrics_t *m = metrics_local();
+    if (m)
+        __atomic_store_n(&m->loop, index + 1, __ATOMIC_RELAXED);
+}
+
+void metrics_listener_wakeup(int accepted)
+{
+    metrics_t *m = metrics_local();
+    if (!m)
+        return;
+    bump(&m->listener_wakeups);
+    if (!accepted)
+        bump(&m->listener_wasted);
+}
+
+/* The loops' counters (metrics_loop), one line per loop in index order. A
+ * loop thread's block outlives it only at the process's end, so no other
+ * thread's counts join a loop's. */
+static int render_loops(buf_t *out)
+{
+    static const struct {
+        const char *name, *help;
+    } series[] = {
+        {"loop_connections_accepted_total", "Connections accepted, by event loop."},
+        {"loop_listener_wakeups_total",
+         "Wake-ups of an event loop with its listening socket ready."},
+        {"loop_listener_wakeups_wasted_total",
+         "Wake-ups of an event loop on its listener that accepted nothing."},
+    };
+    int rc = 0, loops = 0;
+    for (metrics_t *m = first_block(); m; m = m->next) {
+        int l = __atomic_load_n(&m->loop, __ATOMIC_RELAXED);
+        if (l > loops)
+            loops = l;
+    }
+    for (size_t k = 0; loops && k < sizeof series / sizeof *series; k++) {
+        rc |= buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n", series[k].name, series[k].help,
+                         series[k].name);
+        for (int l = 1; l <= loops; l++)
+            for (metrics_t *m = first_block(); m; m = m->next) {
+                if (__atomic_load_n(&m->loop, __ATOMIC_RELAXED) != l)
+                    continue;
+                uint64_t v = k == 0   ? get(&m->accepted)
+                             : k == 1 ? get(&m->listener_wakeups)
+                                      : get(&m->listener_wasted);
+                rc |= buf_printf(out, "%s{loop=\"%d\"} %llu\n", series[k].name, l - 1,
+                                 (unsigned long long)v);
+            }
+    }
+    return rc;
+}
+
 void metrics_add_writer(metrics_writer_fn fn, void *ctx)
 {
     if (nwriters < MAX_WRITERS) {
@@ -169,24 +227,26 @@ int metrics_render(buf_t *out)
     for (int c = 0; c < MC_N; c++)
         for (int s = 0; s < MS_N; s++)
             if (sum.requests[c][s])
-                rc |= buf_printf(out, "requests_total{cmd=\"%s\",status=\"%s\"} %llu\n",
-                                 cmd_names[c], status_names[s],
-                                 (unsigned long long)sum.requests[c][s]);
-    rc |= buf_printf(out,
-                     "# HELP connections_open Connections open now.\n"
-                     "# TYPE connections_open gauge\n"
-                     "connections_open %llu\n"
-                     "# HELP connections_accepted_total Connections accepted.\n"
-                     "# TYPE connections_accepted_total counter\n"
-                     "connections_accepted_total %llu\n"
-                     "# HELP errors_total Errors, by kind.\n"
-                     "# TYPE errors_total counter\n",
-                     /* blocks are read one by one: never print a wrapped count */
-                     (unsigned long long)(sum.accepted > sum.closed ? sum.accepted - sum.closed : 0),
-                     (unsigned long long)sum.accepted);
+                rc |=
+                    buf_printf(out, "requests_total{cmd=\"%s\",status=\"%s\"} %llu\n", cmd_names[c],
+                               status_names[s], (unsigned long long)sum.requests[c][s]);
+    rc |=
+        buf_printf(out,
+                   "# HELP connections_open Connections open now.\n"
+                   "# TYPE connections_open gauge\n"
+                   "connections_open %llu\n"
+                   "# HELP connections_accepted_total Connections accepted.\n"
+                   "# TYPE connections_accepted_total counter\n"
+                   "connections_accepted_total %llu\n"
+                   "# HELP errors_total Errors, by kind.\n"
+                   "# TYPE errors_total counter\n",
+                   /* blocks are read one by one: never print a wrapped count */
+                   (unsigned long long)(sum.accepted > sum.closed ? sum.accepted - sum.closed : 0),
+                   (unsigned long long)sum.accepted);
     for (int e = 0; e < ME_N; e++)
         rc |= buf_printf(out, "errors_total{kind=\"%s\"} %llu\n", error_names[e],
                          (unsigned long long)sum.errors[e]);
+    rc |= render_loops(out);
     for (int i = 0; i < nwriters; i++)
         writers[i].fn(out, writers[i].ctx);
     return rc ? -ENOMEM : 0;

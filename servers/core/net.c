@@ -35,7 +35,8 @@ int net_listen(const char *host, int port, int backlog, int flags, char *err, si
 
     if ((rc = net_resolve(host, port, &ss, &sslen, err, errlen)) < 0)
         return rc;
-    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | ((flags & NET_NONBLOCK) ? SOCK_NONBLOCK : 0), 0);
+    fd = socket(ss.ss_family,
+                SOCK_STREAM | SOCK_CLOEXEC | ((flags & NET_NONBLOCK) ? SOCK_NONBLOCK : 0), 0);
     if (fd < 0)
         goto err;
     /* This helps avoid spurious EADDRINUSE when the previous instance of this
@@ -68,11 +69,13 @@ int net_connect(const struct sockaddr *sa, socklen_t salen, const struct sockadd
     if (from) {
         /* Let the kernel pick the port only at connect time, so many source
          * addresses can each use the whole ephemeral range (c10k lab). */
-        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        /* Best effort (Linux >= 4.2): without it the bind takes a port. */
+        (void)setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
         if (bind(fd, from, fromlen) < 0)
             goto err;
     }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* Best effort: Nagle only adds latency, never breaks the connection. */
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(fd, sa, salen) < 0 && errno != EINPROGRESS)
         goto err;
     return fd;

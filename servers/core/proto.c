@@ -43,13 +43,13 @@ int proto_parse_line(const char *buf, size_t len, uint64_t burn_max, proto_line_
     size_t scan = len < PROTO_MAX_LINE + 2 ? len : PROTO_MAX_LINE + 2;
     const char *nl = memchr(buf, '\n', scan);
     if (!nl)
-        return len > PROTO_MAX_LINE + 1 ? -1 : 0;
+        return len > PROTO_MAX_LINE + 1 ? -EMSGSIZE : 0;
     size_t consumed = (size_t)(nl - buf) + 1;
     size_t n = (size_t)(nl - buf);
     if (n > 0 && buf[n - 1] == '\r')
         n--;
     if (n > PROTO_MAX_LINE)
-        return -1;
+        return -EMSGSIZE;
 
     const char *sp = memchr(buf, ' ', n);
     size_t wlen = sp ? (size_t)(sp - buf) : n;
@@ -73,6 +73,23 @@ int proto_parse_line(const char *buf, size_t len, uint64_t burn_max, proto_line_
     } else if (word_is(buf, wlen, "STREAM")) {
         out->cmd = CMD_STREAM;
         max = PROTO_STREAM_MAX;
+    } else if (word_is(buf, wlen, "JOIN") || word_is(buf, wlen, "SAY")) {
+        /* The rest of the line is the room or the text, as it came. */
+        out->cmd = wlen == 4 ? CMD_JOIN : CMD_SAY; /* text is set for these only */
+        out->text = arg;
+        out->text_len = alen;
+        if (!arg || alen == 0) {
+            out->cmd = CMD_ERR;
+            out->err = wlen == 4 ? "missing room" : "missing text";
+        }
+        return (int)consumed;
+    } else if (word_is(buf, wlen, "LEAVE")) {
+        out->cmd = CMD_LEAVE;
+        if (sp) {
+            out->cmd = CMD_ERR;
+            out->err = "unexpected argument";
+        }
+        return (int)consumed;
     } else {
         out->cmd = CMD_ERR;
         out->err = n == 0 ? "empty command" : "unknown command";
@@ -117,8 +134,8 @@ int proto_detect(const char *buf, size_t len)
     size_t n = (size_t)(nl - buf);
     if (n > 0 && buf[n - 1] == '\r')
         n--;
-    if (n >= 9 && memcmp(buf + n - 9, " HTTP/", 6) == 0 && buf[n - 3] >= '0' &&
-        buf[n - 3] <= '9' && buf[n - 2] == '.' && buf[n - 1] >= '0' && buf[n - 1] <= '9')
+    if (n >= 9 && memcmp(buf + n - 9, " HTTP/", 6) == 0 && buf[n - 3] >= '0' && buf[n - 3] <= '9' &&
+        buf[n - 2] == '.' && buf[n - 1] >= '0' && buf[n - 1] <= '9')
         return PROTO_HTTP;
     return PROTO_LINE;
 }

@@ -1,5 +1,6 @@
-/* reactor: the multi-threaded event-loop runtime of the reactor design, which
- * the sandboxed server and the incrementor reuse.
+/* reactor: the reactor design's runtime (servers/reactor.c is the design),
+ * which the sandboxed server and the incrementor reuse with their own
+ * requests (session_cfg_t.ext) and hooks.
  *
  * One epoll loop per thread (--threads), each with its own listening socket
  * on the same port (SO_REUSEPORT: the kernel spreads new connections over
@@ -27,7 +28,9 @@ typedef struct reactor_hooks {
 
 /* Listen, announce, and serve with cfg->threads loops and cfg->workers
  * workers until SIGINT/SIGTERM, then drain (SERVER_DRAIN_MS at most).
- * hooks may be NULL. Returns the process exit status (0 after a clean stop). */
+ * hooks may be NULL. Returns the process exit status: 0 after a clean stop,
+ * 1 when it could not start (the reason printed on stderr) or a loop's
+ * thread_init failed (the server then stops as on SIGTERM). */
 int reactor_run(server_cfg_t *cfg, const reactor_hooks_t *hooks);
 
 /* Run fn(s, arg) on the loop thread that owns session s, from any thread:

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "chat.h"
 #include "metrics.h"
 #include "proto.h"
 
@@ -14,6 +15,9 @@
 #define OUT_HIGH     (256 << 10) /* stop answering while this much output waits */
 #define STREAM_CHUNK (64 << 10)  /* STREAM bytes generated at a time */
 #define WRITE_BUDGET (1 << 20)   /* bytes per wake-up, so one fast reader can't starve the loop */
+/* An idle session keeps buffers up to this size (a read behind a partial
+ * request grows the input buffer to two READ_CHUNKs). */
+#define BUF_KEEP     (2 * READ_CHUNK)
 
 static const char hello_response[] = "HTTP/1.1 200 OK\r\n"
                                      "Content-Type: text/plain\r\n"
@@ -36,6 +40,12 @@ void session_init(session_t *s, int fd, const session_cfg_t *cfg)
     s->fd = fd;
     s->cfg = cfg;
     s->last_active = time_now_ms();
+}
+
+/* Output not yet sent: queued, and taken by the design (external_io). */
+static size_t out_pending(const session_t *s)
+{
+    return buf_used(&s->out) + s->lent;
 }
 
 static void out_put(session_t *s, const void *p, size_t n)
@@ -90,7 +100,8 @@ static int put_head(session_t *s, int status, const char *ctype, size_t len, con
     at = put(at, end, extra, strlen(extra));
     at = put(at, end, "\r\n", 2);
     if (!at || status < 100 || status > 999) /* too long for head[]: the slow way */
-        return buf_printf(&s->out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
+        return buf_printf(&s->out,
+                          "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s%s\r\n",
                           status, reason, ctype, len, conn, extra);
     return buf_append(&s->out, head, (size_t)(at - head));
 }
@@ -129,8 +140,8 @@ static void http_fail(session_t *s, int status, const char *text)
     if (s->cfg->json_errors) {
         /* The texts are constant ASCII without quotes: safe inside a JSON string. */
         char body[160];
-        int n = snprintf(body, sizeof body, "{\"error\":\"%.*s\"}\n",
-                         (int)strcspn(text, "\n"), text);
+        int n =
+            snprintf(body, sizeof body, "{\"error\":\"%.*s\"}\n", (int)strcspn(text, "\n"), text);
         http_answer(s, MC_OTHER, status, "application/json", body, (size_t)n, NULL);
     } else {
         http_text(s, MC_OTHER, status, text);
@@ -199,7 +210,7 @@ static void start_stream(session_t *s, uint64_t n)
 /* Generate STREAM bytes while the output is low. */
 static void stream_fill(session_t *s)
 {
-    while (s->op == OP_STREAM && buf_used(&s->out) < STREAM_CHUNK) {
+    while (s->op == OP_STREAM && out_pending(s) < STREAM_CHUNK) {
         size_t n = s->arg < STREAM_CHUNK ? (size_t)s->arg : STREAM_CHUNK;
         if (n) {
             if (buf_reserve(&s->out, n, (size_t)-1) < 0) {
@@ -219,6 +230,39 @@ static void stream_fill(session_t *s)
 }
 
 /* ---- line protocol ---- */
+
+/* JOIN, SAY, LEAVE: the rooms are the design's (session_cfg_t.chat). */
+static void chat_command(session_t *s, const proto_line_t *cmd)
+{
+    chat_t *c = s->cfg->chat;
+    char text[48];
+    int n;
+    if (!c) {
+        line_answer(s, MC_OTHER, 0, "ERR chat not supported by this server\n");
+        return;
+    }
+    switch (cmd->cmd) {
+    case CMD_JOIN:
+        n = chat_join(c, s, cmd->text, cmd->text_len);
+        if (n < 0) {
+            line_answer(s, MC_OTHER, 0,
+                        n == -ENAMETOOLONG ? "ERR room name too long\n" : "ERR out of memory\n");
+            return;
+        }
+        snprintf(text, sizeof text, "JOINED %d\n", n);
+        line_answer(s, MC_OTHER, 1, text);
+        break;
+    case CMD_SAY:
+        if (chat_say(c, s, cmd->text, cmd->text_len) < 0)
+            line_answer(s, MC_OTHER, 0, "ERR not in a room\n");
+        else
+            metrics_request(MC_OTHER, MS_OK); /* its answer is its own MSG */
+        break;
+    default:
+        chat_leave(s);
+        line_answer(s, MC_OTHER, 1, "LEFT\n");
+    }
+}
 
 /* Answer one command. Returns 1 when a line was taken, 0 when incomplete. */
 static int line_step(session_t *s)
@@ -248,6 +292,11 @@ static int line_step(session_t *s)
     case CMD_STREAM:
         start_stream(s, cmd.arg);
         break;
+    case CMD_JOIN:
+    case CMD_SAY:
+    case CMD_LEAVE:
+        chat_command(s, &cmd);
+        break;
     default: {
         char text[64];
         snprintf(text, sizeof text, "ERR %s\n", cmd.err);
@@ -265,14 +314,14 @@ static int path_is(const http_request_t *r, const char *p)
     return r->path_len == n && memcmp(r->path, p, n) == 0;
 }
 
-/* The value of query parameter `name` as a number <= max; -1 if missing or bad. */
+/* The value of query parameter `name` as a number <= max. Returns 0, or
+ * -ENOENT (missing), -EINVAL or -ERANGE (bad). */
 static int query_u64(const http_request_t *r, const char *name, uint64_t max, uint64_t *v)
 {
     const char *val;
     size_t len;
-    if (http_query_get(r->query, r->query_len, name, &val, &len) < 0)
-        return -1;
-    return proto_parse_u64(val, len, max, v) < 0 ? -1 : 0;
+    int rc = http_query_get(r->query, r->query_len, name, &val, &len);
+    return rc < 0 ? rc : proto_parse_u64(val, len, max, v);
 }
 
 static void route(session_t *s, const http_request_t *r, const char *body, size_t blen)
@@ -350,25 +399,14 @@ static int http_step(session_t *s)
     char *head = buf_head(&s->in);
     size_t n = buf_used(&s->in);
     int64_t clen;
-    int chunked, st;
+    int chunked;
+    const char *why;
     int r = http_parse_request(head, n, HTTP_MAX_HEAD, &req);
     if (r == HTTP_PARTIAL)
         return 0;
-    if (r < 0) {
-        http_fail(s, r == HTTP_TOO_LARGE ? 431 : 400,
-                  r == HTTP_TOO_LARGE ? "header block too large\n" : "malformed request\n");
-        return 1;
-    }
-    if ((st = http_body_framing(req.headers, req.num_headers, &clen, &chunked)) != 0) {
-        http_fail(s, st, st == 501 ? "transfer coding not supported\n" : "bad body framing\n");
-        return 1;
-    }
-    if (req.major != 1) {
-        http_fail(s, 505, "only HTTP/1.x is served here\n");
-        return 1;
-    }
-    if (http_check_host(&req) != 0) { /* RFC 9112 3.2: a MUST, after the version is known */
-        http_fail(s, 400, "missing, repeated or invalid Host\n");
+    int st = http_check_request(r, &req, &clen, &chunked, &why);
+    if (st) {
+        http_fail(s, st, why);
         return 1;
     }
     size_t total = (size_t)r, blen = 0;
@@ -410,8 +448,7 @@ static int flush(session_t *s);
 
 static void process(session_t *s)
 {
-    while (s->op == OP_NONE && !s->closing && buf_used(&s->out) < OUT_HIGH &&
-           buf_used(&s->in) > 0) {
+    while (s->op == OP_NONE && !s->closing && out_pending(s) < OUT_HIGH && buf_used(&s->in) > 0) {
         if (s->proto == PROTO_UNKNOWN)
             s->proto = (uint8_t)proto_detect(buf_head(&s->in), buf_used(&s->in));
         int took = s->proto == PROTO_UNKNOWN ? 0
@@ -428,11 +465,16 @@ static void process(session_t *s)
     }
 }
 
-/* Write what is queued, generating STREAM bytes as room appears.
- * Returns 0, or -1 when the connection is dead. */
+/* Write what is queued, generating STREAM bytes as room appears (only
+ * generating them with external_io: the design sends).
+ * Returns 0, or -errno when the connection is dead. */
 static int flush(session_t *s)
 {
     size_t budget = WRITE_BUDGET;
+    if (s->cfg->external_io) {
+        stream_fill(s);
+        return 0;
+    }
     for (;;) {
         stream_fill(s);
         size_t n = buf_used(&s->out);
@@ -445,8 +487,9 @@ static int flush(session_t *s)
                 return 0;
             if (errno == EINTR)
                 continue;
+            int e = errno;
             metrics_error(ME_WRITE);
-            return -1;
+            return -e;
         }
         buf_consume(&s->out, (size_t)w);
         budget -= (size_t)w;
@@ -456,11 +499,15 @@ static int flush(session_t *s)
     }
 }
 
-/* Is the session held by a worker (its BURN) or an extension (a deferred
- * answer)? Then only their return may free it. */
+/* See session_held; static, so that the hot path inlines it. */
 static int held(const session_t *s)
 {
     return s->working || s->op == OP_DEFER;
+}
+
+int session_held(const session_t *s)
+{
+    return held(s);
 }
 
 /* The connection is dead (reset, a failed write or read, out of memory):
@@ -474,13 +521,13 @@ static int dead(session_t *s)
 
 int session_wants(const session_t *s)
 {
-    int pending_out = buf_used(&s->out) > 0 || s->op == OP_STREAM;
+    int pending_out = out_pending(s) > 0 || s->op == OP_STREAM;
     if (s->closing == 2)
         return held(s) ? SESS_GONE : SESS_CLOSE;
     if (s->op == OP_NONE && !pending_out && (s->closing || s->eof))
         return SESS_CLOSE;
     int w = pending_out ? SESS_WRITE : 0;
-    if (s->op == OP_NONE && !s->closing && !s->eof && buf_used(&s->out) < OUT_HIGH)
+    if (s->op == OP_NONE && !s->closing && !s->eof && out_pending(s) < OUT_HIGH)
         w |= SESS_READ;
     return w;
 }
@@ -495,12 +542,23 @@ static int finish(session_t *s)
          * flush() ends the one or drains the other, requests pipelined
          * behind it are already in the input buffer and no event will come
          * for them: answer them now. */
-        int blocked = s->op == OP_STREAM || buf_used(&s->out) >= OUT_HIGH;
+        int blocked = s->op == OP_STREAM || out_pending(s) >= OUT_HIGH;
         if (flush(s) < 0)
             return dead(s);
         again = blocked && s->op == OP_NONE && !s->closing && buf_used(&s->in) > 0 &&
-                buf_used(&s->out) < OUT_HIGH;
+                out_pending(s) < OUT_HIGH;
     } while (again);
+    /* Between requests a session holds no more than a new one would: the
+     * buffers a burst grew (a large body, a pipelined batch, answers piled
+     * up behind a WAIT or a slow reader) go back. Kept, they would make an
+     * idle keep-alive connection cost its largest burst for the rest of its
+     * life, and a long-lived server's memory creep up with its history. */
+    if ((s->in.cap > BUF_KEEP || s->out.cap > BUF_KEEP) && s->op == OP_NONE && !s->working) {
+        if (!buf_used(&s->in) && s->in.cap > BUF_KEEP)
+            buf_free(&s->in);
+        if (!buf_used(&s->out) && s->out.cap > BUF_KEEP)
+            buf_free(&s->out);
+    }
     int w = session_wants(s);
     if (s->work_ready && !(w & SESS_CLOSE)) {
         s->work_ready = 0;
@@ -510,27 +568,37 @@ static int finish(session_t *s)
     return w;
 }
 
+/* The most input a session holds: one incomplete request at its limits,
+ * and read room. */
+static size_t in_max(const session_t *s)
+{
+    return HTTP_MAX_HEAD + s->cfg->max_body + READ_CHUNK;
+}
+
+/* The input is full, and what it holds is still not a whole request (a
+ * chunked body's framing can outgrow the body limit): it never will be. */
+static int in_full(session_t *s)
+{
+    if (s->proto == PROTO_HTTP)
+        http_fail(s, 413, "request too large\n");
+    else
+        s->closing = 2;
+    return finish(s);
+}
+
 int session_on_readable(session_t *s)
 {
     if (s->eof || s->closing)
         return session_wants(s);
-    size_t max = HTTP_MAX_HEAD + s->cfg->max_body + READ_CHUNK, used = buf_used(&s->in);
+    size_t max = in_max(s), used = buf_used(&s->in);
     /* Near the limit, ask for what is left of it: a whole READ_CHUNK would
      * be refused, and the buffer would stop short of its limit (a request
      * within it answered 413). */
     int rc = buf_reserve(&s->in, max - used < READ_CHUNK ? max - used : READ_CHUNK, max);
     if (rc == -ENOMEM)
         return dead(s);
-    if (buf_room(&s->in) == 0) {
-        /* Full, and what it holds is still not a whole request (a chunked
-         * body's framing can outgrow the body limit): it never will be.
-         * Reading nothing while asking to read would spin. */
-        if (s->proto == PROTO_HTTP)
-            http_fail(s, 413, "request too large\n");
-        else
-            s->closing = 2;
-        return finish(s);
-    }
+    if (buf_room(&s->in) == 0)
+        return in_full(s); /* reading nothing while asking to read would spin */
     if (buf_room(&s->in) > 0) {
         ssize_t r = read(s->fd, s->in.data + s->in.len, buf_room(&s->in));
         if (r > 0) {
@@ -548,6 +616,64 @@ int session_on_readable(session_t *s)
 
 int session_on_writable(session_t *s)
 {
+    return finish(s);
+}
+
+int session_on_chat(session_t *s)
+{
+    chat_take(s);
+    return finish(s);
+}
+
+int session_on_input(session_t *s, const void *p, ssize_t n)
+{
+    if (n < 0) {
+        metrics_error(ME_READ);
+        return dead(s);
+    }
+    if (n == 0) {
+        s->eof = 1;
+        return finish(s);
+    }
+    if (s->eof || s->closing)
+        return session_wants(s); /* no more requests taken: as a read would not be made */
+    if (buf_append(&s->in, p, (size_t)n) < 0)
+        return dead(s);
+    s->last_active = time_now_ms();
+    int w = finish(s);
+    /* What is left is one incomplete request (or input held back behind a
+     * WAIT, a STREAM or unsent output, which is not looked at yet). */
+    if ((w & SESS_READ) && buf_used(&s->in) >= in_max(s))
+        return in_full(s);
+    return w;
+}
+
+size_t session_take_output(session_t *s, buf_t *dst)
+{
+    if (!buf_used(&s->out))
+        return 0;
+    if (dst->cap > BUF_KEEP)
+        buf_free(dst); /* as finish() does with the session's own buffers */
+    buf_t empty = *dst;
+    *dst = s->out;
+    s->out = empty;
+    s->out.off = s->out.len = 0;
+    s->lent += buf_used(dst);
+    return buf_used(dst);
+}
+
+int session_sent(session_t *s, buf_t *dst, ssize_t n)
+{
+    if (n < 0) {
+        metrics_error(ME_WRITE);
+        return dead(s);
+    }
+    size_t k = (size_t)n < buf_used(dst) ? (size_t)n : buf_used(dst);
+    buf_consume(dst, k);
+    s->lent -= k < s->lent ? k : s->lent;
+    if (!buf_used(dst) && dst->cap > BUF_KEEP)
+        buf_free(dst); /* as finish() does with the session's own buffers */
+    s->last_active = time_now_ms();
     return finish(s);
 }
 
@@ -606,7 +732,13 @@ int session_on_error(session_t *s)
 
 void session_work_run(session_t *s)
 {
-    s->arg = proto_burn(s->arg);
+    if (!__atomic_load_n(&s->cancelled, __ATOMIC_RELAXED))
+        s->arg = proto_burn(s->arg);
+}
+
+void session_cancel_work(session_t *s)
+{
+    __atomic_store_n(&s->cancelled, 1, __ATOMIC_RELAXED);
 }
 
 int session_on_work_done(session_t *s)
@@ -643,8 +775,7 @@ void session_defer(session_t *s)
     s->op = OP_DEFER;
 }
 
-int session_resume(session_t *s, int status, const char *content_type, const void *body,
-                   size_t len)
+int session_resume(session_t *s, int status, const char *content_type, const void *body, size_t len)
 {
     s->op = OP_NONE;
     if (s->closing == 2)
@@ -664,6 +795,7 @@ int session_shutdown(session_t *s)
 
 void session_close(session_t *s)
 {
+    chat_leave(s);
     if (s->fd >= 0)
         close(s->fd);
     s->fd = -1;

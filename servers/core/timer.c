@@ -1,6 +1,7 @@
 #include "timer.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -76,6 +77,22 @@ static void remove_at(timers_t *t, size_t i)
         sift_down(t, i);
 }
 
+int timers_reserve(timers_t *t, size_t n)
+{
+    if (n <= t->cap)
+        return 0;
+    /* Doubling: an accept at a time reserves a place at a time. */
+    size_t cap = t->cap ? t->cap * 2 : 64;
+    if (cap < n)
+        cap = n;
+    timer_node_t **h = cap > SIZE_MAX / sizeof *h ? NULL : realloc(t->heap, cap * sizeof *h);
+    if (!h)
+        return -ENOMEM;
+    t->heap = h;
+    t->cap = cap;
+    return 0;
+}
+
 int timers_set(timers_t *t, timer_node_t *node, int64_t when)
 {
     node->want = when;
@@ -91,15 +108,9 @@ int timers_set(timers_t *t, timer_node_t *node, int64_t when)
         sift_up(t, node->idx - 1);
         return 0;
     }
-    if (t->n == t->cap) {
-        size_t cap = t->cap ? t->cap * 2 : 64;
-        timer_node_t **h = realloc(t->heap, cap * sizeof *h);
-        if (!h) {
-            node->want = 0;
-            return -ENOMEM;
-        }
-        t->heap = h;
-        t->cap = cap;
+    if (t->n == t->cap && timers_reserve(t, t->n + 1) < 0) {
+        node->want = 0;
+        return -ENOMEM;
     }
     node->when = when;
     place(t, t->n++, node);

@@ -28,8 +28,15 @@ typedef struct timers {
 } timers_t;
 
 /* Set node's deadline to `when` (ms), or cancel it with 0. Returns 0 or
- * -ENOMEM (the node is then left without a deadline). */
+ * -ENOMEM (the node is then left without a deadline). Cancelling never
+ * fails, nor does filing while the heap has room (see timers_reserve). */
 int timers_set(timers_t *t, timer_node_t *node, int64_t when);
+
+/* Make room for at least n nodes, so that timers_set cannot fail while at most n are
+ * filed: an event loop reserves one place per session when it accepts one,
+ * rather than find out later that a WAIT has no deadline. Returns 0 or
+ * -ENOMEM (the heap is then unchanged). */
+int timers_reserve(timers_t *t, size_t n);
 
 /* Remove and return one node whose deadline is <= now, or NULL. */
 timer_node_t *timers_expired(timers_t *t, int64_t now);

@@ -24,20 +24,21 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static const char *const line_cmds[] = {"PING", "WAIT 5", "BURN 3", "BURN 1000", "STREAM 0",
-                                        "STREAM 7", "STREAM 5000", "WAIT 0"};
+static const char *const line_cmds[] = {"PING",     "WAIT 5",   "BURN 3",      "BURN 1000",
+                                        "STREAM 0", "STREAM 7", "STREAM 5000", "WAIT 0"};
 static const char *const methods[] = {"GET", "HEAD", "POST"};
-static const char *const paths[] = {"/", "/ping", "/wait?ms=5", "/burn?n=3", "/burn?x=1&n=1000",
-                                    "/burn?n=x", "/stream?n=5", "/other"};
+static const char *const paths[] = {
+    "/",         "/ping",       "/wait?ms=5", "/burn?n=3", "/burn?x=1&n=1000",
+    "/burn?n=x", "/stream?n=5", "/other"};
 
 #define MAX_VERDICTS 64
 
 typedef struct run {
     int verdicts[MAX_VERDICTS][3]; /* outcome, status, close */
     size_t n;
-    int bad;          /* CHECK_BAD: the stream could not be framed any more (a checker
+    int bad; /* CHECK_BAD: the stream could not be framed any more (a checker
                          may take the bytes before the fault first: where is not compared) */
-    int eof;          /* check_eof at the end of the input */
+    int eof; /* check_eof at the end of the input */
 } run_t;
 
 /* The engine's loop over one connection's input after a read. Returns 0 to

@@ -5,6 +5,8 @@
  *   - a valid head cut one byte short is partial;
  *   - the chunked decoder gives the same body whether its input arrives at
  *     once or in two pieces, never writing or taking more than it was given;
+ *   - scanning the body in two pieces (a proxy passing it on) ends on the same
+ *     byte as decoding it, and fails alike but for the body limit;
  *   - the Host rule answers 0 or 400, and 400 to HTTP/1.1 without Host.
  * Build and run: make fuzz. */
 #include <errno.h>
@@ -62,6 +64,24 @@ static void check_chunked(const char *body, size_t len, size_t split)
         CHECK(db.src == da.src && db.dst == da.dst);
         CHECK(memcmp(a, b, da.dst) == 0);
     }
+
+    /* The scan has no body limit: compared with a decode that has none. */
+    http_chunked_t dc = {0}, ds = {0};
+    memcpy(a, body, len);
+    int rc = http_decode_chunked(&dc, a, len, (size_t)-1);
+    size_t used = 0, end;
+    int rs = http_scan_chunked(&ds, body, split, &used);
+    CHECK(used <= split);
+    end = used;
+    if (rs == 0) {
+        CHECK(used == split);
+        rs = http_scan_chunked(&ds, body + split, len - split, &used);
+        CHECK(used <= len - split);
+        end = split + used;
+    }
+    CHECK(rs == rc);
+    if (rs == 1)
+        CHECK(end == dc.src);
     free(a);
     free(b);
 }
@@ -104,7 +124,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         (void)http_keep_alive(&req);
         int host = http_check_host(&req);
         CHECK(host == 0 || host == 400);
-        if (req.major == 1 && req.minor >= 1 && !http_find_header(req.headers, req.num_headers, "host"))
+        if (req.major == 1 && req.minor >= 1 &&
+            !http_find_header(req.headers, req.num_headers, "host"))
             CHECK(host == 400);
 
         const char *v;

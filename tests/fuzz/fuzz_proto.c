@@ -31,8 +31,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         proto_line_t l;
         int r = proto_parse_line(buf + off, size - off, burn_max, &l);
         size_t left = size - off;
-        CHECK(r >= -1);
-        if (r == -1) {
+        CHECK(r >= 0 || r == -EMSGSIZE);
+        if (r == -EMSGSIZE) {
             const char *nl = memchr(buf + off, '\n', left);
             CHECK(!nl || (size_t)(nl - (buf + off)) > PROTO_MAX_LINE);
             break;
@@ -46,12 +46,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(buf[off + (size_t)r - 1] == '\n');
         CHECK(memchr(buf + off, '\n', (size_t)r - 1) == NULL);
         switch (l.cmd) {
-        case CMD_PING: CHECK(l.err == NULL); break;
-        case CMD_WAIT: CHECK(l.err == NULL && l.arg <= PROTO_WAIT_MAX); break;
-        case CMD_BURN: CHECK(l.err == NULL && l.arg <= burn_max); break;
-        case CMD_STREAM: CHECK(l.err == NULL && l.arg <= PROTO_STREAM_MAX); break;
-        case CMD_ERR: CHECK(l.err != NULL && l.err[0] != '\0'); break;
-        default: CHECK(0);
+        case CMD_PING:
+            CHECK(l.err == NULL);
+            break;
+        case CMD_WAIT:
+            CHECK(l.err == NULL && l.arg <= PROTO_WAIT_MAX);
+            break;
+        case CMD_BURN:
+            CHECK(l.err == NULL && l.arg <= burn_max);
+            break;
+        case CMD_STREAM:
+            CHECK(l.err == NULL && l.arg <= PROTO_STREAM_MAX);
+            break;
+        case CMD_JOIN:
+        case CMD_SAY:
+            CHECK(l.err == NULL && l.text_len > 0 && l.text > buf + off &&
+                  l.text + l.text_len <= buf + off + (size_t)r - 1);
+            break;
+        case CMD_LEAVE:
+            CHECK(l.err == NULL);
+            break;
+        case CMD_ERR:
+            CHECK(l.err != NULL && l.err[0] != '\0');
+            break;
+        default:
+            CHECK(0);
         }
         off += (size_t)r;
     }

@@ -4,7 +4,10 @@
  *
  * The input is a script. Its first bytes choose the configuration (protocol,
  * BURN offloading, a small socket buffer, limits, timeouts, write_each,
- * json_errors); then each op either adds to what the client will send (a
+ * json_errors, external I/O: the harness receives and sends for the session
+ * as io_uring's completions would, through session_on_input and
+ * session_take_output/session_sent, and now and then hands it bytes it did
+ * not ask for, as a receive the design could not stop in time); then each op either adds to what the client will send (a
  * valid request the harness frames itself and knows the answer of, or junk),
  * or moves things: deliver the next n bytes of it (so requests are split
  * wherever the input says), read n bytes of answers, move the clock, finish a
@@ -25,6 +28,7 @@
  *     back (issue 11, defect 2), and only such a session is ever gone;
  *   - the session always comes to an end: no livelock, no hang.
  * Build and run: make fuzz. */
+#include <errno.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -87,7 +91,7 @@ static void trace_bytes(const char *what, const char *p, size_t n)
 #define MAX_OPS    256
 #define MAX_ANS    96
 #define OUT_CAP    (512 << 10) /* a client reads at most this much, then resets */
-#define MAX_ROUNDS 20000     /* of the final run; more is a livelock */
+#define MAX_ROUNDS 20000       /* of the final run; more is a livelock */
 
 /* ---- the input, read as a script ---- */
 
@@ -113,42 +117,43 @@ static unsigned take16(script_t *in)
 /* ---- what the client sent, and what it expects ---- */
 
 typedef struct answer {
-    int status;       /* HTTP; 0 for the line protocol */
-    int head;         /* HTTP HEAD: a Content-Length but no body */
-    int any_body;     /* /metrics: the body is not compared */
-    int closes;       /* the server closes after this answer */
-    int keep_alive;   /* HTTP/1.0 kept alive: "Connection: keep-alive" */
-    buf_t body;       /* HTTP body, or the line protocol's whole answer */
-    size_t end;       /* offset in the request stream just past the request */
+    int status;     /* HTTP; 0 for the line protocol */
+    int head;       /* HTTP HEAD: a Content-Length but no body */
+    int any_body;   /* /metrics: the body is not compared */
+    int closes;     /* the server closes after this answer */
+    int keep_alive; /* HTTP/1.0 kept alive: "Connection: keep-alive" */
+    buf_t body;     /* HTTP body, or the line protocol's whole answer */
+    size_t end;     /* offset in the request stream just past the request */
 } answer_t;
 
 typedef struct harness {
     session_cfg_t cfg;
-    session_t *s;       /* NULL once closed */
-    int fd;             /* the client's end; -1 after a reset */
-    int http;           /* the protocol of the valid requests */
-    buf_t req;          /* everything the client will send */
-    size_t sent;        /* bytes of it delivered */
-    buf_t out;          /* everything the server answered */
+    session_t *s; /* NULL once closed */
+    int fd;       /* the client's end; -1 after a reset */
+    int http;     /* the protocol of the valid requests */
+    buf_t req;    /* everything the client will send */
+    size_t sent;  /* bytes of it delivered */
+    buf_t out;    /* everything the server answered */
     answer_t ans[MAX_ANS];
     size_t nans;
-    int frozen;         /* junk or a closing request was framed: expect no more */
-    int junk;           /* junk (or more requests than are tracked) was sent */
-    int disturbed;      /* a socket error, a shutdown, a timeout or a reset */
-    int abrupt;         /* ... of a kind that may cut an answer short or drop it */
-    int timed_out;      /* ... a header timeout: one 408 or "ERR timeout" may follow */
-    int shut;           /* ... a shutdown: answers from then on say "Connection: close" */
-    size_t must;        /* answers due in any case: those the session had taken when
+    int frozen;              /* junk or a closing request was framed: expect no more */
+    int junk;                /* junk (or more requests than are tracked) was sent */
+    int disturbed;           /* a socket error, a shutdown, a timeout or a reset */
+    int abrupt;              /* ... of a kind that may cut an answer short or drop it */
+    int timed_out;           /* ... a header timeout: one 408 or "ERR timeout" may follow */
+    int shut;                /* ... a shutdown: answers from then on say "Connection: close" */
+    size_t must;             /* answers due in any case: those the session had taken when
                            the first disturbance came (all of them when none came) */
-    int fin;            /* the client half-closed */
-    size_t nexp;        /* answers expected (those fully sent before a FIN) */
-    int wants;          /* the last SESS_* bits */
-    int unwatched;      /* gone (SESS_GONE) while its work is held: no more events */
-    int work;           /* a worker has the session's BURN */
+    int fin;                 /* the client half-closed */
+    size_t nexp;             /* answers expected (those fully sent before a FIN) */
+    int wants;               /* the last SESS_* bits */
+    int unwatched;           /* gone (SESS_GONE) while its work is held: no more events */
+    int work;                /* a worker has the session's BURN */
     uint8_t refuse[MAX_ANS]; /* for each offloaded BURN framed, in order: refused? */
     size_t nrefuse, irefuse;
-    int deferred;       /* the extension holds an answer */
+    int deferred; /* the extension holds an answer */
     buf_t defer_body;
+    buf_t tx; /* external I/O: the output taken from the session, being sent */
 } harness_t;
 
 static void put(buf_t *b, const void *p, size_t n)
@@ -323,7 +328,10 @@ static void frame_http(harness_t *h, script_t *in)
     char line[160], text[32];
     buf_t posted = {0};
 
-    snprintf(line, sizeof line, "%s %s%s", hk->post ? "POST" : head ? "HEAD" : "GET",
+    snprintf(line, sizeof line, "%s %s%s",
+             hk->post ? "POST"
+             : head   ? "HEAD"
+                      : "GET",
              absolute ? "http://x" : "", hk->target);
     put_str(&h->req, line);
     if (hk->range) {
@@ -400,8 +408,8 @@ static const char *const bad_http[] = {
     "GET /wait?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n",
 };
 static const char *const odd_line[] = {
-    "STREAM 4294967296\n", "WAIT 60000\n", "BURN 5000\n", "BURN 5001\n", "STREAM 65536\n",
-    "GET / HTTP/1.1\r\n\r\n",
+    "STREAM 4294967296\n", "WAIT 60000\n",   "BURN 5000\n",
+    "BURN 5001\n",         "STREAM 65536\n", "GET / HTTP/1.1\r\n\r\n",
 };
 
 /* Junk: bytes from the input (mostly), a long run of one byte (to reach the
@@ -414,7 +422,7 @@ static void frame_junk(harness_t *h, script_t *in)
     if (k == 2) {
         unsigned i = take(in);
         put_str(&h->req, h->http ? bad_http[i % (sizeof bad_http / sizeof bad_http[0])]
-                               : odd_line[i % (sizeof odd_line / sizeof odd_line[0])]);
+                                 : odd_line[i % (sizeof odd_line / sizeof odd_line[0])]);
     } else if (k == 0) {
         /* past the 4 KiB line, the 8 KiB head, the input buffer of a 4 KiB body limit */
         size_t n = 1 + (take16(in) & 0x7fff);
@@ -523,14 +531,62 @@ static void apply(harness_t *h, int w)
     h->wants = w;
 }
 
+/* External I/O: one receive of what has arrived, handed to the session
+ * (asked for or not). Returns 1 when something happened (bytes, the end,
+ * an error). */
+static int receive(harness_t *h)
+{
+    char tmp[4096]; /* a provided buffer's size */
+    ssize_t r = recv(h->s->fd, tmp, sizeof tmp, MSG_DONTWAIT);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return 0;
+    if (r < 0)
+        disturb(h, 1);
+    apply(h, session_on_input(h->s, tmp, r < 0 ? -errno : r));
+    return 1;
+}
+
+/* External I/O, as the io_uring design moves the bytes: the output is taken
+ * whole and sent as the socket takes it, and what arrives is received while
+ * the session wants to read. Returns the number of events. */
+static int pump_external(harness_t *h)
+{
+    int events = 0;
+    for (int i = 0; i < 64 && h->s && !h->unwatched; i++) {
+        int moved = 0;
+        if (!buf_used(&h->tx))
+            session_take_output(h->s, &h->tx);
+        if (buf_used(&h->tx)) {
+            ssize_t w =
+                send(h->s->fd, buf_head(&h->tx), buf_used(&h->tx), MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (w > 0 || (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+                if (w < 0)
+                    disturb(h, 1);
+                apply(h, session_sent(h->s, &h->tx, w < 0 ? -errno : w));
+                moved = 1;
+            }
+        }
+        if (h->s && !h->unwatched && (h->wants & SESS_READ))
+            moved |= receive(h);
+        if (!moved)
+            break;
+        events++;
+    }
+    return events;
+}
+
 /* Dispatch what the socket is ready for, as epoll would report it, until
  * nothing is. Returns the number of events. */
 static int pump(harness_t *h)
 {
     int events = 0;
+    if (h->cfg.external_io)
+        return pump_external(h);
     for (int i = 0; i < 64 && h->s && !h->unwatched; i++) {
-        struct pollfd p = {h->s->fd, (short)(((h->wants & SESS_READ) ? POLLIN : 0) |
-                                             ((h->wants & SESS_WRITE) ? POLLOUT : 0)), 0};
+        struct pollfd p = {h->s->fd,
+                           (short)(((h->wants & SESS_READ) ? POLLIN : 0) |
+                                   ((h->wants & SESS_WRITE) ? POLLOUT : 0)),
+                           0};
         if (poll(&p, 1, 0) <= 0)
             break;
         events++;
@@ -656,9 +712,8 @@ static int match(const harness_t *h, size_t k, size_t *off)
     /* The Connection header as the request asked, unless a shutdown was
      * closing the connection by then. */
     const http_header_t *c = http_find_header(res.headers, res.num_headers, "connection");
-    if (!h->shut &&
-        (a->closes != (c && http_has_token(c->value, c->value_len, "close")) ||
-         a->keep_alive != (c && http_has_token(c->value, c->value_len, "keep-alive"))))
+    if (!h->shut && (a->closes != (c && http_has_token(c->value, c->value_len, "close")) ||
+                     a->keep_alive != (c && http_has_token(c->value, c->value_len, "keep-alive"))))
         return -1;
     size_t blen = a->head ? 0 : (size_t)len;
     if (left - (size_t)r < blen)
@@ -701,8 +756,23 @@ static void check(const harness_t *h)
 
 /* ---- the script ---- */
 
-enum { OP_REQ, OP_REQ2, OP_REQ3, OP_JUNK, OP_DELIVER, OP_DELIVER2, OP_DRAIN, OP_TICK, OP_WORK,
-       OP_RESUME, OP_FIN, OP_SHUTDOWN, OP_ERROR, OP_RESET, OP_N };
+enum {
+    OP_REQ,
+    OP_REQ2,
+    OP_REQ3,
+    OP_JUNK,
+    OP_DELIVER,
+    OP_DELIVER2,
+    OP_DRAIN,
+    OP_TICK,
+    OP_WORK,
+    OP_RESUME,
+    OP_FIN,
+    OP_SHUTDOWN,
+    OP_ERROR,
+    OP_RESET,
+    OP_N
+};
 
 static void configure(harness_t *h, script_t *in)
 {
@@ -716,6 +786,7 @@ static void configure(harness_t *h, script_t *in)
     h->cfg.header_timeout_ms = (a & 32) ? 2000 : 0;
     h->cfg.idle_timeout_ms = (a & 64) ? 20000 : 0;
     h->cfg.burn_max = 5000; /* junk may ask for more: kept cheap */
+    h->cfg.external_io = (b & 128) != 0;
     h->cfg.ext = ext;
     h->cfg.ext_ctx = h;
 
@@ -735,9 +806,9 @@ static void configure(harness_t *h, script_t *in)
 
 static void step(harness_t *h, script_t *in)
 {
-    static const char *const names[OP_N] = {"req", "req", "req", "junk", "deliver", "deliver",
-                                            "drain", "tick", "work", "resume", "fin", "shutdown",
-                                            "error", "reset"};
+    static const char *const names[OP_N] = {"req",     "req",      "req",   "junk", "deliver",
+                                            "deliver", "drain",    "tick",  "work", "resume",
+                                            "fin",     "shutdown", "error", "reset"};
     unsigned op = take(in) % OP_N, n;
     size_t before = h->req.len;
     TRACE("op %s (sent %zu of %zu, out %zu, answers %zu)\n", names[op], h->sent, h->req.len,
@@ -758,6 +829,10 @@ static void step(harness_t *h, script_t *in)
     case OP_DELIVER2:
         n = take(in);
         deliver(h, (n & 0x80) ? (n & 0x7f) * 512 + 1 : n + 1);
+        /* External I/O: a receive that completed before the design could
+         * stop it, handed over whether the session wants to read or not. */
+        if (op == OP_DELIVER2 && h->cfg.external_io && h->s && !h->unwatched)
+            receive(h);
         break;
     case OP_DRAIN:
         n = take(in);
@@ -867,6 +942,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     buf_free(&h->req);
     buf_free(&h->out);
     buf_free(&h->defer_body);
+    buf_free(&h->tx);
     free(h);
     return 0;
 }

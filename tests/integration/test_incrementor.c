@@ -13,6 +13,7 @@
  *      the bound on keys kept. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <ftw.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -24,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -31,10 +33,9 @@
 
 #include "../lib/tlib.h"
 
-#define NKEYS    50
-#define NCLIENTS 8
-#define STOP_MS  15000
-#define RESP_MS  10000
+#define NKEYS   50
+#define STOP_MS 15000
+#define RESP_MS 10000
 
 static char dir[256];
 
@@ -44,27 +45,7 @@ static char dir[256];
  * rows in the table, or -1. */
 static int db_read(const char *path, int64_t v[NKEYS])
 {
-    sqlite3 *h;
-    sqlite3_stmt *st;
-    int rows = 0;
-    memset(v, 0, NKEYS * sizeof v[0]);
-    if (sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
-        return -1;
-    sqlite3_busy_timeout(h, 5000);
-    if (sqlite3_prepare_v2(h, "SELECT key, value FROM counters", -1, &st, NULL) != SQLITE_OK) {
-        sqlite3_close(h);
-        return -1;
-    }
-    while (sqlite3_step(st) == SQLITE_ROW) {
-        const char *k = (const char *)sqlite3_column_text(st, 0);
-        int i;
-        if (sscanf(k, "k%d", &i) == 1 && i >= 0 && i < NKEYS)
-            v[i] = sqlite3_column_int64(st, 1);
-        rows++;
-    }
-    sqlite3_finalize(st);
-    sqlite3_close(h);
-    return rows;
+    return tincr_db_read(path, v, NKEYS);
 }
 
 static int db_exec(const char *path, const char *sql)
@@ -87,108 +68,26 @@ static const char *db_path(const char *name)
 static pid_t start(const char *db, const char *port, const char *ack, const char *flush,
                    const char *threads, int *got_port)
 {
-    const char *argv[] = {tproc_bin("incrementor"), "--db", db, "--port", port, "--ack", ack,
-                          "--flush-ms", flush, "--threads", threads, NULL};
+    const char *argv[] = {tproc_bin("incrementor"),
+                          "--db",
+                          db,
+                          "--port",
+                          port,
+                          "--ack",
+                          ack,
+                          "--flush-ms",
+                          flush,
+                          "--threads",
+                          threads,
+                          NULL};
     return tproc_start(argv, got_port);
 }
 
-/* ---- the clients ---- */
+/* ---- the clients (tests/lib/tincr.c) ---- */
 
-typedef struct client {
-    int port;
-    int positive;             /* values 1..100 instead of -10000..10000 */
-    volatile int *stop;
-    unsigned seed;
-    int64_t acked[NKEYS];     /* answered 200 */
-    int64_t inflight[NKEYS];  /* sent, no answer: may or may not be applied */
-    long ok, refused, lost;
-} client_t;
-
-static int64_t value(client_t *c)
+static void load_start(tincr_load_t *l, int port, int positive, unsigned seed)
 {
-    return c->positive ? 1 + rand_r(&c->seed) % 100 : rand_r(&c->seed) % 20001 - 10000;
-}
-
-/* Send increments over one keep-alive connection (reconnecting when the
- * server closes it) until *stop, or until the server is gone. Every fourth
- * request is a JSON batch of two keys. */
-static void *client_main(void *arg)
-{
-    client_t *c = arg;
-    int fd = -1;
-    char req[512], body[128];
-    thttp_resp_t r = {0};
-    while (!*c->stop) {
-        if (fd < 0 && (fd = tconn_open(c->port)) < 0)
-            break; /* nobody listens any more */
-        int k1 = rand_r(&c->seed) % NKEYS, k2 = (k1 + 1 + rand_r(&c->seed) % (NKEYS - 1)) % NKEYS;
-        int64_t v1 = value(c), v2 = value(c);
-        int batch = rand_r(&c->seed) % 4 == 0, n;
-        if (batch)
-            n = snprintf(body, sizeof body, "{\"k%d\": %lld, \"k%d\": %lld}", k1, (long long)v1,
-                         k2, (long long)v2);
-        else
-            n = snprintf(body, sizeof body, "key=k%d&value=%lld", k1, (long long)v1);
-        snprintf(req, sizeof req,
-                 "POST /increment HTTP/1.1\r\nHost: t\r\nContent-Type: %s\r\n"
-                 "Content-Length: %d\r\n\r\n%s",
-                 batch ? "application/json" : "application/x-www-form-urlencoded", n, body);
-        int rc = thttp_do(fd, req, &r, RESP_MS);
-        if (rc == 0 && r.status == 200) {
-            c->acked[k1] += v1;
-            if (batch)
-                c->acked[k2] += v2;
-            c->ok++;
-        } else if (rc == 0) {
-            c->refused++; /* 503: not applied */
-        } else {
-            c->inflight[k1] += v1;
-            if (batch)
-                c->inflight[k2] += v2;
-            c->lost++;
-        }
-        thttp_free(&r);
-        if (rc < 0 || thttp_has_header(&r, "Connection: close")) {
-            close(fd);
-            fd = -1;
-        }
-    }
-    if (fd >= 0)
-        close(fd);
-    return NULL;
-}
-
-typedef struct load {
-    pthread_t tid[NCLIENTS];
-    client_t c[NCLIENTS];
-    volatile int stop;
-} load_t;
-
-static void load_start(load_t *l, int port, int positive, unsigned seed)
-{
-    memset(l, 0, sizeof *l);
-    for (int i = 0; i < NCLIENTS; i++) {
-        l->c[i] = (client_t){.port = port, .positive = positive, .stop = &l->stop,
-                             .seed = seed * 100 + (unsigned)i};
-        assert_int_equal(pthread_create(&l->tid[i], NULL, client_main, &l->c[i]), 0);
-    }
-}
-
-/* Stop the clients; add what they saw to acked/inflight. Returns requests acked. */
-static long load_stop(load_t *l, int64_t acked[NKEYS], int64_t inflight[NKEYS])
-{
-    long ok = 0;
-    l->stop = 1;
-    for (int i = 0; i < NCLIENTS; i++) {
-        pthread_join(l->tid[i], NULL);
-        for (int k = 0; k < NKEYS; k++) {
-            acked[k] += l->c[i].acked[k];
-            if (inflight)
-                inflight[k] += l->c[i].inflight[k];
-        }
-        ok += l->c[i].ok;
-    }
-    return ok;
+    assert_int_equal(tincr_start(l, &port, 1, NKEYS, positive, seed), 0);
 }
 
 static void check_exact(const char *db, const int64_t acked[NKEYS])
@@ -215,11 +114,11 @@ static void test_sigterm_exact(void **state)
     /* A long flush interval: SIGTERM finds acknowledged sums still in memory. */
     pid_t pid = start(db, "0", "buffered", "500", "2", &port);
     assert_true(pid > 0);
-    load_t l;
+    tincr_load_t l;
     int64_t acked[NKEYS] = {0};
     load_start(&l, port, 0, 1);
     usleep(3000 * 1000);
-    long ok = load_stop(&l, acked, NULL);
+    long ok = tincr_stop(&l, acked, NULL);
     assert_true(ok > 100);
     assert_int_equal(tproc_stop(pid, STOP_MS), 0);
     check_exact(db, acked);
@@ -234,17 +133,17 @@ static void test_sigterm_during_load(void **state)
     int port;
     pid_t pid = start(db, "0", "buffered", "200", "2", &port);
     assert_true(pid > 0);
-    load_t l;
+    tincr_load_t l;
     int64_t acked[NKEYS] = {0}, inflight[NKEYS] = {0}, got[NKEYS];
     load_start(&l, port, 1, 2);
     usleep(1500 * 1000);
     assert_int_equal(tproc_stop(pid, STOP_MS), 0); /* the clients still send */
-    load_stop(&l, acked, inflight);
+    tincr_stop(&l, acked, inflight);
     assert_true(db_read(db, got) >= 0);
     for (int k = 0; k < NKEYS; k++) {
         if (got[k] < acked[k] || got[k] > acked[k] + inflight[k])
-            fail_msg("k%d: database %lld, acknowledged %lld, in flight %lld", k,
-                     (long long)got[k], (long long)acked[k], (long long)inflight[k]);
+            fail_msg("k%d: database %lld, acknowledged %lld, in flight %lld", k, (long long)got[k],
+                     (long long)acked[k], (long long)inflight[k]);
     }
 }
 
@@ -260,17 +159,17 @@ static void test_durable_sigkill(void **state)
         int port;
         pid_t pid = start(db, "0", "durable", "20", "2", &port);
         assert_true(pid > 0);
-        load_t l;
+        tincr_load_t l;
         load_start(&l, port, 1, 10 + (unsigned)round);
         usleep((800 + 150 * (useconds_t)round) * 1000);
         assert_int_equal(kill(pid, SIGKILL), 0);
         assert_int_equal(tproc_stop(pid, STOP_MS), 128 + SIGKILL);
-        total += load_stop(&l, acked, inflight);
+        total += tincr_stop(&l, acked, inflight);
         assert_true(db_read(db, got) >= 0);
         for (int k = 0; k < NKEYS; k++)
             if (got[k] < acked[k] || got[k] > acked[k] + inflight[k])
-                fail_msg("round %d k%d: database %lld, acknowledged %lld, in flight %lld", round,
-                         k, (long long)got[k], (long long)acked[k], (long long)inflight[k]);
+                fail_msg("round %d k%d: database %lld, acknowledged %lld, in flight %lld", round, k,
+                         (long long)got[k], (long long)acked[k], (long long)inflight[k]);
     }
     assert_true(total > 100);
 }
@@ -281,7 +180,7 @@ struct bad_case {
     const char *name;
     const char *ctype; /* POST /increment with this Content-Type (NULL: none) and body */
     const char *body;
-    const char *raw;   /* or this whole request */
+    const char *raw; /* or this whole request */
     int status;
     const char *extra; /* header lines added to a POST built from ctype and body */
 };
@@ -321,11 +220,11 @@ static const struct bad_case bad_cases[] = {
      "POST /increment HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
      "Content-Length: 5000000\r\n\r\n{",
      413, NULL},
-    {"GET /increment", NULL, NULL, "GET /increment?key=kx&value=1 HTTP/1.1\r\nHost: t\r\n\r\n",
-     405, NULL},
+    {"GET /increment", NULL, NULL, "GET /increment?key=kx&value=1 HTTP/1.1\r\nHost: t\r\n\r\n", 405,
+     NULL},
     {"DELETE counter", NULL, NULL, "DELETE /counters/base HTTP/1.1\r\nHost: t\r\n\r\n", 405, NULL},
-    {"POST /stats", NULL, NULL, "POST /stats HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
-     405, NULL},
+    {"POST /stats", NULL, NULL, "POST /stats HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", 405,
+     NULL},
     {"unknown path", NULL, NULL, "GET /nothing HTTP/1.1\r\nHost: t\r\n\r\n", 404, NULL},
     {"absent counter", NULL, NULL, "GET /counters/absent HTTP/1.1\r\nHost: t\r\n\r\n", 404, NULL},
     {"overflow up", FORM, "key=near&value=2", NULL, 422, NULL},
@@ -344,8 +243,8 @@ static const struct bad_case bad_cases[] = {
     {"Idempotency-Key, first use", FORM, "key=base&value=0", NULL, 200, IK("t-1")},
     {"Idempotency-Key, another request", FORM, "key=base&value=1", NULL, 422, IK("t-1")},
     {"Idempotency-Key, another batch", JS, "{\"base\": 0, \"kx\": 1}", NULL, 422, IK("t-1")},
-    {"Idempotency-Key, 255 bytes", FORM, "key=base&value=0", NULL, 200, IK(X16 X16 X16 X16 X16 X16
-     X16 X16 X16 X16 X16 X16 X16 X16 X16 "xxxxxxxxxxxxxxx")},
+    {"Idempotency-Key, 255 bytes", FORM, "key=base&value=0", NULL, 200,
+     IK(X16 X16 X16 X16 X16 X16 X16 X16 X16 X16 X16 X16 X16 X16 X16 "xxxxxxxxxxxxxxx")},
 };
 
 static void check_bad_inputs(const char *ack)
@@ -370,10 +269,11 @@ static void check_bad_inputs(const char *ack)
         if (c->raw)
             snprintf(req, sizeof req, "%s", c->raw);
         else
-            snprintf(req, sizeof req, "POST /increment HTTP/1.1\r\nHost: t\r\n%s%s%s%s"
-                     "Content-Length: %zu\r\n\r\n%s", c->ctype ? "Content-Type: " : "",
-                     c->ctype ? c->ctype : "", c->ctype ? "\r\n" : "", c->extra ? c->extra : "",
-                     strlen(c->body), c->body);
+            snprintf(req, sizeof req,
+                     "POST /increment HTTP/1.1\r\nHost: t\r\n%s%s%s%s"
+                     "Content-Length: %zu\r\n\r\n%s",
+                     c->ctype ? "Content-Type: " : "", c->ctype ? c->ctype : "",
+                     c->ctype ? "\r\n" : "", c->extra ? c->extra : "", strlen(c->body), c->body);
         int rc = thttp_do(fd, req, &r, RESP_MS);
         if (rc != 0 || r.status != c->status ||
             (c->status != 200 && (!r.body || !strstr(r.body, "\"error\"")))) {
@@ -390,8 +290,9 @@ static void check_bad_inputs(const char *ack)
     sqlite3 *h;
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(h, "SELECT group_concat(key || '=' || value, ',') FROM"
-                                           " (SELECT * FROM counters ORDER BY key)",
+    assert_int_equal(sqlite3_prepare_v2(h,
+                                        "SELECT group_concat(key || '=' || value, ',') FROM"
+                                        " (SELECT * FROM counters ORDER BY key)",
                                         -1, &st, NULL),
                      SQLITE_OK);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
@@ -426,9 +327,12 @@ static void test_read_back(void **state)
     int fd = tconn_open(port);
     assert_true(fd >= 0);
     thttp_resp_t r = {0};
-    assert_int_equal(thttp_do(fd, "POST /increment HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
-                              "Content-Length: 27\r\n\r\n{\"b\": 2, \"a\": 1, \"c d\": -3}",
-                              &r, RESP_MS), 0);
+    assert_int_equal(
+        thttp_do(fd,
+                 "POST /increment HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 27\r\n\r\n{\"b\": 2, \"a\": 1, \"c d\": -3}",
+                 &r, RESP_MS),
+        0);
     assert_int_equal(r.status, 200);
     thttp_free(&r);
     /* Durable: answered after the commit, so readable at once. */
@@ -460,6 +364,86 @@ static void test_read_back(void **state)
     thttp_free(&r);
     close(fd);
     assert_int_equal(tproc_stop(pid, STOP_MS), 0);
+}
+
+/* ---- durable: no answer before its commit is durable ---- */
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Is there a WAL sync in the log of slow_sync.c that started at or after
+ * `from` and ended at or before `to`? */
+static int sync_within(const char *log, int64_t from, int64_t to)
+{
+    FILE *f = fopen(log, "r");
+    long long a, b;
+    int found = 0;
+    while (f && fscanf(f, "%lld %lld", &a, &b) == 2)
+        found |= a >= from && b <= to;
+    if (f)
+        fclose(f);
+    return found;
+}
+
+#define SLOW_SYNC_MS 250
+
+/* Every WAL sync made SLOW_SYNC_MS slower (tests/integration/slow_sync.c,
+ * preloaded): each durable POST must come back no sooner, after a sync
+ * that began once it was sent: the one that made its commit durable. An
+ * answer sent at the commit, before the sync (what a pipelined group
+ * commit risks), comes back early and fails this. */
+static void test_durable_answer_after_sync(void **state)
+{
+    (void)state;
+    char lib[PATH_MAX], log[512], asan[512];
+    if (!realpath(tproc_bin("tests/slow-sync.so"), lib))
+        skip();
+    snprintf(log, sizeof log, "%s/slow-sync.log", dir);
+    const char *old_asan = getenv("ASAN_OPTIONS");
+    snprintf(asan, sizeof asan, "%s%sverify_asan_link_order=0", old_asan ? old_asan : "",
+             old_asan ? ":" : "");
+    char *saved_asan = old_asan ? strdup(old_asan) : NULL;
+    setenv("LD_PRELOAD", lib, 1);
+    setenv("ASAN_OPTIONS", asan, 1);
+    setenv("SLOW_SYNC_LOG", log, 1);
+    setenv("SLOW_SYNC_MS", "250", 1);
+    int port;
+    pid_t pid = start(db_path("slow-sync"), "0", "durable", "10", "1", &port);
+    unsetenv("LD_PRELOAD");
+    unsetenv("SLOW_SYNC_LOG");
+    unsetenv("SLOW_SYNC_MS");
+    if (saved_asan)
+        setenv("ASAN_OPTIONS", saved_asan, 1);
+    else
+        unsetenv("ASAN_OPTIONS");
+    free(saved_asan);
+    assert_true(pid > 0);
+    int fd = tconn_open(port);
+    assert_true(fd >= 0);
+    for (int i = 0; i < 3; i++) {
+        thttp_resp_t r = {0};
+        int64_t t0 = mono_ns();
+        assert_int_equal(thttp_do(fd,
+                                  "POST /increment HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                                  "application/x-www-form-urlencoded\r\n"
+                                  "Content-Length: 14\r\n\r\nkey=k0&value=1",
+                                  &r, RESP_MS),
+                         0);
+        int64_t t1 = mono_ns();
+        assert_int_equal(r.status, 200);
+        thttp_free(&r);
+        assert_true(t1 - t0 >= (int64_t)SLOW_SYNC_MS * 1000000);
+        assert_true(sync_within(log, t0, t1));
+    }
+    close(fd);
+    assert_int_equal(tproc_stop(pid, STOP_MS), 0);
+    int64_t got[NKEYS];
+    assert_true(db_read(db_path("slow-sync"), got) >= 0);
+    assert_int_equal(got[0], 3);
 }
 
 /* A durable POST waits for its commit behind answers still queued in the
@@ -509,17 +493,10 @@ static void test_reset_while_commit_waits(void **state)
 
 /* ---- a file that is not a database; bad flags ---- */
 
+/* The exit status of argv run to its end (10 s at most), stderr dropped. */
 static int run_exit(const char *const argv[])
 {
-    pid_t pid = fork();
-    if (pid == 0) {
-        freopen("/dev/null", "w", stderr);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    int st;
-    waitpid(pid, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return tproc_run(argv, 10000, NULL, 0);
 }
 
 static void test_startup_errors(void **state)
@@ -558,11 +535,11 @@ static void test_two_processes(void **state)
     pid_t b = start(db, p, "buffered", "30", "1", &port2);
     assert_true(b > 0);
     assert_int_equal(port2, port);
-    load_t l;
+    tincr_load_t l;
     int64_t acked[NKEYS] = {0};
     load_start(&l, port, 0, 3);
     usleep(3000 * 1000);
-    long ok = load_stop(&l, acked, NULL);
+    long ok = tincr_stop(&l, acked, NULL);
     assert_true(ok > 100);
     assert_int_equal(tproc_stop(a, STOP_MS), 0);
     assert_int_equal(tproc_stop(b, STOP_MS), 0);
@@ -603,8 +580,10 @@ static int64_t db_counter(const char *path, const char *key, char *type, size_t 
     snprintf(type, cap, "absent");
     assert_int_equal(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
     sqlite3_busy_timeout(h, 5000);
-    assert_int_equal(sqlite3_prepare_v2(h, "SELECT value, typeof(value) FROM counters"
-                                           " WHERE key = ?1", -1, &st, NULL),
+    assert_int_equal(sqlite3_prepare_v2(h,
+                                        "SELECT value, typeof(value) FROM counters"
+                                        " WHERE key = ?1",
+                                        -1, &st, NULL),
                      SQLITE_OK);
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
     if (sqlite3_step(st) == SQLITE_ROW) {
@@ -677,12 +656,29 @@ static void test_writer_in_other_pid_namespace(void **state)
     /* As a container: its own PID namespace and /proc. sh is the namespace's
      * init: it sets the namespace's next PID, then runs the incrementor as
      * its child (so with PID `inner`) and waits for it. */
-    const char *argv[] = {UNSHARE, "--pid", "--fork", "--kill-child", "--mount-proc",
-                          "/bin/sh", "-c",
+    const char *argv[] = {UNSHARE,
+                          "--pid",
+                          "--fork",
+                          "--kill-child",
+                          "--mount-proc",
+                          "/bin/sh",
+                          "-c",
                           "echo \"$1\" > /proc/sys/kernel/ns_last_pid || exit 99; shift; "
                           "\"$@\" & wait $!",
-                          "sh", last, tproc_bin("incrementor"), "--db", dbp, "--port", "0",
-                          "--ack", "buffered", "--flush-ms", "60000", "--threads", "1", NULL};
+                          "sh",
+                          last,
+                          tproc_bin("incrementor"),
+                          "--db",
+                          dbp,
+                          "--port",
+                          "0",
+                          "--ack",
+                          "buffered",
+                          "--flush-ms",
+                          "60000",
+                          "--threads",
+                          "1",
+                          NULL};
     int pa, pb;
     pid_t a = tproc_start(argv, &pa);
     assert_true(a > 0);
@@ -738,9 +734,22 @@ static int64_t counter(const char *db, const char *key)
 static pid_t start_idem(const char *db, const char *ack, const char *window, const char *keys,
                         int *port)
 {
-    const char *argv[] = {tproc_bin("incrementor"), "--db", db, "--port", "0", "--ack", ack,
-                          "--flush-ms", "50", "--threads", "2", "--idempotency-window", window,
-                          "--idempotency-keys", keys, NULL};
+    const char *argv[] = {tproc_bin("incrementor"),
+                          "--db",
+                          db,
+                          "--port",
+                          "0",
+                          "--ack",
+                          ack,
+                          "--flush-ms",
+                          "50",
+                          "--threads",
+                          "2",
+                          "--idempotency-window",
+                          window,
+                          "--idempotency-keys",
+                          keys,
+                          NULL};
     return tproc_start(argv, port);
 }
 
@@ -757,31 +766,26 @@ static void check_idempotent_restart(const char *ack)
     int port;
     pid_t pid = start_idem(db, ack, "86400", "1000", &port);
     assert_true(pid > 0);
-    assert_int_equal(post(port, IK("order-1"), FORM, "key=paid&value=5", first, sizeof first),
-                     200);
+    assert_int_equal(post(port, IK("order-1"), FORM, "key=paid&value=5", first, sizeof first), 200);
     assert_int_equal(post(port, "", FORM, "key=big&value=9223372036854775807", body, sizeof body),
                      200);
-    assert_int_equal(post(port, IK("order-2"), JS, "{\"big\": 1, \"paid\": 1}", second,
-                          sizeof second),
-                     422);
+    assert_int_equal(
+        post(port, IK("order-2"), JS, "{\"big\": 1, \"paid\": 1}", second, sizeof second), 422);
     assert_int_equal(kill(pid, SIGKILL), 0);
     assert_int_equal(tproc_stop(pid, STOP_MS), 128 + SIGKILL);
 
     pid = start_idem(db, ack, "86400", "1000", &port);
     assert_true(pid > 0);
-    assert_int_equal(post(port, IK("order-1"), FORM, "key=paid&value=5", again, sizeof again),
-                     200);
+    assert_int_equal(post(port, IK("order-1"), FORM, "key=paid&value=5", again, sizeof again), 200);
     assert_string_equal(again, first);
     /* The same increment as JSON is the same request. */
     assert_int_equal(post(port, IK("order-1"), JS, "{\"paid\": 5}", again, sizeof again), 200);
     assert_string_equal(again, first);
-    assert_int_equal(post(port, IK("order-2"), JS, "{\"paid\": 1, \"big\": 1}", again,
-                          sizeof again),
-                     422);
+    assert_int_equal(
+        post(port, IK("order-2"), JS, "{\"paid\": 1, \"big\": 1}", again, sizeof again), 422);
     assert_string_equal(again, second);
     /* Another request under a key already used: refused, nothing applied. */
-    assert_int_equal(post(port, IK("order-1"), FORM, "key=paid&value=6", again, sizeof again),
-                     422);
+    assert_int_equal(post(port, IK("order-1"), FORM, "key=paid&value=6", again, sizeof again), 422);
     assert_non_null(strstr(again, "Idempotency-Key"));
     assert_int_equal(post(port, IK("order-3"), FORM, "key=paid&value=10", again, sizeof again),
                      200);
@@ -965,7 +969,8 @@ static void test_idempotency_window_and_bound(void **state)
 static int group_setup(void **state)
 {
     (void)state;
-    snprintf(dir, sizeof dir, "%s/incrementor.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    snprintf(dir, sizeof dir, "%s/incrementor.XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     return mkdtemp(dir) ? 0 : -1;
 }
 
@@ -999,6 +1004,7 @@ int main(void)
         cmocka_unit_test_setup(test_bad_inputs_buffered, skip_unless_built),
         cmocka_unit_test_setup(test_bad_inputs_durable, skip_unless_built),
         cmocka_unit_test_setup(test_read_back, skip_unless_built),
+        cmocka_unit_test_setup(test_durable_answer_after_sync, skip_unless_built),
         cmocka_unit_test_setup(test_reset_while_commit_waits, skip_unless_built),
         cmocka_unit_test_setup(test_startup_errors, skip_unless_built),
         cmocka_unit_test_setup(test_two_processes, skip_unless_built),

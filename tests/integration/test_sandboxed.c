@@ -30,7 +30,7 @@
 #define T         10000 /* ms: the bound of an ordinary wait */
 #define STOP_MS   5000
 #define HOSTILE   "tests/integration/tenants-hostile"
-#define RELOAD_MS 1000  /* a change must be served within this */
+#define RELOAD_MS 1000 /* a change must be served within this */
 
 struct srv {
     pid_t pid;
@@ -38,16 +38,10 @@ struct srv {
     char dir[256]; /* a scratch tenants directory, or "" */
 };
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static int start_threads(struct srv *s, const char *dir, const char *threads)
 {
-    const char *argv[] = {tproc_bin("server-sandboxed"), "--port", "0", "--threads", threads,
-                          "--tenants", dir, NULL};
+    const char *argv[] = {
+        tproc_bin("server-sandboxed"), "--port", "0", "--threads", threads, "--tenants", dir, NULL};
     s->pid = tproc_start(argv, &s->port);
     return s->pid > 0 ? 0 : -1;
 }
@@ -95,12 +89,11 @@ static int setup_scratch(void **state)
 
 /* One loop (--threads 1), hello, and burn: n empty loop steps per request
  * (?n=N), to measure this machine's speed and to load the loop. */
-static const char burn_src[] =
-    "function handle(req)\n"
-    "  local n = tonumber(req.query:match('n=(%d+)')) or 0\n"
-    "  for i = 1, n do end\n"
-    "  return 'burnt\\n'\n"
-    "end\n";
+static const char burn_src[] = "function handle(req)\n"
+                               "  local n = tonumber(req.query:match('n=(%d+)')) or 0\n"
+                               "  for i = 1, n do end\n"
+                               "  return 'burnt\\n'\n"
+                               "end\n";
 
 static int setup_one_loop(void **state)
 {
@@ -142,14 +135,6 @@ static struct srv *srv(void **state)
     return s;
 }
 
-static int conn(const struct srv *s)
-{
-    int fd = tconn_open(s->port);
-    if (fd < 0)
-        fail_msg("connect: %s", strerror(-fd));
-    return fd;
-}
-
 /* GET path on fd (keep-alive); the status, body in r. */
 static int get(int fd, const char *path, thttp_resp_t *r)
 {
@@ -165,7 +150,7 @@ static int get(int fd, const char *path, thttp_resp_t *r)
 static int ask(const struct srv *s, const char *path, char *body, size_t cap, long long *took)
 {
     thttp_resp_t r = {0};
-    int fd = conn(s);
+    int fd = tconn_must(s->port);
     long long t0 = tnow_ms();
     int st = get(fd, path, &r);
     if (took)
@@ -278,9 +263,9 @@ static void test_limits(void **state)
         int status;
         int limit_ms; /* 0: answered at once */
     } cases[] = {
-        {"spin", 504, 100},       {"pcall_spin", 504, 100}, {"pattern", 504, 100},
-        {"gc_loop", 504, 100},    {"co_loop", 504, 100},    {"slow", 504, 20},
-        {"memhog", 503, 100},     {"rep", 503, 100},        {"tostring_trap", 500, 0},
+        {"spin", 504, 100},     {"pcall_spin", 504, 100}, {"pattern", 504, 100},
+        {"gc_loop", 504, 100},  {"co_loop", 504, 100},    {"slow", 504, 20},
+        {"memhog", 503, 2000},  {"rep", 503, 100},        {"tostring_trap", 500, 0},
         {"error_trap", 500, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -300,7 +285,8 @@ static void test_limits(void **state)
     assert_int_equal(ask(s, "/metrics", body, sizeof body, NULL), 200);
     assert_non_null(strstr(body, "sandbox_errors_total{tenant=\"spin\",kind=\"timeout\"} 1\n"));
     assert_non_null(strstr(body, "sandbox_errors_total{tenant=\"memhog\",kind=\"memory\"} 1\n"));
-    assert_non_null(strstr(body, "sandbox_limit_hits_total{tenant=\"gc_loop\",limit=\"time\"} 1\n"));
+    assert_non_null(
+        strstr(body, "sandbox_limit_hits_total{tenant=\"gc_loop\",limit=\"time\"} 1\n"));
     assert_non_null(
         strstr(body, "sandbox_errors_total{tenant=\"tostring_trap\",kind=\"bad_return\"} 1\n"));
 }
@@ -329,7 +315,7 @@ static void test_hostile_beside_others(void **state)
     struct client c[2] = {{s, "/t/spin/", 0, 0, 0, ""}, {s, "/t/memhog/", 0, 0, 0, ""}};
     for (int i = 0; i < 2; i++)
         assert_int_equal(pthread_create(&th[i], NULL, hostile_client, &c[i]), 0);
-    int fd = conn(s);
+    int fd = tconn_must(s->port);
     long long t0 = tnow_ms();
     for (int i = 0; i < 100; i++) {
         thttp_resp_t r = {0};
@@ -376,14 +362,16 @@ static void test_stack(void **state)
     expect(s, "/t/stack_load/", 404, NULL);
     char body[65536], want[128];
     assert_int_equal(ask(s, "/metrics", body, sizeof body, NULL), 200);
-    snprintf(want, sizeof want, "sandbox_errors_total{tenant=\"stack\",kind=\"stack\"} %zu\n", 2 * n);
+    snprintf(want, sizeof want, "sandbox_errors_total{tenant=\"stack\",kind=\"stack\"} %zu\n",
+             2 * n);
     assert_non_null(strstr(body, want));
     snprintf(want, sizeof want, "sandbox_limit_hits_total{tenant=\"stack\",limit=\"stack\"} %zu\n",
              2 * n);
     assert_non_null(strstr(body, want));
     assert_non_null(strstr(body, "sandbox_tenant_loaded{tenant=\"stack_load\"} 0\n"));
     assert_non_null(strstr(body, "sandbox_reload_errors_total{tenant=\"stack_load\"} 1\n"));
-    assert_non_null(strstr(body, "sandbox_limit_hits_total{tenant=\"stack_load\",limit=\"stack\"} 1\n"));
+    assert_non_null(
+        strstr(body, "sandbox_limit_hits_total{tenant=\"stack_load\",limit=\"stack\"} 1\n"));
 }
 
 /* ---- hot reload ---- */
@@ -401,7 +389,8 @@ static void *reload_client(void *arg)
     while (fd >= 0 && !__atomic_load_n(&l->done, __ATOMIC_ACQUIRE)) {
         thttp_resp_t r = {0};
         int st = get(fd, "/t/hot/", &r);
-        if (st != 200 || (strcmp(r.body, "v1\n") && strcmp(r.body, "v2\n") && strcmp(r.body, "v3\n"))) {
+        if (st != 200 ||
+            (strcmp(r.body, "v1\n") && strcmp(r.body, "v2\n") && strcmp(r.body, "v3\n"))) {
             if (!l->failed)
                 snprintf(l->why, sizeof l->why, "%d \"%.60s\"", st, st > 0 ? r.body : "");
             l->failed++;
@@ -425,7 +414,7 @@ static long long wait_for(const struct srv *s, const char *path, int status, con
         char got[256];
         if (ask(s, path, got, sizeof got, NULL) == status && (!body || strcmp(got, body) == 0))
             return tnow_ms() - t0;
-        sleep_ms(10);
+        tsleep_ms(10);
     }
     return -1;
 }
@@ -440,17 +429,17 @@ static void test_hot_reload(void **state)
         l[i] = (struct loader){s, 0, 0, 0, ""};
         assert_int_equal(pthread_create(&th[i], NULL, reload_client, &l[i]), 0);
     }
-    sleep_ms(300);
+    tsleep_ms(300);
     write_file(s->dir, "hot.lua", "function handle(req) return 'v2\\n' end\n");
     long long took = wait_for(s, "/t/hot/", 200, "v2\n", 3000);
     assert_true(took >= 0 && took <= RELOAD_MS);
     /* Broken files keep v2 serving. */
     write_file(s->dir, "hot.lua", "function handle(req) return 'v3\\n' \n");
-    sleep_ms(600);
+    tsleep_ms(600);
     write_file(s->dir, "hot.lua", "error('top-level fails')\n");
-    sleep_ms(600);
+    tsleep_ms(600);
     write_file(s->dir, "hot.lua", "while true do end\n");
-    sleep_ms(2000); /* its top-level is cut after 1 s (the load-time limit) */
+    tsleep_ms(2000); /* its top-level is cut after 1 s (the load-time limit) */
     expect(s, "/t/hot/", 200, "v2\n");
     write_file(s->dir, "hot.lua", "function handle(req) return 'v3\\n' end\n");
     took = wait_for(s, "/t/hot/", 200, "v3\n", 3000);
@@ -511,7 +500,7 @@ static long long timed_burn(int fd, const char *path)
  * of a few burn requests of at least 10 ms (the limit is 100 ms). */
 static double steps_per_ms(const struct srv *s)
 {
-    int fd = conn(s);
+    int fd = tconn_must(s->port);
     long n = 100000;
     double best = 0;
     for (int i = 0; i < 20 && best == 0; i++) {
@@ -560,7 +549,7 @@ static void *prober_main(void *arg)
         thttp_free(&r);
         p->max_us = took > p->max_us ? took : p->max_us;
         p->n++;
-        sleep_ms(1);
+        tsleep_ms(1);
     }
     if (fd < 0)
         p->bad++;
@@ -585,7 +574,7 @@ static void test_load_off_loop(void **state)
     char src[256];
     write_file(s->dir, "slow.conf", "ms = 4000\n");
     assert_int_equal(pthread_create(&th, NULL, prober_main, &p), 0);
-    sleep_ms(200);
+    tsleep_ms(200);
     long long took[2];
     for (int v = 1; v <= 2; v++) {
         char want[32];
@@ -597,7 +586,7 @@ static void test_load_off_loop(void **state)
         write_file(s->dir, "slow.lua", src);
         long long w = wait_for(s, "/t/slow/", 200, want, 10000);
         took[v - 1] = w < 0 ? -1 : tnow_ms() - t0;
-        sleep_ms(300);
+        tsleep_ms(300);
     }
     __atomic_store_n(&p.done, 1, __ATOMIC_RELEASE);
     pthread_join(th, NULL);
@@ -619,8 +608,8 @@ static void test_load_off_loop(void **state)
      * machine's hiccups. */
     long long bound = load / 3 < 350 ? load / 3 : 350;
     if (p.max_us >= bound * 1000)
-        fail_msg("a request beside the loading tenant waited %lld ms (bound %lld)",
-                 p.max_us / 1000, bound);
+        fail_msg("a request beside the loading tenant waited %lld ms (bound %lld)", p.max_us / 1000,
+                 bound);
 }
 
 /* A client of the burning tenant: as fast as it is answered, a little
@@ -645,7 +634,7 @@ static void *heavy_main(void *arg)
             h->ok++;
         } else if (st == 503) {
             h->throttled++;
-            sleep_ms(5);
+            tsleep_ms(5);
         } else if (st == 504) {
             h->timeouts++; /* over its 100 ms on a loaded machine */
         } else {
@@ -689,11 +678,37 @@ static void burner_runs(const struct srv *s, double *seconds, double *ran)
  * hundreds of ms); held to its share, it runs one request at a time now
  * and then and is answered 503 without running in between, so a hello
  * waits for one of its requests at most: its p99 stays under 100 ms. */
+/* p99 of n hellos 5 ms apart, in microseconds; their latencies in lat. */
+static long long hello_p99(const struct srv *s, long long *lat, int *n, int max, int limit_ms)
+{
+    int fd = tconn_must(s->port);
+    long long t_end = tnow_ms() + limit_ms;
+    *n = 0;
+    while (*n < max && tnow_ms() < t_end) {
+        thttp_resp_t r = {0};
+        long long t0 = now_us();
+        int st = get(fd, "/t/hello/", &r);
+        lat[(*n)++] = now_us() - t0;
+        if (st != 200)
+            fail_msg("hello %d: %d", *n, st);
+        thttp_free(&r);
+        tsleep_ms(5);
+    }
+    close(fd);
+    qsort(lat, (size_t)*n, sizeof lat[0], cmp_ll);
+    return lat[(*n * 99 + 99) / 100 - 1];
+}
+
 static void test_fair_share(void **state)
 {
     struct srv *s = srv(state);
     long steps = (long)(steps_per_ms(s) * 45);
     double sec0, ran0, sec1, ran1;
+    /* What this machine does to a hello by itself, now: its scheduling
+     * delays are not the burner's doing. */
+    static long long lat[300];
+    int n;
+    long long alone = hello_p99(s, lat, &n, 100, 4000);
     burner_runs(s, &sec0, &ran0);
     pthread_t th[4];
     struct heavy h[4];
@@ -701,23 +716,10 @@ static void test_fair_share(void **state)
         h[i] = (struct heavy){s, steps, 0, 0, 0, 0, 0};
         assert_int_equal(pthread_create(&th[i], NULL, heavy_main, &h[i]), 0);
     }
-    sleep_ms(500); /* past the burst a tenant may take at once */
+    tsleep_ms(500); /* past the burst a tenant may take at once */
     /* 300 hellos 5 ms apart: some 2 s, in which the burner runs a dozen
      * times or more (8 s at most: unchecked, each hello waits 100s of ms). */
-    static long long lat[300];
-    int n = 0, fd = conn(s);
-    long long t_end = tnow_ms() + 8000;
-    while (n < 300 && tnow_ms() < t_end) {
-        thttp_resp_t r = {0};
-        long long t0 = now_us();
-        int st = get(fd, "/t/hello/", &r);
-        lat[n++] = now_us() - t0;
-        if (st != 200)
-            fail_msg("hello %d beside the burner: %d", n, st);
-        thttp_free(&r);
-        sleep_ms(5);
-    }
-    close(fd);
+    long long p99 = hello_p99(s, lat, &n, 300, 8000);
     int ok = 0, throttled = 0, timeouts = 0;
     for (int i = 0; i < 4; i++) {
         __atomic_store_n(&h[i].done, 1, __ATOMIC_RELEASE);
@@ -727,17 +729,16 @@ static void test_fair_share(void **state)
     }
     burner_runs(s, &sec1, &ran1);
     double run_ms = ran1 > ran0 ? (sec1 - sec0) * 1e3 / (ran1 - ran0) : 0;
-    qsort(lat, (size_t)n, sizeof lat[0], cmp_ll);
-    long long p50 = lat[(n - 1) / 2], p99 = lat[(n * 99 + 99) / 100 - 1];
+    long long p50 = lat[(n - 1) / 2];
     print_message("burner (%ld steps, %.1f ms a run in the sandbox): %d answered, %d throttled, "
                   "%d timed out; hello beside it: %d requests, p50 %.1f ms, p99 %.1f ms, "
-                  "max %.1f ms\n",
-                  steps, run_ms, ok, throttled, timeouts, n, p50 / 1e3, p99 / 1e3,
-                  lat[n - 1] / 1e3);
+                  "max %.1f ms (alone: p99 %.1f ms)\n",
+                  steps, run_ms, ok, throttled, timeouts, n, p50 / 1e3, p99 / 1e3, lat[n - 1] / 1e3,
+                  alone / 1e3);
     /* Under 100 ms; or, when this shared machine stretched the burner's runs
      * towards its limit, under one and a half of them (unchecked: three or
-     * four of them). */
-    double bound = run_ms * 1.5 > 100 ? run_ms * 1.5 : 100;
+     * four of them); plus what the machine did to a hello alone. */
+    double bound = (run_ms * 1.5 > 100 ? run_ms * 1.5 : 100) + (double)alone / 1e3;
     if ((double)p99 >= bound * 1e3)
         fail_msg("hello's p99 beside the burner is %.1f ms, want < %.0f", p99 / 1e3, bound);
     assert_true(n >= 100);

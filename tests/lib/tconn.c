@@ -5,6 +5,10 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -15,11 +19,21 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cmocka.h>
+
 static int tconn_open_opt(int port, int narrow);
 
 int tconn_open(int port)
 {
     return tconn_open_opt(port, 0);
+}
+
+int tconn_must(int port)
+{
+    int fd = tconn_open(port);
+    if (fd < 0)
+        fail_msg("connect to 127.0.0.1:%d: %s", port, strerror(-fd));
+    return fd;
 }
 
 int tconn_open_narrow(int port)
@@ -104,9 +118,7 @@ static int wait_readable(int fd, long long deadline)
     }
 }
 
-/* One read of at most n bytes within the deadline: the count, 0 at EOF
- * (or reset), or a negative errno. */
-static ssize_t read_some(int fd, char *p, size_t n, long long deadline)
+ssize_t tconn_read_some(int fd, char *p, size_t n, long long deadline)
 {
     for (;;) {
         int rc = wait_readable(fd, deadline);
@@ -139,7 +151,7 @@ ssize_t tconn_recv_until(int fd, char *buf, size_t cap, const char *term, size_t
         size_t n = cap - 1 - len;
         if (!term && n > want - len)
             n = want - len;
-        ssize_t r = read_some(fd, buf + len, n, deadline);
+        ssize_t r = tconn_read_some(fd, buf + len, n, deadline);
         if (r == 0)
             return -EPIPE;
         if (r < 0)
@@ -158,8 +170,8 @@ ssize_t tconn_recv_eof(int fd, char *buf, size_t cap, int timeout_ms)
         buf[0] = '\0';
     for (;;) {
         int room = len + 1 < cap;
-        ssize_t r = read_some(fd, room ? buf + len : sink, room ? cap - 1 - len : sizeof sink,
-                              deadline);
+        ssize_t r = tconn_read_some(fd, room ? buf + len : sink, room ? cap - 1 - len : sizeof sink,
+                                    deadline);
         if (r == 0)
             return (ssize_t)len;
         if (r < 0)
@@ -176,7 +188,7 @@ int tconn_closed(int fd, int timeout_ms)
     long long deadline = tnow_ms() + timeout_ms;
     char sink[16384];
     for (;;) {
-        ssize_t r = read_some(fd, sink, sizeof sink, deadline);
+        ssize_t r = tconn_read_some(fd, sink, sizeof sink, deadline);
         if (r == 0)
             return 1;
         if (r < 0)
@@ -210,7 +222,7 @@ int thttp_read(int fd, thttp_resp_t *r, int no_body, int timeout_ms)
     for (;;) {
         if (r->head_len + 1 >= sizeof r->head)
             return -EPROTO;
-        ssize_t n = read_some(fd, r->head + r->head_len, 1, deadline);
+        ssize_t n = tconn_read_some(fd, r->head + r->head_len, 1, deadline);
         if (n == 0)
             return -EPIPE;
         if (n < 0)
@@ -233,7 +245,7 @@ int thttp_read(int fd, thttp_resp_t *r, int no_body, int timeout_ms)
     if (!r->body)
         return -ENOMEM;
     while (r->body_len < want) {
-        ssize_t n = read_some(fd, r->body + r->body_len, want - r->body_len, deadline);
+        ssize_t n = tconn_read_some(fd, r->body + r->body_len, want - r->body_len, deadline);
         if (n == 0)
             break;
         if (n < 0) {

@@ -18,8 +18,8 @@ static size_t data_pages(size_t n, size_t page)
 void *tguard_copy(const void *p, size_t n)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE), dp = data_pages(n, page);
-    char *base = mmap(NULL, (dp + 1) * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                      -1, 0);
+    char *base =
+        mmap(NULL, (dp + 1) * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED || mprotect(base + dp * page, page, PROT_NONE) < 0) {
         perror("tguard_copy");
         abort();

@@ -4,13 +4,16 @@
  *   tconn_   a blocking client connection to 127.0.0.1 with bounded reads
  *   thttp_   send a request and read exactly one response (Content-Length)
  *   tguard_  a copy of a buffer placed right before a PROT_NONE page
+ *   tincr_   clients POSTing increments to the incrementor, what was acked
  *
  * Every wait is bounded by a timeout in milliseconds. Functions return 0 or a
  * count on success and a negative errno on failure, like the core. */
 #ifndef TESTS_TLIB_H
 #define TESTS_TLIB_H
 
+#include <pthread.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 /* ---- processes ---- */
@@ -40,11 +43,35 @@ int tproc_stop(pid_t pid, int timeout_ms);
 /* Path of the stderr log of a process from tproc_start (NULL if unknown). */
 const char *tproc_log(pid_t pid);
 
+/* fork() a child the way tproc_start does (its own process group, killed if
+ * the test process dies, and at exit or by tproc_stop_all if still
+ * running), for a fake server the test itself runs. Returns 0 in the child,
+ * the PID in the parent, or a negative errno. tproc_stop and tproc_wait
+ * stop it. */
+pid_t tproc_fork(void);
+
+/* Wait up to timeout_ms for a process from tproc_start or tproc_fork to end
+ * by itself, then SIGKILL its group. Same returns as tproc_stop. */
+int tproc_wait(pid_t pid, int timeout_ms);
+
+/* Stop (tproc_stop, timeout_ms each) every process still running: for a
+ * teardown after a test that failed halfway. */
+void tproc_stop_all(int timeout_ms);
+
+/* Run argv[0] (argv NULL-terminated) to its end, at most timeout_ms: stdout
+ * to /dev/null, stderr into errbuf (NUL-terminated, errlen bytes at most;
+ * discarded when errbuf is NULL). Same returns as tproc_stop (137: it did
+ * not end in time and was killed). */
+int tproc_run(const char *const argv[], int timeout_ms, char *errbuf, size_t errlen);
+
 /* ---- client connections ---- */
 
 /* Connect to 127.0.0.1:port (blocking, TCP_NODELAY, close-on-exec).
  * Returns the descriptor or a negative errno. */
 int tconn_open(int port);
+
+/* tconn_open, or fail the running cmocka test saying why. */
+int tconn_must(int port);
 
 /* tconn_open with a small receive window and small segments, so that when
  * the client does not read, the server's answers queue up in the server
@@ -80,6 +107,10 @@ ssize_t tconn_recv_until(int fd, char *buf, size_t cap, const char *term, size_t
  * (NUL-terminated; bytes beyond cap-1 are read and dropped), or -ETIMEDOUT. */
 ssize_t tconn_recv_eof(int fd, char *buf, size_t cap, int timeout_ms);
 
+/* One read of at most n bytes before deadline (tnow_ms): the count, 0 at EOF
+ * (or reset), -ETIMEDOUT, or another negative errno. */
+ssize_t tconn_read_some(int fd, char *p, size_t n, long long deadline);
+
 /* Has the peer closed the connection (or reset it) within timeout_ms?
  * Discards any data still arriving. Returns 1 (closed) or 0 (still open). */
 int tconn_closed(int fd, int timeout_ms);
@@ -90,11 +121,11 @@ size_t tconn_pending(int fd);
 /* ---- HTTP ---- */
 
 typedef struct thttp_resp {
-    int status;            /* from the status line */
-    long content_length;   /* -1 when absent */
-    char head[16384];      /* status line and headers, through the blank line, NUL-terminated */
+    int status;          /* from the status line */
+    long content_length; /* -1 when absent */
+    char head[16384];    /* status line and headers, through the blank line, NUL-terminated */
     size_t head_len;
-    char *body;            /* malloc'd, NUL-terminated; thttp_free */
+    char *body; /* malloc'd, NUL-terminated; thttp_free */
     size_t body_len;
 } thttp_resp_t;
 
@@ -116,6 +147,46 @@ int thttp_has_header(const thttp_resp_t *r, const char *line);
 /* Free the body; r can be reused. */
 void thttp_free(thttp_resp_t *r);
 
+/* ---- increment load (the incrementor's tests) ---- */
+
+#define TINCR_CLIENTS  8
+#define TINCR_KEYS_MAX 64
+
+typedef struct tincr_client {
+    int port, nkeys;
+    int positive; /* values 1..100 instead of -10000..10000 */
+    volatile int *stop;
+    unsigned seed;
+    int64_t acked[TINCR_KEYS_MAX];    /* answered 200 */
+    int64_t inflight[TINCR_KEYS_MAX]; /* sent, no answer: may or may not be applied */
+    long ok, refused, lost;
+} tincr_client_t;
+
+typedef struct tincr_load {
+    pthread_t tid[TINCR_CLIENTS];
+    tincr_client_t c[TINCR_CLIENTS];
+    volatile int stop;
+    int nkeys, started;
+} tincr_load_t;
+
+/* Start TINCR_CLIENTS threads, client i on ports[i % nports], each POSTing
+ * increments of keys k0..k<nkeys-1> (nkeys 2..TINCR_KEYS_MAX; every fourth
+ * request a JSON batch of two keys) over a keep-alive connection until
+ * tincr_stop, or until its server is gone. seed makes the run repeatable.
+ * Returns 0, or -1 (bad arguments, or a thread that could not start: those
+ * started are stopped). */
+int tincr_start(tincr_load_t *l, const int *ports, int nports, int nkeys, int positive,
+                unsigned seed);
+
+/* Stop and join the clients; add what they saw, per key, to acked (answered
+ * 200) and inflight (sent without an answer), either may be NULL. Returns the
+ * requests answered 200. */
+long tincr_stop(tincr_load_t *l, int64_t *acked, int64_t *inflight);
+
+/* Read the counters k0..k<nkeys-1> of the incrementor's database at path
+ * into v (0 when absent). Returns the rows in its table, or -1. */
+int tincr_db_read(const char *path, int64_t *v, int nkeys);
+
 /* ---- guard pages ---- */
 
 /* A copy of p[0..n) whose last byte sits right before a PROT_NONE page, so
@@ -134,5 +205,8 @@ int tfile_write(const char *dir, const char *name, const char *text);
 
 /* Monotonic milliseconds. */
 long long tnow_ms(void);
+
+/* Sleep ms milliseconds. */
+void tsleep_ms(int ms);
 
 #endif

@@ -9,15 +9,23 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
+import anchors  # noqa: E402
 import harness as H  # noqa: E402
 import report  # noqa: E402
+import world as W  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data" / "bench"
+WORLD_WHY = (W.why_not() if all((H.BIN / x).exists() for x in ("world-link", "loadgen", "server-epoll"))
+             else "world-link, loadgen or server-epoll is not built")
 BENCH = ROOT / "scripts" / "bench"
+ANCHORS_WHY = (None if all(anchors.executable(k) for k in anchors.KINDS)
+               else "nginx or haproxy is not installed (scripts/deps.sh build installs them, as root)")
+BUILT = (H.BIN / "loadgen").exists() and (H.BIN / "server-epoll").exists()
 
 
 def load_bench_module():
@@ -54,6 +62,17 @@ class Figures(unittest.TestCase):
     def test_success_rate_counts_errors(self):
         f = H.figures({"requests": 90, "errors": {"timeout": 6, "connect": 4}, "latency_us": {}})
         self.assertAlmostEqual(f["success_rate"], 0.9)
+
+    def test_link_bound_noted(self):
+        # A run whose link emulator was busy says so under its table, as a
+        # loadgen-bound run does: the link, not the server, was the limit.
+        run = {"design": "epoll", "scenario": "wan", "point": "100ms", "ok": True, "reason": None,
+               "loadgen_bound": False, "link_bound": True, "figures": {"rps": 1.0, "link_cpu": 0.95},
+               "file": None}
+        notes = report.rows_for({"runs": [run]}, "wan")[3]
+        self.assertTrue(any("link emulator was the limit" in n for n in notes), notes)
+        notes = report.rows_for({"runs": [dict(run, link_bound=False)]}, "wan")[3]
+        self.assertFalse(any("link emulator" in n for n in notes), notes)
 
     def test_loadgen_bound_when_its_cpu_is_saturated(self):
         run = {"requests": 1000, "duration_s": 2.0, "loadgen_cpu": {"user_s": 1.2, "system_s": 0.7}}
@@ -105,6 +124,14 @@ class Tables(unittest.TestCase):
         finally:
             shutil.rmtree(out)
 
+    def test_every_scenario_has_its_numbered_table(self):
+        bench = load_bench_module()
+        self.assertEqual(list(report.TABLES), bench.NAMES)
+        self.assertEqual(bench.NAMES[0], "throughput")  # the rate scenario's reference runs first
+        for i, sc in enumerate(H.scenarios(), 1):
+            self.assertTrue(report.TABLES[sc.NAME][0].startswith(f"{i}. "))
+            self.assertLessEqual(sc.BEST[0], len(sc.COLUMNS))  # column 0 is the design
+
     def test_recorded_summary_matches_the_schema(self):
         validate(json.loads((DATA / "summary.json").read_text()))
 
@@ -116,9 +143,41 @@ class Tables(unittest.TestCase):
             validate(s)
 
 
+class LoadgenSchema(unittest.TestCase):
+    """bin/loadgen --json and loadgen merge against $defs/loadgen_run."""
+
+    def validate_run(self, run):
+        import jsonschema
+        schema = json.loads((ROOT / "results" / "schema.json").read_text())
+        jsonschema.validate(run, dict(schema["$defs"]["loadgen_run"], **{"$defs": schema["$defs"]}))
+
+    def test_recorded_runs_match(self):
+        for f in sorted((DATA / "runs").glob("*.json")):
+            self.validate_run(json.loads(f.read_text()))
+
+    @unittest.skipUnless((H.BIN / "loadgen").exists() and (H.BIN / "server-epoll").exists(), "not built")
+    def test_a_run_and_a_merge_match(self):
+        d = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, d)
+        with H.Server([str(H.BIN / "server-epoll"), "--port", "0"]) as srv:
+            runs = []
+            for i in range(2):
+                run = H.run_loadgen(["-c", "2", "-R", "200", "-d", "0.5s", f"http://127.0.0.1:{srv.port}/"])
+                self.validate_run(run)
+                self.assertTrue(run["latency_us"]["histogram"].startswith("HISTFAAA"))
+                (d / f"{i}.json").write_text(json.dumps(run))
+                runs.append(run)
+        p = subprocess.run([str(H.BIN / "loadgen"), "merge", str(d / "m.json"), str(d / "0.json"),
+                            str(d / "1.json")], capture_output=True, text=True, timeout=30)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        merged = json.loads((d / "m.json").read_text())
+        self.validate_run(merged)
+        self.assertEqual(merged["requests"], sum(r["requests"] for r in runs))
+        self.assertEqual(merged["merged"]["agents"], 2)
+
+
 class Exactness(unittest.TestCase):
     def test_database_against_acknowledged_sums(self):
-        bench = load_bench_module()
         d = Path(tempfile.mkdtemp())
         db = d / "n.db"
         con = sqlite3.connect(db)
@@ -127,9 +186,9 @@ class Exactness(unittest.TestCase):
         con.commit()
         con.close()
         run = {"increment": {"acked": {"a": 10, "b": -3, "c": 5}, "unacked": {"c": 4}}}
-        self.assertTrue(bench.Bench.exactness(db, run)["exact"])  # c: 5 acked + up to 4 in doubt
+        self.assertTrue(H.exactness(db, run)["exact"])  # c: 5 acked + up to 4 in doubt
         run["increment"]["acked"]["a"] = 11
-        r = bench.Bench.exactness(db, run)
+        r = H.exactness(db, run)
         self.assertFalse(r["exact"])
         self.assertIn("1 keys", r["mismatch"])
         shutil.rmtree(d)
@@ -163,6 +222,15 @@ class Rounds(unittest.TestCase):
         self.assertEqual(rec["figures"]["repeats"], 3)
         self.assertEqual(b.max_rps["epoll"], 100.0)  # the rate scenario's reference
 
+    def test_each_rounds_figures_are_kept(self):
+        b = self.bench()
+        b.keep_median("epoll", "throughput", "c64", [self.run_with(r) for r in (90.0, 120.0, 100.0)])
+        rounds = b.runs[0]["rounds"]
+        self.assertEqual(rounds["rps"], [90.0, 100.0, 120.0])
+        self.assertEqual(len(rounds["server_cpu_per_req_us"]), 3)  # what compare judges the noise from
+        b.keep_median("epoll", "throughput", "c8", [self.run_with(50.0)])
+        self.assertNotIn("rounds", b.runs[1])  # one round: no spread
+
     def test_a_failed_round_leaves_the_others(self):
         b = self.bench()
         b.keep_median("epoll", "throughput", "c8",
@@ -174,13 +242,125 @@ class Rounds(unittest.TestCase):
         self.assertIn("boom", b.runs[1]["reason"])
 
 
+class Unavailable(unittest.TestCase):
+    """A design this machine cannot run (server-uring without io_uring)
+    exits 2 before it listens, with one line: skipped with that line."""
+
+    def fake_bin(self, script):
+        d = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, d)
+        exe = d / "server-uring"
+        exe.write_text("#!/bin/sh\n" + script)
+        exe.chmod(0o755)
+        return d
+
+    def with_bin(self, d, scenario):
+        import argparse
+        bench = load_bench_module()
+        out = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, out)
+        b = bench.Bench(argparse.Namespace(quick=True, duration=0.3, repeat=1, out=str(out), designs=None,
+                                           scenarios=None))
+        self.addCleanup(shutil.rmtree, b.tmp, True)
+        real = H.BIN
+        H.BIN = d
+        try:
+            b.with_server("uring", scenario, lambda srv: self.fail("it started"))
+            bench.Bench.scenario(b, "throughput").side_by_side(b, ["uring"], with_nginx=False)
+        finally:
+            H.BIN = real
+        return b.runs
+
+    def test_exit_2_is_a_skip_with_its_line(self):
+        why = "server-uring: io_uring is not available: io_uring_setup: Operation not permitted"
+        runs = self.with_bin(self.fake_bin(f"echo starting >&2\necho '{why}' >&2\nexit 2\n"), "hol-wait")
+        self.assertEqual([(r["scenario"], r["ok"], r["reason"]) for r in runs],
+                         [("hol-wait", False, f"skipped: {why}"), ("throughput", False, f"skipped: {why}")])
+
+    def test_another_failure_is_not_a_skip(self):
+        (run, _) = self.with_bin(self.fake_bin("echo 'server-uring: boom' >&2\nexit 1\n"), "c10k")
+        self.assertEqual(run["reason"], "server-uring did not start: server-uring: boom")
+
+
+class OOM(unittest.TestCase):
+    """A server the memory limit kills is a result, "OOM at N clients"."""
+
+    def test_memory_kill_is_a_result(self):
+        import argparse
+        bench = load_bench_module()
+        out = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, out)
+        b = bench.Bench(argparse.Namespace(quick=True, duration=0.3, repeat=1, out=str(out), designs=None,
+                                           scenarios=None, mem_limit="16M"))
+        self.addCleanup(shutil.rmtree, b.tmp, True)
+
+        class Host:  # a server host whose limit kills during the run
+            limits = {"mem_limit": "16M"}
+            kills = 0
+
+            def oom_kills(self):
+                return self.kills
+
+        host = Host()
+
+        class Proc:
+            returncode = None
+
+            def poll(self):
+                return self.returncode
+
+        srv = type("Srv", (), {"host": host, "proc": Proc(), "pid": 1, "addr": "10.77.0.1", "port": 1})()
+
+        def killed(*a, **kw):
+            host.kills += 1
+            srv.proc.returncode = -9
+            raise H.HarnessError("loadgen: connection reset")
+        real = H.run_loadgen
+        H.run_loadgen = killed
+        try:
+            rec = b.measure("threads", "c10k", "1000+64", srv, ["-c", "64", "--idle", "1000", "http://x/"])
+            again = b.measure("threads", "c10k", "again", srv, ["-c", "64", "http://x/"])
+        finally:
+            H.run_loadgen = real
+        self.assertFalse(rec["ok"])
+        self.assertTrue(rec["reason"].startswith("OOM at 1064 clients"), rec["reason"])
+        self.assertEqual(again["reason"], rec["reason"])  # the server is gone: said so, not retried
+
+
 class EndToEnd(unittest.TestCase):
     def test_bad_flags_exit_2(self):
         for args in (["--designs", "nosuch"], ["--scenarios", "nosuch"], ["--duration", "0"],
-                     ["--repeat", "0"], ["--bogus"]):
+                     ["--repeat", "0"], ["--bogus"], ["--rtt=-20ms"], ["--rtt", "20"],
+                     ["--rtt", "5parsecs"], ["--loss", "101%"], ["--loss", "1.5"],
+                     ["--rate", "10mbps"], ["--cpu-quota", "0"], ["--cpu-quota", "-1"],
+                     ["--mem-limit", "64Q"], ["--mem-limit", "0"]):
             p = subprocess.run([str(BENCH), *args], capture_output=True, text=True, timeout=30)
             self.assertEqual(p.returncode, 2, args)
-            self.assertEqual(len(p.stderr.strip().splitlines()[-1:]), 1)
+            self.assertEqual(len(p.stderr.splitlines()), 1, (args, p.stderr))
+
+    @unittest.skipIf(WORLD_WHY, WORLD_WHY)
+    def test_tiny_bench_over_a_link_records_the_topology(self):
+        out = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, out)
+        p = subprocess.run([str(BENCH), "--quick", "--designs", "epoll", "--scenarios", "throughput",
+                            "--duration", "0.3", "--rtt", "2ms", "--loss", "0%", "--rate", "1gbit",
+                            "--cpu-quota", "0.5", "--mem-limit", "64M", "--out", str(out)],
+                           capture_output=True, text=True, timeout=180)
+        self.assertEqual(p.returncode, 0, p.stderr[-2000:])
+        summary = json.loads((out / "summary.json").read_text())
+        validate(summary)
+        topo = summary["topology"]
+        self.assertEqual([h["name"] for h in topo["hosts"]], ["server", "client"])
+        server = topo["hosts"][0]
+        self.assertEqual((server["cpu_quota"], server["mem_limit"], server["oom_kills"]), (0.5, "64M", 0))
+        (link,) = topo["links"]
+        self.assertEqual((link["rtt"], link["loss"], link["rate"]), ("2ms", "0%", "1gbit"))
+        self.assertGreaterEqual(link["rtt_min_ms"], 2.0)
+        self.assertLess(link["rtt_measured_ms"], 10)
+        self.assertGreater(link["emulator"]["ab"]["out"], 0)
+        self.assertEqual(topo["limits"]["server"], {"cpu_quota": 0.5, "mem_limit": "64M"})
+        runs = [r for r in summary["runs"] if r["design"] == "epoll"]
+        self.assertTrue(runs and all(r["ok"] and r["figures"]["rps"] > 0 for r in runs), runs)
 
     @unittest.skipUnless((H.BIN / "loadgen").exists() and (H.BIN / "server-epoll").exists(), "not built")
     def test_tiny_bench_run_leaves_a_valid_summary(self):
@@ -199,6 +379,80 @@ class EndToEnd(unittest.TestCase):
             self.assertIn("1. throughput", p.stdout)
         finally:
             shutil.rmtree(out)
+
+
+@unittest.skipUnless(BUILT, "loadgen or server-epoll is not built")
+@unittest.skipIf(ANCHORS_WHY, ANCHORS_WHY)
+class Proxy(unittest.TestCase):
+    """The proxy scenario (scripts/scenarios/11-proxy.py) and its anchors."""
+
+    def test_an_anchor_proxies_and_leaves_nothing(self):
+        work = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, work)
+        with H.Server([str(H.BIN / "server-epoll"), "--port", "0"]) as up:
+            for kind in anchors.KINDS:
+                with anchors.ReverseProxy(kind, [f"127.0.0.1:{up.port}"], workdir=work) as px:
+                    body = urllib.request.urlopen(f"http://127.0.0.1:{px.port}/stream?n=70000",
+                                                  timeout=10).read()
+                    self.assertEqual(body, b"A" * 70000, kind)
+                    self.assertIn(f"127.0.0.1:{up.port}", px.config)
+                self.assertIsNotNone(px.exit_status, kind)  # stopped and reaped
+                self.assertFalse(os.path.exists(f"/proc/{px.pid}"), kind)
+        self.assertEqual(list(work.iterdir()), [])  # its directory removed
+
+    def test_quick_run_side_by_side(self):
+        out = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, out)
+        # 0.6 s a run: at 20 ms, 0.3 s left a loaded machine's nginx without
+        # one answer in the window
+        p = subprocess.run([str(BENCH), "--quick", "--scenarios", "proxy", "--duration", "0.6",
+                            "--out", str(out)], capture_output=True, text=True, timeout=240)
+        self.assertEqual(p.returncode, 0, p.stderr[-2000:])
+        self.assertIn("proxy: reverse proxies", p.stdout)
+        summary = json.loads((out / "summary.json").read_text())
+        validate(summary)
+        runs = {(r["design"], r["point"]): r for r in summary["runs"] if r["scenario"] == "proxy"}
+        variants = ["direct", "nginx", "haproxy"]
+        if (H.BIN / "server-proxy").exists():
+            variants += ["proxy", "proxy-nopool"]
+        else:  # said so, not failed
+            for v in ("proxy", "proxy-nopool"):
+                self.assertIn("not built", runs[(v, "-")]["reason"])
+        points = ["0ms-hello-c64", "0ms-hello-pipe16"]
+        if WORLD_WHY:
+            for v in variants:
+                self.assertTrue(runs[(v, "20ms")]["reason"].startswith("skipped: "), runs[(v, "20ms")])
+        else:
+            points += ["20ms-hello-c64", "q0.5-hello-c64"]
+        for v in variants:
+            for point in points:
+                r = runs.get((v, point))
+                self.assertTrue(r and r["ok"], (v, point, r))
+                f = r["figures"]
+                self.assertGreater(f["rps"], 0, (v, point))
+                self.assertEqual(f["errors"], 0, (v, point))  # keep-alive and pipelining survived
+                # /proc counts CPU in 10 ms ticks: a run of a few thousand
+                # requests across the link may take less than one
+                self.assertGreaterEqual(f["server_cpu_per_req_us"], 0, (v, point))
+                if point.startswith("0ms"):
+                    self.assertGreater(f["server_cpu_per_req_us"], 0, (v, point))
+                self.assertLessEqual(f["p50_us"], f["p99_us"], (v, point))
+                if point.startswith("20ms"):
+                    # every variant crosses the 20 ms link once per request at least
+                    self.assertGreaterEqual(f["p50_us"], 19000, (v, point))
+                    self.assertIn("link_cpu", f)
+            if v.startswith("proxy"):
+                self.assertIn("cpu_to_best_anchor", runs[(v, "0ms-hello-c64")]["figures"])
+        configs = summary["anchor_configs"]
+        for text in ("master_process off;", "access_log off;", "keepalive 64;",
+                     "proxy_http_version 1.1;", 'proxy_set_header Connection "";'):
+            self.assertIn(text, configs["nginx 0ms"])
+        for text in ("nbthread 1", "mode http", "http-reuse always", "option http-keep-alive"):
+            self.assertIn(text, configs["haproxy 0ms"])
+        if not WORLD_WHY:
+            hosts = {h["name"]: h for h in summary["topology"]["hosts"]}
+            self.assertEqual((hosts["px20p"]["cpu_quota"], hosts["pxq05p"]["cpu_quota"]), (None, 0.5))
+            self.assertIn("10.77.0.", configs["haproxy 20ms"])
 
 
 if __name__ == "__main__":

@@ -14,8 +14,15 @@
 #include "../../loadgen/check.h"
 #include "core/proto.h"
 
-enum { V_OK = CHECK_OK, V_MISMATCH = CHECK_MISMATCH, V_4XX = CHECK_4XX, V_5XX = CHECK_5XX,
-       V_BAD = 10, V_PARTIAL = 11, V_EOF_OK = 12 };
+enum {
+    V_OK = CHECK_OK,
+    V_MISMATCH = CHECK_MISMATCH,
+    V_4XX = CHECK_4XX,
+    V_5XX = CHECK_5XX,
+    V_BAD = 10,
+    V_PARTIAL = 11,
+    V_EOF_OK = 12
+};
 
 /* Feed `in` to the checker in pieces of at most `step` bytes (keeping
  * unconsumed bytes, as the engine does) and return the verdict of the first
@@ -63,7 +70,7 @@ out:
 }
 
 typedef struct tcase {
-    const char *cmd;  /* line command, or an HTTP path (starts with '/') */
+    const char *cmd; /* line command, or an HTTP path (starts with '/') */
     const char *in;
     int verdict;
     int close;
@@ -114,8 +121,8 @@ static const tcase_t cases[] = {
     {"/ping", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nPONG\n", V_OK, 0, "/ping"},
     {"/ping", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nPANG\n", V_MISMATCH, 0, "/ping wrong"},
     {"/ping", "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nPONG", V_MISMATCH, 0, "/ping short"},
-    {"/burn?n=1", "HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\nRESULT 1442695040888963407\n",
-     V_OK, 0, "/burn"},
+    {"/burn?n=1", "HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\nRESULT 1442695040888963407\n", V_OK,
+     0, "/burn"},
     {"/burn?n=1", "HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\nRESULT 1442695040888963408\n",
      V_MISMATCH, 0, "/burn wrong"},
     {"/ping", "HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\nOops", V_5XX, 0, "/ping 500"},

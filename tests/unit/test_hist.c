@@ -194,9 +194,9 @@ static void test_hgrm(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_buckets),   cmocka_unit_test(test_uniform),
+        cmocka_unit_test(test_buckets),    cmocka_unit_test(test_uniform),
         cmocka_unit_test(test_log_spread), cmocka_unit_test(test_bimodal),
-        cmocka_unit_test(test_merge),     cmocka_unit_test(test_edges),
+        cmocka_unit_test(test_merge),      cmocka_unit_test(test_edges),
         cmocka_unit_test(test_hgrm),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

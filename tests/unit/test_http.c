@@ -35,7 +35,10 @@ struct req_case {
 };
 
 /* A request that does not parse: only the return is checked. */
-#define E(in, ret) {in, ret, NULL, NULL, NULL, 0, 0, NULL, NULL}
+#define E(in, ret)                                                                                 \
+    {                                                                                              \
+        in, ret, NULL, NULL, NULL, 0, 0, NULL, NULL                                                \
+    }
 
 static const struct req_case req_cases[] = {
     /* valid */
@@ -48,7 +51,8 @@ static const struct req_case req_cases[] = {
     {"GET /a?b?c HTTP/1.1\r\n\r\n", ALL, "GET", "/a", "b?c", 1, 0, NULL, NULL},
     {"GET /? HTTP/1.1\r\n\r\n", ALL, "GET", "/", "", 1, 0, NULL, NULL},
     {"GET /%41b?x=%20 HTTP/1.1\r\n\r\n", ALL, "GET", "/%41b", "x=%20", 1, 0, NULL, NULL},
-    {"GET http://example.com/burn?n=3 HTTP/1.1\r\n\r\n", ALL, "GET", "/burn", "n=3", 1, 0, NULL, NULL},
+    {"GET http://example.com/burn?n=3 HTTP/1.1\r\n\r\n", ALL, "GET", "/burn", "n=3", 1, 0, NULL,
+     NULL},
     {"GET http://example.com:80/ HTTP/1.1\r\n\r\n", ALL, "GET", "/", NOQ, 1, 0, NULL, NULL},
     {"GET http://example.com HTTP/1.1\r\n\r\n", ALL, "GET", "/", NOQ, 1, 0, NULL, NULL},
     {"GET http://example.com?x=1 HTTP/1.1\r\n\r\n", ALL, "GET", "/", "x=1", 1, 0, NULL, NULL},
@@ -85,10 +89,10 @@ static const struct req_case req_cases[] = {
     E("GET / http/1.1\r\n\r\n", BAD),
     E("GET / HTTP/1.1x\r\n\r\n", BAD),
     E("GET / HTTP/1.1\r\r\n\r\n", BAD),
-    E("GET / HTTP/1.1\rHost: a\r\n\r\n", BAD),            /* bare CR */
-    E("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", BAD),          /* bare CR in a value */
-    E("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", BAD),       /* obs-fold */
-    E("GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n", BAD),      /* obs-fold */
+    E("GET / HTTP/1.1\rHost: a\r\n\r\n", BAD),       /* bare CR */
+    E("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", BAD),     /* bare CR in a value */
+    E("GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", BAD),  /* obs-fold */
+    E("GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n", BAD), /* obs-fold */
     E("GET / HTTP/1.1\r\nHost : a\r\n\r\n", BAD),
     E("GET / HTTP/1.1\r\nHost a\r\n\r\n", BAD),
     E("GET / HTTP/1.1\r\n: a\r\n\r\n", BAD),
@@ -97,7 +101,7 @@ static const struct req_case req_cases[] = {
     E("GET / HTTP/1.1\r\nX: a\x7fz\r\n\r\n", BAD),
     E("GET /a\x7f HTTP/1.1\r\n\r\n", BAD),
     E("GET /\xc3\xa9 HTTP/1.1\r\n\r\n", BAD),
-    E("GET example.com/x HTTP/1.1\r\n\r\n", BAD),          /* neither origin nor absolute form */
+    E("GET example.com/x HTTP/1.1\r\n\r\n", BAD), /* neither origin nor absolute form */
     E("GET http:/x HTTP/1.1\r\n\r\n", BAD),
     E("GET a: HTTP/1.1\r\n\r\n", BAD),
     /* incomplete */
@@ -121,8 +125,8 @@ static void expect_str(const char *what, const char *in, const char *p, size_t n
         return;
     }
     if (!p || n != strlen(want) || memcmp(p, want, n) != 0)
-        fail_msg("\"%s\": %s is \"%.*s\", want \"%s\"", in, what, p ? (int)n : 6,
-                 p ? p : "(null)", want);
+        fail_msg("\"%s\": %s is \"%.*s\", want \"%s\"", in, what, p ? (int)n : 6, p ? p : "(null)",
+                 want);
 }
 
 /* A parsed head points into the input and fits in the `ret` bytes it reported. */
@@ -288,7 +292,10 @@ struct res_case {
     int status, minor, nh;
 };
 
-#define RE(in, ret) {in, ret, 0, 0, 0}
+#define RE(in, ret)                                                                                \
+    {                                                                                              \
+        in, ret, 0, 0, 0                                                                           \
+    }
 
 static const struct res_case res_cases[] = {
     {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", ALL, 200, 1, 1},
@@ -361,7 +368,10 @@ struct framing_case {
     int chunked;
 };
 
-#define F(headers, status) {headers, status, 0, 0}
+#define F(headers, status)                                                                         \
+    {                                                                                              \
+        headers, status, 0, 0                                                                      \
+    }
 
 static const struct framing_case framing_cases[] = {
     {"", 0, -1, 0},
@@ -463,17 +473,17 @@ static const struct host_case host_cases[] = {
     {"GET / HTTP/1.1", "Host: [::1]:8090\r\n", 0},
     {"GET / HTTP/1.1", "Host: [v1.x]\r\n", 0},
     {"GET / HTTP/1.1", "Host: a%2Db_c~d!$&'()*+,;=\r\n", 0},
-    {"GET / HTTP/1.1", "Host: x:\r\n", 0},                      /* port = *DIGIT */
-    {"GET / HTTP/1.1", "Host:\r\n", 0},                         /* empty is valid */
+    {"GET / HTTP/1.1", "Host: x:\r\n", 0}, /* port = *DIGIT */
+    {"GET / HTTP/1.1", "Host:\r\n", 0},    /* empty is valid */
     {"GET / HTTP/1.1", "X: 1\r\nHost: a\r\nY: 2\r\n", 0},
-    {"GET / HTTP/1.0", "", 0},                                   /* 1.0 needs none */
+    {"GET / HTTP/1.0", "", 0}, /* 1.0 needs none */
     {"GET / HTTP/1.0", "Host: a\r\n", 0},
-    {"GET / HTTP/2.0", "", 0},                                   /* not 1.x: 505 elsewhere */
-    {"GET / HTTP/1.1", "", 400},                                 /* missing */
-    {"GET http://a/ HTTP/1.1", "", 400},                         /* absolute-form too */
+    {"GET / HTTP/2.0", "", 0},           /* not 1.x: 505 elsewhere */
+    {"GET / HTTP/1.1", "", 400},         /* missing */
+    {"GET http://a/ HTTP/1.1", "", 400}, /* absolute-form too */
     {"GET / HTTP/1.2", "", 400},
     {"GET / HTTP/1.1", "Hostname: a\r\n", 400},
-    {"GET / HTTP/1.1", "Host: a\r\nHost: a\r\n", 400},          /* repeated, even equal */
+    {"GET / HTTP/1.1", "Host: a\r\nHost: a\r\n", 400}, /* repeated, even equal */
     {"GET / HTTP/1.0", "Host: a\r\nhost: b\r\n", 400},
     {"GET / HTTP/1.1", "Host: a b\r\n", 400},
     {"GET / HTTP/1.1", "Host: a/b\r\n", 400},
@@ -498,8 +508,7 @@ static void test_host(void **state)
         parse_with(c->line, c->headers, &req);
         int r = http_check_host(&req);
         if (r != c->ret)
-            fail_msg("Host check of \"%s\" + \"%s\" = %d, want %d", c->line, c->headers, r,
-                     c->ret);
+            fail_msg("Host check of \"%s\" + \"%s\" = %d, want %d", c->line, c->headers, r, c->ret);
     }
 }
 
@@ -528,7 +537,10 @@ struct chunk_case {
     int src;             /* raw bytes taken when ret == 1, -1 = all */
 };
 
-#define C(in, max_body, ret) {in, max_body, ret, NULL, 0}
+#define C(in, max_body, ret)                                                                       \
+    {                                                                                              \
+        in, max_body, ret, NULL, 0                                                                 \
+    }
 
 static const struct chunk_case chunk_cases[] = {
     {"5\r\nhello\r\n0\r\n\r\n", 100, 1, "hello", -1},
@@ -551,27 +563,27 @@ static const struct chunk_case chunk_cases[] = {
     C("5\r\nhello\rX", 100, HTTP_BAD),
     C("1;\x01\r\n", 100, HTTP_BAD),
     /* RFC 9112 7.1: chunk-size = 1*HEXDIG, then only a chunk-ext or the line end */
-    C("3zzz\r\nabc\r\n0\r\n\r\n", 100, HTTP_BAD),         /* junk after the size */
-    C("3 \r\nabc\r\n0\r\n\r\n", 100, HTTP_BAD),           /* BWS not followed by ';' */
+    C("3zzz\r\nabc\r\n0\r\n\r\n", 100, HTTP_BAD), /* junk after the size */
+    C("3 \r\nabc\r\n0\r\n\r\n", 100, HTTP_BAD),   /* BWS not followed by ';' */
     C("0x3\r\nabc\r\n0\r\n\r\n", 100, HTTP_BAD),
     C("-1\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),
-    C("3\rabc\r\n0\r\n\r\n", 100, HTTP_BAD),               /* bare CR after the size */
-    C("1;a\rb\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),          /* bare CR in an extension */
-    C("1;a=\"b\rc\"\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),     /* bare CR in a quoted value */
-    C("1;\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),              /* ';' without a name */
+    C("3\rabc\r\n0\r\n\r\n", 100, HTTP_BAD),            /* bare CR after the size */
+    C("1;a\rb\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),       /* bare CR in an extension */
+    C("1;a=\"b\rc\"\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD), /* bare CR in a quoted value */
+    C("1;\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),           /* ';' without a name */
     C("1;=v\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),
-    C("1;a=\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),            /* '=' without a value */
-    C("1;a \r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),            /* BWS not followed by '=' or ';' */
+    C("1;a=\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD), /* '=' without a value */
+    C("1;a \r\nx\r\n0\r\n\r\n", 100, HTTP_BAD), /* BWS not followed by '=' or ';' */
     C("1;a=b c\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),
-    C("1;a=\"b\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),         /* unterminated quoted string */
+    C("1;a=\"b\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD), /* unterminated quoted string */
     C("1;a=\"b\"c\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),
     C("1;a@b\r\nx\r\n0\r\n\r\n", 100, HTTP_BAD),
-    C("0\r\nX: a\rb\r\n\r\n", 100, HTTP_BAD),              /* bare CR in a trailer */
-    C("0\r\n\r\r\n", 100, HTTP_BAD),                      /* bare CR before the last line end */
+    C("0\r\nX: a\rb\r\n\r\n", 100, HTTP_BAD), /* bare CR in a trailer */
+    C("0\r\n\r\r\n", 100, HTTP_BAD),          /* bare CR before the last line end */
     C("0\r\nno colon\r\n\r\n", 100, HTTP_BAD),
     C("0\r\n: v\r\n\r\n", 100, HTTP_BAD),
     C("0\r\nX: a\x01\r\n\r\n", 100, HTTP_BAD),
-    {"1 ;a\r\nx\r\n0\r\n\r\n", 100, 1, "x", -1},           /* BWS before ';' */
+    {"1 ;a\r\nx\r\n0\r\n\r\n", 100, 1, "x", -1}, /* BWS before ';' */
     {"1; a = b ; c\r\nx\r\n0\r\n\r\n", 100, 1, "x", -1},
     {"1;a=\"b;c\\\"d \"\r\nx\r\n0\r\n\r\n", 100, 1, "x", -1}, /* quoted-string, quoted-pair */
     {"1;a=b;c=\"\"\r\nx\r\n0;last\r\n\r\n", 100, 1, "x", -1},
@@ -609,6 +621,42 @@ static int decode_split(const char *in, size_t len, size_t split, size_t max_bod
     }
     tguard_free(a, split);
     return r;
+}
+
+/* A proxy follows a chunked body without decoding it (http_scan_chunked):
+ * over every case, fed in three pieces split anywhere, it ends where the
+ * decoder ends, on the same raw byte, fails where it fails (but for the
+ * body limit, which scanning has none of), and never writes. */
+static void test_scan_chunked(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof chunk_cases / sizeof chunk_cases[0]; i++) {
+        const struct chunk_case *c = &chunk_cases[i];
+        size_t len = strlen(c->in);
+        int want = c->ret;
+        if (want == HTTP_TOO_LARGE && c->max_body != (size_t)-1)
+            continue; /* a body limit: the scan has none, the 15-digit cap it keeps */
+        for (size_t a = 0; a <= len; a++)
+            for (size_t b = a; b <= len; b++) {
+                char *buf = tguard_copy(c->in, len);
+                size_t cut[4] = {0, a, b, len}, taken = 0, used = 0;
+                http_chunked_t d;
+                memset(&d, 0, sizeof d);
+                int r = 0;
+                for (int k = 0; k < 3 && r == 0; k++) {
+                    r = http_scan_chunked(&d, buf + cut[k], cut[k + 1] - cut[k], &used);
+                    assert_true(used <= cut[k + 1] - cut[k]);
+                    taken = cut[k] + used;
+                }
+                if (r != want)
+                    fail_msg("scan \"%s\" cut at %zu, %zu: %d, want %d", c->in, a, b, r, want);
+                if (r == 1 && taken != (c->src < 0 ? len : (size_t)c->src))
+                    fail_msg("scan \"%s\" cut at %zu, %zu: ends after %zu bytes", c->in, a, b,
+                             taken);
+                assert_memory_equal(buf, c->in, len);
+                tguard_free(buf, len);
+            }
+    }
 }
 
 static void test_chunked(void **state)
@@ -671,22 +719,37 @@ struct query_case {
 };
 
 static const struct query_case query_cases[] = {
-    {"a=1&b=2", "a", "1"},
-    {"a=1&b=2", "b", "2"},
-    {"a=1&b=2", "c", NULL},
-    {"a=1&a=2", "a", "1"},
-    {"aa=1&a=2", "a", "2"},
-    {"a", "a", ""},
-    {"a=", "a", ""},
-    {"=1&a=2", "a", "2"},
-    {"&&a=3&", "a", "3"},
-    {"a=b=c", "a", "b=c"},
-    {"ms=10", "m", NULL},
-    {"ms=10", "ms=", NULL},
-    {"x=%20", "x", "%20"},
-    {"", "a", NULL},
-    {NULL, "a", NULL},
+    {"a=1&b=2", "a", "1"},  {"a=1&b=2", "b", "2"}, {"a=1&b=2", "c", NULL}, {"a=1&a=2", "a", "1"},
+    {"aa=1&a=2", "a", "2"}, {"a", "a", ""},        {"a=", "a", ""},        {"=1&a=2", "a", "2"},
+    {"&&a=3&", "a", "3"},   {"a=b=c", "a", "b=c"}, {"ms=10", "m", NULL},   {"ms=10", "ms=", NULL},
+    {"x=%20", "x", "%20"},  {"", "a", NULL},       {NULL, "a", NULL},
 };
+
+/* The parse results are negative errnos, each its own, and none is one that
+ * another function here returns for a failure: a caller can tell
+ * http_query_get's "absent" from "partial" (they were -2 both once). */
+static void test_results_are_errnos(void **state)
+{
+    (void)state;
+    const int results[] = {HTTP_BAD, HTTP_PARTIAL, HTTP_TOO_LARGE};
+    const int others[] = {-ENOENT, -EINVAL, -ENOMEM, -ERANGE};
+    for (size_t i = 0; i < 3; i++) {
+        assert_true(results[i] < 0);
+        for (size_t j = 0; j < 3; j++)
+            assert_true(i == j || results[i] != results[j]);
+        for (size_t j = 0; j < sizeof others / sizeof others[0]; j++)
+            assert_int_not_equal(results[i], others[j]);
+    }
+    assert_int_equal(HTTP_PARTIAL, -EAGAIN);
+    const char *v;
+    size_t vlen;
+    assert_int_equal(http_query_get("a=1", 3, "b", &v, &vlen), -ENOENT);
+    assert_int_not_equal(http_query_get("a=1", 3, "b", &v, &vlen), HTTP_PARTIAL);
+    http_request_t req;
+    assert_int_equal(http_parse_request("GET / HTTP/1.1\r\n", 16, HTTP_MAX_HEAD, &req), -EAGAIN);
+    assert_int_equal(http_parse_request("GET / HTTP/1.1\r\n\r\n", 18, 10, &req), -EMSGSIZE);
+    assert_int_equal(http_parse_request("GET\r\n\r\n", 7, HTTP_MAX_HEAD, &req), -EBADMSG);
+}
 
 static void test_query_get(void **state)
 {
@@ -715,7 +778,7 @@ static void test_query_get(void **state)
 struct decode_case {
     const char *in;
     int plus;
-    int ret;          /* decoded length or -EINVAL */
+    int ret; /* decoded length or -EINVAL */
     const char *out;
 };
 
@@ -762,6 +825,7 @@ static void test_reason(void **state)
     assert_string_equal(http_reason(200), "OK");
     assert_string_equal(http_reason(404), "Not Found");
     assert_string_equal(http_reason(431), "Request Header Fields Too Large");
+    assert_string_equal(http_reason(502), "Bad Gateway"); /* the proxy's */
     assert_string_equal(http_reason(299), "Unknown");
 }
 
@@ -779,6 +843,8 @@ int main(void)
         cmocka_unit_test(test_find_header_and_token),
         cmocka_unit_test(test_chunked),
         cmocka_unit_test(test_chunked_trailer_limit),
+        cmocka_unit_test(test_results_are_errnos),
+        cmocka_unit_test(test_scan_chunked),
         cmocka_unit_test(test_query_get),
         cmocka_unit_test(test_url_decode),
         cmocka_unit_test(test_reason),

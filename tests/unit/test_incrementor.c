@@ -120,7 +120,7 @@ static void test_form_key_length(void **state)
 struct json_case {
     const char *in;
     int status;
-    size_t n;        /* items when 0 */
+    size_t n; /* items when 0 */
     const char *err;
 };
 
@@ -197,13 +197,28 @@ static void test_i64(void **state)
 {
     (void)state;
     int64_t v;
-    struct { const char *s; int rc; int64_t v; } cases[] = {
-        {"0", 0, 0}, {"-0", 0, 0}, {"+12", 0, 12}, {"007", 0, 7},
-        {"9223372036854775807", 0, INT64_MAX}, {"-9223372036854775808", 0, INT64_MIN},
-        {"9223372036854775808", -ERANGE, 0}, {"-9223372036854775809", -ERANGE, 0},
-        {"184467440737095516160", -ERANGE, 0}, {"99999999999999999999x", -EINVAL, 0},
-        {"", -EINVAL, 0}, {"-", -EINVAL, 0}, {"+", -EINVAL, 0}, {" 1", -EINVAL, 0},
-        {"1 ", -EINVAL, 0}, {"--1", -EINVAL, 0}, {"1e3", -EINVAL, 0},
+    struct {
+        const char *s;
+        int rc;
+        int64_t v;
+    } cases[] = {
+        {"0", 0, 0},
+        {"-0", 0, 0},
+        {"+12", 0, 12},
+        {"007", 0, 7},
+        {"9223372036854775807", 0, INT64_MAX},
+        {"-9223372036854775808", 0, INT64_MIN},
+        {"9223372036854775808", -ERANGE, 0},
+        {"-9223372036854775809", -ERANGE, 0},
+        {"184467440737095516160", -ERANGE, 0},
+        {"99999999999999999999x", -EINVAL, 0},
+        {"", -EINVAL, 0},
+        {"-", -EINVAL, 0},
+        {"+", -EINVAL, 0},
+        {" 1", -EINVAL, 0},
+        {"1 ", -EINVAL, 0},
+        {"--1", -EINVAL, 0},
+        {"1e3", -EINVAL, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         size_t n = strlen(cases[i].s);
@@ -220,12 +235,18 @@ static void test_i64(void **state)
 static void test_content_kind(void **state)
 {
     (void)state;
-    struct { const char *ct; int kind; } cases[] = {
+    struct {
+        const char *ct;
+        int kind;
+    } cases[] = {
         {"application/x-www-form-urlencoded", REQ_FORM},
         {"Application/X-WWW-Form-Urlencoded; charset=utf-8", REQ_FORM},
         {"application/json", REQ_JSON},
         {"application/json;charset=utf-8", REQ_JSON},
-        {"application/jsonx", 0}, {"text/plain", 0}, {"multipart/form-data", 0}, {"", 0},
+        {"application/jsonx", 0},
+        {"text/plain", 0},
+        {"multipart/form-data", 0},
+        {"", 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         assert_int_equal(req_content_kind(cases[i].ct, strlen(cases[i].ct)), cases[i].kind);
@@ -281,9 +302,8 @@ static void test_idem_key(void **state)
         tguard_free(v, n ? n : 1);
     }
     /* None: no key. Twice: refused, even when both are equal. */
-    http_header_t h[3] = {{"Host", 4, "t", 1},
-                          {"Idempotency-Key", 15, "a", 1},
-                          {"IDEMPOTENCY-KEY", 15, "a", 1}};
+    http_header_t h[3] = {
+        {"Host", 4, "t", 1}, {"Idempotency-Key", 15, "a", 1}, {"IDEMPOTENCY-KEY", 15, "a", 1}};
     const char *key;
     size_t len = 99;
     char err[256];
@@ -459,7 +479,7 @@ static void test_db_writers_one_pid(void **state)
     assert_int_equal(others(a), 0);
     assert_int_equal(db_open_writer(&b, path, 0, err, sizeof err), 0);
     assert_int_equal(db_open_writer(&c, path, 1, err, sizeof err), 0); /* durable */
-    assert_int_equal(others(a), 1);                                     /* b; c is durable */
+    assert_int_equal(others(a), 1);                                    /* b; c is durable */
     assert_int_equal(others(b), 1);
     assert_int_equal(others(c), 2);
     db_close(b); /* a writer that is gone is not counted */
@@ -500,9 +520,9 @@ static const char *value_type(const char *path, const char *key)
     sqlite3 *h;
     sqlite3_stmt *st;
     assert_int_equal(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(h, "SELECT typeof(value) FROM counters WHERE key = ?1",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(h, "SELECT typeof(value) FROM counters WHERE key = ?1", -1, &st, NULL),
+        SQLITE_OK);
     sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
     assert_int_equal(sqlite3_step(st), SQLITE_ROW);
     snprintf(type, sizeof type, "%s", (const char *)sqlite3_column_text(st, 0));
@@ -604,10 +624,14 @@ static void test_db_idempotency(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_form),          cmocka_unit_test(test_form_key_length),
-        cmocka_unit_test(test_json),          cmocka_unit_test(test_json_values),
-        cmocka_unit_test(test_i64),           cmocka_unit_test(test_content_kind),
-        cmocka_unit_test(test_agg_sums),      cmocka_unit_test(test_agg_binary_keys),
+        cmocka_unit_test(test_form),
+        cmocka_unit_test(test_form_key_length),
+        cmocka_unit_test(test_json),
+        cmocka_unit_test(test_json_values),
+        cmocka_unit_test(test_i64),
+        cmocka_unit_test(test_content_kind),
+        cmocka_unit_test(test_agg_sums),
+        cmocka_unit_test(test_agg_binary_keys),
         cmocka_unit_test(test_lag_quantiles),
         cmocka_unit_test_teardown(test_db_writers_one_pid, db_teardown),
         cmocka_unit_test_teardown(test_db_add_never_real, db_teardown),

@@ -51,6 +51,7 @@ static void test_defaults(void **state)
     assert_int_equal(o.timeout_ms, 2000);
     assert_string_equal(o.method, "GET");
     assert_true(o.rate == 0);
+    assert_int_equal(o.engine, LG_ENGINE_EPOLL);
     opts_free(&o);
 }
 
@@ -59,14 +60,18 @@ static void test_values(void **state)
     (void)state;
     lg_opts_t o;
     char err[256];
-    assert_int_equal(parse(&o, "-t2 -c64 -d 500ms --warmup 1s -R 1000 --pipeline 16 --timeout 250ms "
-                               "-m POST -H X-A:~1 -H Accept:~*/* --body hello --path /ping "
-                               "--path /burn?n=10 --json out.json --hgrm out.hgrm -q --seed 7 "
-                               "http://localhost:9000/x?y=1",
+    assert_int_equal(parse(&o,
+                           "-t2 -c64 -d 500ms --warmup 1s -R 1000 --pipeline 16 --timeout 250ms "
+                           "-m POST -H X-A:~1 -H Accept:~*/* --body hello --path /ping "
+                           "--path /burn?n=10 --json out.json --hgrm out.hgrm -q --seed 7 "
+                           "--hlog out.hlog --start-at 1700000000123 "
+                           "http://localhost:9000/x?y=1",
                            err, sizeof err),
                      0);
     assert_int_equal(o.threads, 2);
     assert_int_equal(o.connections, 64);
+    assert_string_equal(o.hlog_path, "out.hlog");
+    assert_int_equal(o.start_at_ms, 1700000000123LL);
     assert_int_equal(o.duration_us, 500000);
     assert_int_equal(o.warmup_us, 1000000);
     assert_true(o.rate == 1000);
@@ -100,8 +105,10 @@ static void test_values(void **state)
     assert_int_equal(o.threads, 3);
     opts_free(&o);
 
-    assert_int_equal(parse(&o, "--idle 100 --slowloris 5 --slow-readers 2 --slow-read-rate 1024 "
-                               "--server-pid 1 --increment 50 --increment-max 7 http://h:1/",
+    assert_int_equal(parse(&o,
+                           "--idle 100 --slowloris 5 --slow-readers 2 --slow-read-rate 1024 "
+                           "--server-pid 1 --increment 50 --increment-max 7 --increment-positive "
+                           "http://h:1/",
                            err, sizeof err),
                      0);
     assert_int_equal(o.idle, 100);
@@ -111,6 +118,14 @@ static void test_values(void **state)
     assert_int_equal(o.server_pid, 1);
     assert_int_equal(o.increment_keys, 50);
     assert_int_equal(o.increment_max, 7);
+    assert_int_equal(o.increment_positive, 1);
+    opts_free(&o);
+
+    assert_int_equal(parse(&o, "--engine uring http://h:1/", err, sizeof err), 0);
+    assert_int_equal(o.engine, LG_ENGINE_URING);
+    opts_free(&o);
+    assert_int_equal(parse(&o, "--engine=epoll http://h:1/", err, sizeof err), 0);
+    assert_int_equal(o.engine, LG_ENGINE_EPOLL);
     opts_free(&o);
 }
 
@@ -120,8 +135,8 @@ static void test_durations(void **state)
     static const struct {
         const char *s;
         int64_t us;
-    } ok[] = {{"10s", 10000000}, {"10", 10000000}, {"500ms", 500000}, {"2m", 120000000},
-              {"1h", 3600000000LL}, {"1.5s", 1500000}, {"250us", 250}, {"0", 0}};
+    } ok[] = {{"10s", 10000000},    {"10", 10000000},  {"500ms", 500000}, {"2m", 120000000},
+              {"1h", 3600000000LL}, {"1.5s", 1500000}, {"250us", 250},    {"0", 0}};
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
         int64_t us = -1;
         assert_int_equal(opts_parse_duration(ok[i].s, &us), 0);
@@ -139,8 +154,12 @@ static void test_targets(void **state)
     (void)state;
     lg_opts_t o;
     char err[256];
-    static const char *good[] = {"http://127.0.0.1:8090/", "http://127.0.0.1:8090", "http://host/a/b",
-                                 "tcp://127.0.0.1:8090", "tcp://h:1/", "http://[::1]:80/x",
+    static const char *good[] = {"http://127.0.0.1:8090/",
+                                 "http://127.0.0.1:8090",
+                                 "http://host/a/b",
+                                 "tcp://127.0.0.1:8090",
+                                 "tcp://h:1/",
+                                 "http://[::1]:80/x",
                                  "HTTP://H:1/"};
     for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
         memset(&o, 0, sizeof o);
@@ -155,9 +174,17 @@ static void test_targets(void **state)
     opts_parse_target(&o, "http://127.0.0.1:8090", err, sizeof err);
     assert_string_equal(o.paths[0], "/");
 
-    static const char *bad[] = {"", "127.0.0.1:80", "ftp://h/", "http://", "http://:80/",
-                                "http://h:0/", "http://h:65536/", "http://h:80x/",
-                                "tcp://h:1/path", "http://h:1/a b", "http://[::1/"};
+    static const char *bad[] = {"",
+                                "127.0.0.1:80",
+                                "ftp://h/",
+                                "http://",
+                                "http://:80/",
+                                "http://h:0/",
+                                "http://h:65536/",
+                                "http://h:80x/",
+                                "tcp://h:1/path",
+                                "http://h:1/a b",
+                                "http://[::1/"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         memset(&o, 0, sizeof o);
         err[0] = '\0';
@@ -183,11 +210,24 @@ static void test_mix(void **state)
     assert_string_equal(o.mix[1].cmd, "PING");
     assert_int_equal(opts_parse_mix(&o, "PING:0,WAIT 1:3", err, sizeof err), 0);
     assert_int_equal(o.nmix, 1); /* weight 0 drops the entry */
-    static const char *bad[] = {"", "HELLO:1", "PING:x", "PING:-1", "BURN:1", "WAIT 99999999:1",
-                                "PING,,WAIT 1", "PING:0"};
+    static const char *bad[] = {"",         "HELLO:1",         "PING:x",       "PING:-1",
+                                "BURN:1",   "WAIT 99999999:1", "PING,,WAIT 1", "PING:0",
+                                "SAY hi:1", "JOIN r:1"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
         if (opts_parse_mix(&o, bad[i], err, sizeof err) != -EINVAL)
             fail_msg("mix '%s' accepted", bad[i]);
+
+    /* --chat ROOMS:MEMBERS, on the line protocol only. */
+    assert_int_equal(parse(&o, "--chat 3:7 --chat-bytes 100 tcp://h:1", err, sizeof err), 0);
+    assert_int_equal(o.chat_rooms, 3);
+    assert_int_equal(o.chat_members, 7);
+    assert_int_equal(o.chat_bytes, 100);
+    static const char *bad_chat[] = {"--chat 0:5 tcp://h:1", "--chat 5 tcp://h:1",
+                                     "--chat 2000:1000 tcp://h:1", "--chat 1:1 http://h:1/",
+                                     "--chat 1:2x tcp://h:1"};
+    for (size_t i = 0; i < sizeof bad_chat / sizeof *bad_chat; i++)
+        if (parse(&o, bad_chat[i], err, sizeof err) != -EINVAL)
+            fail_msg("'%s' accepted", bad_chat[i]);
 
     /* The weighted pick follows the weights. */
     assert_int_equal(parse(&o, "--mix PING:3,WAIT~1:1 tcp://h:1", err, sizeof err), 0);
@@ -237,6 +277,13 @@ static void test_errors(void **state)
         {"--increment 10 --body x http://h:1/", "--increment makes its own"},
         {"--body @/nonexistent/file http://h:1/", "cannot read --body file"},
         {"--server-pid 0 http://h:1/", "for --server-pid"},
+        {"--start-at 1700000000 http://h:1/", "milliseconds since the epoch"}, /* seconds */
+        {"--start-at -5 http://h:1/", "for --start-at"},
+        {"--start-at soon http://h:1/", "for --start-at"},
+        {"--hlog http://h:1/", "missing TARGET"},
+        {"--engine io_uring http://h:1/",
+         "bad value 'io_uring' for --engine: expected epoll or uring"},
+        {"--engine http://h:1/", "for --engine"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         int rc = parse(&o, bad[i].line, err, sizeof err);

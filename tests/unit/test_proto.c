@@ -19,8 +19,8 @@
 struct line_case {
     const char *in;
     uint64_t burn_max;
-    int ret;         /* expected return: bytes taken, 0 partial, -1 too long; -2: strlen(in) */
-    int cmd;         /* expected command when ret > 0 */
+    int ret; /* expected return: bytes taken, 0 partial, -EMSGSIZE too long; -2: strlen(in) */
+    int cmd; /* expected command when ret > 0 */
     uint64_t arg;
     const char *err; /* expected reason for CMD_ERR */
 };
@@ -63,6 +63,15 @@ static const struct line_case line_cases[] = {
     {"STREAM\n", DEF, ALL, CMD_ERR, 0, "missing number"},
     {"STREAMS 1\n", DEF, ALL, CMD_ERR, 0, "unknown command"},
     {"FOO\n", DEF, ALL, CMD_ERR, 0, "unknown command"},
+    {"JOIN lobby\n", DEF, ALL, CMD_JOIN, 0, NULL},
+    {"join a b\r\n", DEF, ALL, CMD_JOIN, 0, NULL},
+    {"JOIN\n", DEF, ALL, CMD_ERR, 0, "missing room"},
+    {"JOIN \n", DEF, ALL, CMD_ERR, 0, "missing room"},
+    {"SAY hello there\n", DEF, ALL, CMD_SAY, 0, NULL},
+    {"SAY\n", DEF, ALL, CMD_ERR, 0, "missing text"},
+    {"LEAVE\n", DEF, ALL, CMD_LEAVE, 0, NULL},
+    {"LEAVE now\n", DEF, ALL, CMD_ERR, 0, "unexpected argument"},
+    {"JOINS x\n", DEF, ALL, CMD_ERR, 0, "unknown command"},
     {"PI\rNG\n", DEF, ALL, CMD_ERR, 0, "unknown command"},
     {" PING\n", DEF, ALL, CMD_ERR, 0, "unknown command"},
     {"\n", DEF, ALL, CMD_ERR, 0, "empty command"},
@@ -142,16 +151,16 @@ static void test_parse_line_length_limit(void **state)
     check_line(s, strlen(s), &unknown, PROTO_MAX_LINE + 2);
     free(s);
     s = long_line(PROTO_MAX_LINE + 1, "\n"); /* one over */
-    check_line(s, strlen(s), &unknown, -1);
+    check_line(s, strlen(s), &unknown, -EMSGSIZE);
     free(s);
     s = long_line(PROTO_MAX_LINE + 1, "\r\n");
-    check_line(s, strlen(s), &unknown, -1);
+    check_line(s, strlen(s), &unknown, -EMSGSIZE);
     free(s);
     s = long_line(PROTO_MAX_LINE + 2, ""); /* no line end, already too long */
-    check_line(s, strlen(s), &unknown, -1);
+    check_line(s, strlen(s), &unknown, -EMSGSIZE);
     free(s);
     s = long_line(100000, "");
-    check_line(s, strlen(s), &unknown, -1);
+    check_line(s, strlen(s), &unknown, -EMSGSIZE);
     free(s);
     s = long_line(PROTO_MAX_LINE, ""); /* may still end in time */
     check_line(s, strlen(s), &unknown, 0);

@@ -1,4 +1,4 @@
-/* Unit tests of the sandbox core (servers/core/sandbox.h): the request API,
+/* Unit tests of the sandbox core (servers/sandbox/sandbox.h): the request API,
  * isolation across thousands of requests and across threads, each limit
  * with its own hostile program, a tenant's share of its runner's time,
  * compile and top-level errors keeping the old version, versions built off
@@ -18,7 +18,9 @@
  * limit" bound, and SANDBOX_TEST_SCALE (default 1) divides the loop counts. */
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,7 +36,7 @@
 #include <lualib.h>
 
 #include "../lib/tlib.h"
-#include "core/sandbox.h"
+#include "sandbox/sandbox.h"
 
 #define MS 100 /* the default time limit in these tests */
 
@@ -42,13 +44,6 @@ static char dir[256];
 static int slack_ms = 100;
 static int scale = 1;
 static sandbox_runner_t *runner; /* the main thread's */
-
-static long long now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void put_share(const char *name, const char *src, int ms, int share_pct)
 {
@@ -91,9 +86,9 @@ static int wait_ended(sandbox_runner_t *r, const char *name)
     waiter = (struct flag){{flag_ready, NULL}, 0};
     if (sandbox_wait(r, name, strlen(name), &waiter.w) < 0)
         return 0; /* over already */
-    long long t0 = now_ms();
+    long long t0 = tnow_ms();
     while (!__atomic_load_n(&waiter.set, __ATOMIC_ACQUIRE)) {
-        if (now_ms() - t0 > 10000 + slack_ms)
+        if (tnow_ms() - t0 > 10000 + slack_ms)
             return -ETIMEDOUT;
         usleep(1000);
     }
@@ -185,13 +180,15 @@ static void test_request_fields(void **state)
     assert_string_equal(a.content_type, "application/x-test");
 
     /* pairs(req) shows every field, also those never read. */
-    put_ok("pairs", "function handle(req) local n = 0\n"
-                    "  for k in pairs(req) do n = n + 1 end return tostring(n) end",
+    put_ok("pairs",
+           "function handle(req) local n = 0\n"
+           "  for k in pairs(req) do n = n + 1 end return tostring(n) end",
            0, 0);
     expect_body("pairs", 200, "5");
     /* No query: "", no body: "". A field set by the tenant stays its own. */
-    put_ok("empty", "function handle(req) req.method = 'X'\n"
-                    "  return '[' .. req.query .. '][' .. req.body .. '][' .. req.method .. ']' end",
+    put_ok("empty",
+           "function handle(req) req.method = 'X'\n"
+           "  return '[' .. req.query .. '][' .. req.body .. '][' .. req.method .. ']' end",
            0, 0);
     expect_body("empty", 200, "[][][X]");
 }
@@ -209,23 +206,24 @@ static void test_returns(void **state)
         {"return 503", 503, ""},
         {"return 200.0, 'float status'", 200, "float status"},
         {"return 200, 'x', 'text/html'", 200, "x"},
-        {"", 500, NULL},                             /* nothing */
-        {"return {}", 500, NULL},                    /* a table */
-        {"return 99, 'x'", 500, NULL},               /* not a status */
-        {"return 204, 'x'", 500, NULL},              /* no body allowed */
+        {"", 500, NULL},                /* nothing */
+        {"return {}", 500, NULL},       /* a table */
+        {"return 99, 'x'", 500, NULL},  /* not a status */
+        {"return 204, 'x'", 500, NULL}, /* no body allowed */
         {"return 200.5, 'x'", 500, NULL},
-        {"return '200', 'x'", 500, NULL},            /* strings are not statuses */
-        {"return 200, 42", 500, NULL},               /* body must be a string */
+        {"return '200', 'x'", 500, NULL},                       /* strings are not statuses */
+        {"return 200, 42", 500, NULL},                          /* body must be a string */
         {"return 200, 'x', 'a\\r\\nSet-Cookie: 1'", 500, NULL}, /* header injection */
         {"return 200, 'x', {}", 500, NULL},
-        {"return 200, setmetatable({}, {__tostring = function() while true do end end})", 500, NULL},
+        {"return 200, setmetatable({}, {__tostring = function() while true do end end})", 500,
+         NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char src[512], body[256];
         sandbox_resp_t a;
         snprintf(src, sizeof src, "function handle(req) %s end", cases[i].src);
         put_ok("ret", src, 0, 0);
-        long long t0 = now_ms();
+        long long t0 = tnow_ms();
         int st = run_req(runner, "ret", NULL, body, sizeof body, &a);
         if (st != cases[i].status)
             fail_msg("%s: status %d, want %d (%s)", cases[i].src, st, cases[i].status, body);
@@ -233,7 +231,7 @@ static void test_returns(void **state)
             assert_string_equal(body, cases[i].body);
         else
             assert_int_equal(a.outcome, SB_BAD_RETURN);
-        assert_true(now_ms() - t0 < MS); /* no metamethod ran */
+        assert_true(tnow_ms() - t0 < MS); /* no metamethod ran */
     }
 }
 
@@ -319,8 +317,9 @@ static void test_random_fresh(void **state)
 {
     (void)state;
     /* randomseed(42) by one request must not fix the next one's numbers. */
-    put_ok("rnd", "function handle(req) local x = math.random(1 << 62) math.randomseed(42)"
-                  " return tostring(x) end",
+    put_ok("rnd",
+           "function handle(req) local x = math.random(1 << 62) math.randomseed(42)"
+           " return tostring(x) end",
            0, 0);
     char first[64], body[64];
     int same = 0;
@@ -381,17 +380,19 @@ static void test_isolation_threads(void **state)
 static void test_safe_subset(void **state)
 {
     (void)state;
-    put_ok("subset",
-           "function handle(req)\n"
-           "  local out = {}\n"
-           "  for _, n in ipairs({'io', 'os', 'debug', 'package', 'require', 'dofile', 'loadfile',\n"
-           "      'collectgarbage', 'print'}) do out[#out + 1] = n .. '=' .. type(_G[n]) end\n"
-           "  out[#out + 1] = 'dump=' .. type(string.dump)\n"
-           "  for _, n in ipairs({'string', 'table', 'math', 'utf8', 'coroutine', 'load', 'pcall'}) do\n"
-           "    out[#out + 1] = n .. '=' .. type(_G[n]) end\n"
-           "  return table.concat(out, ' ')\n"
-           "end\n",
-           0, 0);
+    put_ok(
+        "subset",
+        "function handle(req)\n"
+        "  local out = {}\n"
+        "  for _, n in ipairs({'io', 'os', 'debug', 'package', 'require', 'dofile', 'loadfile',\n"
+        "      'collectgarbage', 'print'}) do out[#out + 1] = n .. '=' .. type(_G[n]) end\n"
+        "  out[#out + 1] = 'dump=' .. type(string.dump)\n"
+        "  for _, n in ipairs({'string', 'table', 'math', 'utf8', 'coroutine', 'load', 'pcall'}) "
+        "do\n"
+        "    out[#out + 1] = n .. '=' .. type(_G[n]) end\n"
+        "  return table.concat(out, ' ')\n"
+        "end\n",
+        0, 0);
     expect_body("subset", 200,
                 "io=nil os=nil debug=nil package=nil require=nil dofile=nil loadfile=nil "
                 "collectgarbage=nil print=nil dump=nil string=table table=table math=table "
@@ -406,7 +407,8 @@ static void test_binary_chunks(void **state)
      * text still works (with the tenant's globals, or a given env). */
     put_ok("bin",
            "function handle(req)\n"
-           "  local c = '\\27LuaT\\0\\25\\147\\r\\n\\26\\n\\4\\8\\8xV\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0(w@\\1'\n"
+           "  local c = "
+           "'\\27LuaT\\0\\25\\147\\r\\n\\26\\n\\4\\8\\8xV\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0\\0(w@\\1'\n"
            "  local n = 0\n"
            "  for _, mode in ipairs({'b', 'bt', 't'}) do\n"
            "    local f, err = load(c, 'x', mode)\n"
@@ -435,9 +437,9 @@ static void expect_limit(const char *name, const char *src, int mem_kb, int ms, 
 {
     put_ok(name, src, mem_kb, ms);
     sandbox_resp_t a;
-    long long t0 = now_ms();
+    long long t0 = tnow_ms();
     int st = run_req(runner, name, NULL, NULL, 0, &a);
-    long long took = now_ms() - t0;
+    long long took = tnow_ms() - t0;
     if (st != status || a.outcome != outcome)
         fail_msg("%s: %d (outcome %d), want %d (%d)", name, st, a.outcome, status, outcome);
     if (took > 2 * ms + slack_ms)
@@ -449,6 +451,14 @@ static void expect_limit(const char *name, const char *src, int mem_kb, int ms, 
 /* A tenant that keeps timing out is held to a share of the thread: after a
  * burst of timeouts it is answered 503 at once, without running, and the
  * other tenants on the thread are untouched. */
+/* CPU seconds the calling thread has used: the fair share's measure. */
+static double thread_cpu(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 static void test_timeout_share(void **state)
 {
     (void)state;
@@ -457,10 +467,14 @@ static void test_timeout_share(void **state)
     put_ok("hello", "function handle(req) return 'hello, world\\n' end", 0, 0);
     put_share("spin_share", "function handle(req) while true do end end", 20, 25);
     int timeouts = 0, throttled = 0;
-    long long t0 = now_ms();
-    while (now_ms() - t0 < 1000) {
+    long long t0 = tnow_ms(), wall;
+    double cpu = 0; /* in the requests that ran */
+    while ((wall = tnow_ms() - t0) < 1000) {
         sandbox_resp_t a;
+        double c0 = thread_cpu();
         int st = run_req(runner, "spin_share", NULL, NULL, 0, &a);
+        if (a.outcome != SB_THROTTLED)
+            cpu += thread_cpu() - c0;
         if (a.outcome == SB_TIMEOUT && st == 504)
             timeouts++;
         else if (a.outcome == SB_THROTTLED && st == 503)
@@ -469,16 +483,25 @@ static void test_timeout_share(void **state)
             fail_msg("spin_share: %d (outcome %d)", st, a.outcome);
         expect_body("hello", 200, "hello, world\n");
     }
-    print_message("spin_share: %d timeouts, %d throttled in 1 s\n", timeouts, throttled);
-    /* Unchecked it would time out about 45 times (20 to 30 ms each). Each
-     * counts its 20 to 30 ms into a bucket of 100 ms that drains 250 ms a
-     * second: some 350 ms of them, 12 to 18 timeouts. */
-    assert_true(throttled > 0);
-    assert_true(timeouts <= 19);
+    print_message("spin_share: %d timeouts, %d throttled, %.0f ms on the CPU in %lld ms\n",
+                  timeouts, throttled, cpu * 1e3, wall);
+    /* Unchecked it would time out about 45 times (20 to 30 ms each): the
+     * whole second on the CPU. Each timeout counts the CPU time it used
+     * into a bucket of 100 ms that drains 250 ms a second: some 350 ms of
+     * it (12 to 18 timeouts on an idle machine, more when the machine is
+     * busy and a 20 ms cut holds less CPU time), and one more cut. */
+    assert_true(cpu < 0.25 * (double)wall / 1e3 + 0.1 + 0.03 + 0.05);
+    /* Held back, unless this machine never gave it more than its share (and
+     * burst, and one cut more): a 20 ms cut holds less CPU time when others
+     * take the CPU. */
+    if (cpu > 0.25 * (double)wall / 1e3 + 0.1 + 0.03)
+        assert_true(throttled > 0);
+    else
+        print_message("spin_share: the machine kept it within its share and burst\n");
 }
 
 /* A tenant that stays within its limit but keeps its thread busy is held to
- * its share too: what counts is its time in the sandbox. */
+ * its share too: what counts is the CPU time it uses in the sandbox. */
 static void test_cpu_share(void **state)
 {
     (void)state;
@@ -488,10 +511,14 @@ static void test_cpu_share(void **state)
     int ok = 0, throttled = 0;
     sandbox_stats_t st0, st1;
     assert_int_equal(sandbox_stats("busy", &st0), 0);
-    long long t0 = now_ms(), wall;
-    while ((wall = now_ms() - t0) < 1000) {
+    long long t0 = tnow_ms(), wall;
+    double cpu = 0; /* in the requests that ran */
+    while ((wall = tnow_ms() - t0) < 1000) {
         sandbox_resp_t a;
+        double c0 = thread_cpu();
         int st = run_req(runner, "busy", NULL, NULL, 0, &a);
+        if (a.outcome != SB_THROTTLED)
+            cpu += thread_cpu() - c0;
         if (a.outcome == SB_OK && st == 200)
             ok++;
         else if (a.outcome == SB_THROTTLED && st == 503)
@@ -500,14 +527,126 @@ static void test_cpu_share(void **state)
             fail_msg("busy: %d (outcome %d)", st, a.outcome);
     }
     assert_int_equal(sandbox_stats("busy", &st1), 0);
-    double busy = st1.seconds - st0.seconds;
-    print_message("busy: %d answered, %d throttled, %.0f ms in the sandbox in %lld ms\n", ok,
-                  throttled, busy * 1e3, wall);
-    /* Unchecked: all of the second in the sandbox. Held to 25% after a burst
-     * of 100 ms: 350 ms, and one request more (a few ms, 100 at most). */
+    print_message("busy: %d answered, %d throttled, %.0f ms on the CPU, %.0f ms in the sandbox "
+                  "on the clock, in %lld ms\n",
+                  ok, throttled, cpu * 1e3, (st1.seconds - st0.seconds) * 1e3, wall);
+    /* Unchecked: all of the second on the CPU, in the sandbox. Held to 25%
+     * of the clock after a burst of 100 ms: 350 ms, and one request more (a
+     * few ms, 100 at most), whatever else the machine runs. */
     assert_true(ok > 0 && throttled > 0);
-    assert_true(busy < 0.25 * (double)wall / 1e3 + 0.1 + 0.1);
+    assert_true(cpu < 0.25 * (double)wall / 1e3 + 0.1 + 0.1);
     assert_int_equal(st1.outcomes[SB_THROTTLED] - st0.outcomes[SB_THROTTLED], throttled);
+}
+
+/* A thread that takes its turn on the CPU of the test's thread. */
+static atomic_int hog_stop;
+static void *hog(void *arg)
+{
+    (void)arg;
+    while (!atomic_load_explicit(&hog_stop, memory_order_relaxed))
+        ;
+    return NULL;
+}
+
+/* Run `name` back to back for a second on this thread's CPU beside `hogs`
+ * threads that take their turns on it, and on until one is answered (5 s at
+ * most: a machine loaded by others stretches each request). Counts answers
+ * and refusals; the thread's CPU time and the wall time in *cpu (s) and
+ * *wall (ms). A request over its time limit is the machine's doing (the
+ * limit is of the clock): counted apart, printed, and not a failure. */
+static void beside_hogs(const char *name, int hogs, int *ok, int *throttled, double *cpu,
+                        long long *wall)
+{
+    cpu_set_t old, one;
+    assert_int_equal(pthread_getaffinity_np(pthread_self(), sizeof old, &old), 0);
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu(), &one);
+    assert_int_equal(pthread_setaffinity_np(pthread_self(), sizeof one, &one), 0);
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setaffinity_np(&at, sizeof one, &one);
+    pthread_t h[4];
+    atomic_store(&hog_stop, 0);
+    for (int i = 0; i < hogs; i++)
+        assert_int_equal(pthread_create(&h[i], &at, hog, NULL), 0);
+    pthread_attr_destroy(&at);
+
+    *ok = *throttled = 0;
+    int late = 0;
+    long long t0 = tnow_ms();
+    double c0 = thread_cpu();
+    while ((*wall = tnow_ms() - t0) < 1000 || (*ok == 0 && *wall < 5000)) {
+        sandbox_resp_t a;
+        int st = run_req(runner, name, NULL, NULL, 0, &a);
+        if (a.outcome == SB_OK && st == 200)
+            (*ok)++;
+        else if (a.outcome == SB_THROTTLED && st == 503)
+            (*throttled)++;
+        else if (a.outcome == SB_TIMEOUT && st == 504)
+            late++;
+        else
+            fail_msg("%s: %d (outcome %d)", name, st, a.outcome);
+    }
+    *cpu = thread_cpu() - c0;
+    atomic_store(&hog_stop, 1);
+    for (int i = 0; i < hogs; i++)
+        pthread_join(h[i], NULL);
+    assert_int_equal(pthread_setaffinity_np(pthread_self(), sizeof old, &old), 0);
+    print_message("%s beside %d hogs: %d answered, %d throttled, %d over the time limit; "
+                  "%.0f ms on the CPU in %lld ms\n",
+                  name, hogs, *ok, *throttled, late, *cpu * 1e3, *wall);
+}
+
+/* Issue 11, defect 4: the share is of the CPU time a tenant uses. With a
+ * thread competing for the runner's CPU, a tenant's request takes about
+ * twice its CPU time on the clock; charged the wall time, a tenant with a
+ * 75% share running back to back fills its bucket (1 charged for every 0.75
+ * drained) and is held back; charged its CPU time (about 0.5), never. */
+static void test_share_charges_cpu(void **state)
+{
+    (void)state;
+    if (slack_ms > 1000)
+        skip(); /* under valgrind: its own scheduler, one thread at a time */
+    put_share("steady", "function handle(req) for i = 1, 2e5 do end return 'ok' end", MS, 75);
+    int ok, throttled;
+    double cpu;
+    long long wall;
+    beside_hogs("steady", 1, &ok, &throttled, &cpu, &wall);
+    /* The premise: the hog took its turns (else the test shows nothing). */
+    if (cpu > 0.6 * (double)wall / 1e3)
+        skip();
+    assert_true(ok > 0);
+    assert_int_equal(throttled, 0);
+}
+
+/* ... and yet a tenant within its CPU share cannot hold its loop most of
+ * the time: beside three hogs a tenant gets a quarter of the CPU, under its
+ * 30% share, while it holds the loop all the time; the loop's time it holds
+ * drains at twice its share (60%), so it is held back. Charged the CPU
+ * time alone, it was not, and the loop's other connections waited behind it
+ * (hello's p99 beside a burner: 430 ms on a loaded machine). */
+static void test_share_bounds_hold(void **state)
+{
+    (void)state;
+    if (slack_ms > 1000)
+        skip(); /* under valgrind: its own scheduler, one thread at a time */
+    /* Requests of some 60 ms of CPU, longer than the scheduler's slices:
+     * the hogs take the CPU in the middle of them, not only between them
+     * (between requests, the tenant does not hold the loop). */
+    put_share("holder", "function handle(req) for i = 1, 2e7 do end return 'ok' end", 2000, 30);
+    /* One alone first: after a request that long, each is charged its
+     * exact CPU time (the first is charged its clock, which the hogs would
+     * stretch past the burst). */
+    sandbox_resp_t first;
+    assert_int_equal(run_req(runner, "holder", NULL, NULL, 0, &first), 200);
+    int ok, throttled;
+    double cpu;
+    long long wall;
+    beside_hogs("holder", 3, &ok, &throttled, &cpu, &wall);
+    if (cpu > 0.28 * (double)wall / 1e3)
+        skip(); /* the hogs did not take their turns: the CPU share decides */
+    assert_true(ok > 0);
+    assert_true(throttled > 0);
 }
 
 static void test_time_limits(void **state)
@@ -535,12 +674,13 @@ static void test_time_limits(void **state)
     expect_limit("co_loop",
                  "function handle(req) coroutine.wrap(function() while true do end end)() end", 0,
                  MS, 504, SB_TIMEOUT);
-    expect_limit("close_loop",
-                 "function handle(req)\n"
-                 "  local x <close> = setmetatable({}, {__close = function() while true do end end})\n"
-                 "  while true do end\n"
-                 "end",
-                 0, MS, 504, SB_TIMEOUT);
+    expect_limit(
+        "close_loop",
+        "function handle(req)\n"
+        "  local x <close> = setmetatable({}, {__close = function() while true do end end})\n"
+        "  while true do end\n"
+        "end",
+        0, MS, 504, SB_TIMEOUT);
     expect_limit("sort_loop",
                  "function handle(req) local t = {} for i = 1, 1000 do t[i] = i end\n"
                  "  while true do table.sort(t, function(a, b) return a > b end) end end",
@@ -556,10 +696,10 @@ static void test_memory_limits(void **state)
 {
     (void)state;
     put_ok("hello", "function handle(req) return 'hello, world\\n' end", 0, 0);
-    expect_limit("hog", "function handle(req) local t = {} for i = 1, 1e9 do t[i] = i end end", 1024,
-                 1000, 503, SB_MEMORY);
-    expect_limit("rep_bomb", "function handle(req) return ('x'):rep(1e6):rep(2000) end", 1024,
-                 1000, 503, SB_MEMORY);
+    expect_limit("hog", "function handle(req) local t = {} for i = 1, 1e9 do t[i] = i end end",
+                 1024, 1000, 503, SB_MEMORY);
+    expect_limit("rep_bomb", "function handle(req) return ('x'):rep(1e6):rep(2000) end", 1024, 1000,
+                 503, SB_MEMORY);
     expect_limit("catching_hog",
                  "function handle(req) local keep = {} while true do pcall(function()\n"
                  "  for i = 1, 1e9 do keep[#keep + 1] = ('x'):rep(100) .. i end end) end end",
@@ -568,12 +708,14 @@ static void test_memory_limits(void **state)
                  "function handle(req) local t = {} for i = 1, 1e5 do t[i] = ('y'):rep(100) end\n"
                  "  return table.concat(t) end",
                  1024, 1000, 503, SB_MEMORY);
-    expect_limit("deep", "local function f(n) return 1 + f(n + 1) end\n"
-                         "function handle(req) return f(1) end",
+    expect_limit("deep",
+                 "local function f(n) return 1 + f(n + 1) end\n"
+                 "function handle(req) return f(1) end",
                  256, 1000, 503, SB_MEMORY);
     /* Garbage is not live memory: 10 MB allocated, little kept. */
-    put_ok("garbage", "function handle(req) local s for i = 1, 10000 do s = ('z'):rep(1000) .. i end"
-                      " return #s .. '' end",
+    put_ok("garbage",
+           "function handle(req) local s for i = 1, 10000 do s = ('z'):rep(1000) .. i end"
+           " return #s .. '' end",
            1024, 10000);
     expect_body("garbage", 200, "1005");
 }
@@ -630,7 +772,8 @@ static const struct stack_shape {
     const char *nest;
 } stack_shapes[] = {
     /* pcall nests (the shape of the report) */
-    {"pcall", 150, "nest = function(d, i) if d == 0 then return close_next(i) end pcall(nest, d - 1, i) end"},
+    {"pcall", 150,
+     "nest = function(d, i) if d == 0 then return close_next(i) end pcall(nest, d - 1, i) end"},
     /* coroutine.wrap's error path: it closes the dead coroutine's variables */
     {"wrap", 50,
      "nest = function(d, i) if d == 0 then return close_next(i) end\n"
@@ -648,7 +791,8 @@ static const struct stack_shape {
     {"sort", 150,
      "nest = function(d, i) if d == 0 then return close_next(i) end\n"
      "  local once = true\n"
-     "  table.sort({3, 1, 2}, function(a, b) if once then once = false nest(d - 1, i) end return a < b end)\n"
+     "  table.sort({3, 1, 2}, function(a, b) if once then once = false nest(d - 1, i) end return a "
+     "< b end)\n"
      "end"},
     /* __close handlers whose scope exit runs another */
     {"close", 150,
@@ -683,7 +827,7 @@ static void test_stack_limit(void **state)
         stack_src(src, sizeof src, &stack_shapes[i], 0);
         snprintf(name, sizeof name, "stack_%s", stack_shapes[i].name);
         put_ok(name, src, 65536, 2000); /* room to reach 8 MiB of C stack */
-        for (int k = 0; k < 2; k++) { /* and again, from the restored snapshot */
+        for (int k = 0; k < 2; k++) {   /* and again, from the restored snapshot */
             int s = run_req(runner, name, NULL, body, sizeof body, &a);
             if (s != 503 || a.outcome != SB_STACK)
                 fail_msg("%s: %d (outcome %d) \"%s\", want 503 (%d)", name, s, a.outcome, body,
@@ -699,8 +843,10 @@ static void test_stack_limit(void **state)
     sandbox_metrics(&out, NULL);
     assert_int_equal(buf_reserve(&out, 1, (size_t)-1), 0);
     out.data[out.len] = 0;
-    assert_non_null(strstr(buf_head(&out), "sandbox_errors_total{tenant=\"stack_pcall\",kind=\"stack\"} 2\n"));
-    assert_non_null(strstr(buf_head(&out), "sandbox_limit_hits_total{tenant=\"stack_pcall\",limit=\"stack\"} 2\n"));
+    assert_non_null(
+        strstr(buf_head(&out), "sandbox_errors_total{tenant=\"stack_pcall\",kind=\"stack\"} 2\n"));
+    assert_non_null(strstr(buf_head(&out),
+                           "sandbox_limit_hits_total{tenant=\"stack_pcall\",limit=\"stack\"} 2\n"));
     buf_free(&out);
 }
 
@@ -734,12 +880,14 @@ static void test_stack_deep_but_legal(void **state)
     (void)state;
     static const char *const nests[] = {
         "local function f(s) return (s:gsub('.', f)) end return f('x')",
-        "local mt = {} mt.__tostring = function(t) return string.format('%s %d', setmetatable({}, mt), 1) end"
+        "local mt = {} mt.__tostring = function(t) return string.format('%s %d', setmetatable({}, "
+        "mt), 1) end"
         " return tostring(setmetatable({}, mt))",
         "local function r() local f, e = load(r) error(e, 0) end local f, e = load(r) error(e, 0)",
         "local function f() pcall(f) error('C stack overflow') end return f()",
         "local function f() coroutine.wrap(f)() end return f()",
-        "local function c(a, b) table.sort({3, 2, 1}, c) return a < b end return table.sort({3, 2, 1}, c)",
+        "local function c(a, b) table.sort({3, 2, 1}, c) return a < b end return table.sort({3, 2, "
+        "1}, c)",
         "local mt = {} mt.__index = function(t, k) return setmetatable({}, mt)[k] end"
         " return setmetatable({}, mt).x",
     };
@@ -770,21 +918,27 @@ static const char coroutines_src[] =
     "    for i = 1, t.n do out[#out + 1] = tostring(t[i]) end\n"
     "    out[#out + 1] = '|'\n"
     "  end\n"
-    "  local co = coroutine.create(function(a, b) local c = coroutine.yield(a + b, 'y') error('boom') end)\n"
+    "  local co = coroutine.create(function(a, b) local c = coroutine.yield(a + b, 'y') "
+    "error('boom') end)\n"
     "  add(coroutine.resume(co, 1, 2)) add(coroutine.status(co))\n"
     "  add(coroutine.resume(co, 5)) add(coroutine.status(co))\n"
     "  add(coroutine.resume(co)) add(coroutine.close(co))\n"
-    "  local w = coroutine.wrap(function(x) local y = coroutine.yield(x * 2) return y + 1, 'r' end)\n"
+    "  local w = coroutine.wrap(function(x) local y = coroutine.yield(x * 2) return y + 1, 'r' "
+    "end)\n"
     "  add(w(3)) add(w(4)) add(pcall(w))\n"
     "  add(pcall(coroutine.wrap(function() error('x') end)))\n"
     "  add(pcall(coroutine.wrap(function() error(42) end)))\n"
     "  add(pcall(coroutine.wrap(function()\n"
-    "    local t <close> = setmetatable({}, {__close = function() add('closed') end}) error('y') end)))\n"
+    "    local t <close> = setmetatable({}, {__close = function() add('closed') end}) error('y') "
+    "end)))\n"
     "  add(pcall(coroutine.wrap(function()\n"
-    "    local t <close> = setmetatable({}, {__close = function() error('z', 0) end}) error('y') end)))\n"
+    "    local t <close> = setmetatable({}, {__close = function() error('z', 0) end}) error('y') "
+    "end)))\n"
     "  local c2 = coroutine.create(function()\n"
-    "    local t <close> = setmetatable({}, {__close = function() add('c2 closed') end}) coroutine.yield() end)\n"
-    "  coroutine.resume(c2) add(coroutine.close(c2)) add(coroutine.status(c2)) add(coroutine.close(c2))\n"
+    "    local t <close> = setmetatable({}, {__close = function() add('c2 closed') end}) "
+    "coroutine.yield() end)\n"
+    "  coroutine.resume(c2) add(coroutine.close(c2)) add(coroutine.status(c2)) "
+    "add(coroutine.close(c2))\n"
     "  local c3 = coroutine.create(function()\n"
     "    local t <close> = setmetatable({}, {__close = function() error('in close', 0) end})\n"
     "    coroutine.yield() end)\n"
@@ -792,17 +946,20 @@ static const char coroutines_src[] =
     "  add(coroutine.close(coroutine.create(print or tostring)))\n"
     "  add(pcall(coroutine.close, coroutine.running()))\n"
     "  add(coroutine.resume(coroutine.running()))\n"
-    "  add(pcall(coroutine.resume, 42)) add(pcall(coroutine.wrap, 42)) add(pcall(coroutine.close))\n"
+    "  add(pcall(coroutine.resume, 42)) add(pcall(coroutine.wrap, 42)) "
+    "add(pcall(coroutine.close))\n"
     "  local na\n"
     "  na = coroutine.create(function()\n"
     "    add(pcall(coroutine.close, na))\n"
-    "    local nb = coroutine.create(function() add(pcall(coroutine.close, na)) add(coroutine.resume(na)) end)\n"
+    "    local nb = coroutine.create(function() add(pcall(coroutine.close, na)) "
+    "add(coroutine.resume(na)) end)\n"
     "    add(coroutine.resume(nb))\n"
     "  end)\n"
     "  add(coroutine.resume(na))\n"
     "  local gen = coroutine.wrap(function() for i = 1, 3 do coroutine.yield(i) end end)\n"
     "  add(gen(), gen(), gen(), gen())\n"
-    "  add(select('#', coroutine.resume(coroutine.create(function(...) return ... end), 1, nil, 3, nil)))\n"
+    "  add(select('#', coroutine.resume(coroutine.create(function(...) return ... end), 1, nil, 3, "
+    "nil)))\n"
     "  return table.concat(out, ' ')\n"
     "end\n";
 
@@ -834,7 +991,8 @@ static void test_coroutine_hook(void **state)
         "coroutine.wrap(function() while true do end end)()",
         "coroutine.resume(coroutine.create(function() while true do end end)) while true do end",
         "coroutine.wrap(function() coroutine.wrap(function() while true do end end)() end)()",
-        "coroutine.wrap(function() while true do pcall(function() while true do end end) end end)()",
+        "coroutine.wrap(function() while true do pcall(function() while true do end end) end "
+        "end)()",
         "local co = coroutine.wrap(function() while true do coroutine.yield() end end)"
         " while true do co() end",
         "local co = coroutine.create(function()\n"
@@ -858,9 +1016,9 @@ static void test_coroutine_hook(void **state)
             char name[32];
             snprintf(name, sizeof name, "co_spin_%zu_%d", i, k);
             put_ok(name, src, 0, ms);
-            long long t0 = now_ms();
+            long long t0 = tnow_ms();
             int st = run_req(runner, name, NULL, NULL, 0, &a);
-            long long took = now_ms() - t0;
+            long long took = tnow_ms() - t0;
             if (st != 504 || a.outcome != SB_TIMEOUT)
                 fail_msg("%s: %d (outcome %d)", spins[i], st, a.outcome);
             if (best < 0 || took < best)
@@ -884,12 +1042,12 @@ static void test_bad_versions_keep_old(void **state)
     expect_body("ver", 200, "v1");
     assert_int_equal(sandbox_stats("ver", &st0), 0);
     static const char *const bad[] = {
-        "function handle(req) return 'v2' ",            /* syntax */
-        "error('top-level fails')",                      /* top-level error */
-        "x = 1",                                         /* no handle */
-        "handle = 42",                                   /* not a function */
-        "while true do end",                             /* top-level never ends */
-        "local t = {} for i = 1, 1e9 do t[i] = i end",   /* top-level memory */
+        "function handle(req) return 'v2' ",           /* syntax */
+        "error('top-level fails')",                    /* top-level error */
+        "x = 1",                                       /* no handle */
+        "handle = 42",                                 /* not a function */
+        "while true do end",                           /* top-level never ends */
+        "local t = {} for i = 1, 1e9 do t[i] = i end", /* top-level memory */
         "string.find(('a'):rep(60), ('a*'):rep(60) .. 'b')",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -918,9 +1076,9 @@ static int run_once(sandbox_runner_t *r, const char *name, char *body, size_t ca
     static const sandbox_req_t q = {"GET", 3, "/", 1, NULL, 0, NULL, 0, NULL, 0};
     sandbox_resp_t a;
     assert_int_equal(sandbox_claim_faults(), 0);
-    long long t0 = now_ms();
+    long long t0 = tnow_ms();
     int rc = sandbox_run(r, name, strlen(name), &q, &a);
-    *took = now_ms() - t0;
+    *took = tnow_ms() - t0;
     snprintf(body, cap, "%.*s", rc == 0 ? (int)a.body_len : 0, rc == 0 ? a.body : "");
     return rc == 0 ? a.status : rc;
 }
@@ -960,9 +1118,9 @@ static void test_load_elsewhere(void **state)
     snprintf(fmt, sizeof fmt, "for i = 1, %d do end\nfunction handle(req) return '%%s' end\n",
              30000000 / scale);
     snprintf(src, sizeof src, fmt, "v1");
-    t0 = now_ms();
+    t0 = tnow_ms();
     put_share("slowtop", src, ms, 0);
-    long long load = now_ms() - t0;
+    long long load = tnow_ms() - t0;
     print_message("slowtop: its top level takes %lld ms\n", load);
     /* The publisher's state: taken at once. */
     assert_int_equal(run_once(runner, "slowtop", body, sizeof body, &took), 200);
@@ -1050,9 +1208,9 @@ static void test_directory(void **state)
     write_file("dirt.conf", "# limits\nms = 20\nmem_kb = 512\nshare = 100\n");
     write_file("dirt.lua", "function handle(req) while true do end end");
     assert_int_equal(sandbox_scan(), 1);
-    long long t0 = now_ms();
+    long long t0 = tnow_ms();
     assert_int_equal(status_of("dirt"), 504);
-    assert_true(now_ms() - t0 <= 40 + slack_ms);
+    assert_true(tnow_ms() - t0 <= 40 + slack_ms);
     /* A bad .conf keeps the old version. */
     write_file("dirt.conf", "ms = lots\n");
     write_file("dirt.lua", "function handle(req) return 'four' end");
@@ -1079,8 +1237,8 @@ static void test_directory(void **state)
 static void test_stats_and_metrics(void **state)
 {
     (void)state;
-    put_ok("counted", "function handle(req) if req.path == '/e' then error('x') end return 'ok' end",
-           0, 0);
+    put_ok("counted",
+           "function handle(req) if req.path == '/e' then error('x') end return 'ok' end", 0, 0);
     sandbox_stats_t st;
     sandbox_req_t e = {"GET", 3, "/e", 2, NULL, 0, NULL, 0, NULL, 0};
     for (int i = 0; i < 10; i++)
@@ -1098,7 +1256,8 @@ static void test_stats_and_metrics(void **state)
     assert_non_null(strstr(buf_head(&out), "sandbox_requests_total{tenant=\"counted\"} 10\n"));
     assert_non_null(
         strstr(buf_head(&out), "sandbox_errors_total{tenant=\"counted\",kind=\"lua_error\"} 3\n"));
-    assert_non_null(strstr(buf_head(&out), "sandbox_limit_hits_total{tenant=\"spin\",limit=\"time\"}"));
+    assert_non_null(
+        strstr(buf_head(&out), "sandbox_limit_hits_total{tenant=\"spin\",limit=\"time\"}"));
     buf_free(&out);
 }
 
@@ -1113,7 +1272,8 @@ static int group_setup(void **state)
         slack_ms = atoi(s);
     if ((s = getenv("SANDBOX_TEST_SCALE")) && atoi(s) > 0)
         scale = atoi(s);
-    snprintf(dir, sizeof dir, "%s/sandbox-test.XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    snprintf(dir, sizeof dir, "%s/sandbox-test.XXXXXX",
+             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
     if (!mkdtemp(dir))
         return -1;
     sandbox_cfg_t cfg = {dir, 4096, MS, 1, 100}; /* no share limit: see the file head */
@@ -1178,6 +1338,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_time_limits),
         cmocka_unit_test(test_timeout_share),
         cmocka_unit_test(test_cpu_share),
+        cmocka_unit_test(test_share_charges_cpu),
+        cmocka_unit_test(test_share_bounds_hold),
         cmocka_unit_test(test_memory_limits),
         cmocka_unit_test(test_lua_errors),
         cmocka_unit_test(test_stack_limit),

@@ -1,4 +1,4 @@
-/* Unit tests of the sandbox's snapshots (servers/core/sandbox_arena.c): a
+/* Unit tests of the sandbox's snapshots (servers/sandbox/sandbox_arena.c): a
  * restore puts back exactly the bytes of the snapshot whatever was written,
  * it copies back only the pages written since the snapshot (until most are,
  * or they are scattered), writes from signal handlers count too, and a fault
@@ -18,7 +18,7 @@
 
 #include <cmocka.h>
 
-#include "core/sandbox_int.h"
+#include "sandbox/sandbox_int.h"
 
 #define PAGE   4096
 #define NPAGES 24
@@ -206,8 +206,8 @@ static void write_other_arena(void)
     sb_snap_t sa, sb;
     if (sb_snap_take(a, &sa) < 0 || sb_snap_take(b, &sb) < 0)
         _exit(4);
-    sb_snap_restore(b, &sb); /* b's pages read-only */
-    sb_snap_restore(a, &sa); /* a is the one running */
+    sb_snap_restore(b, &sb);   /* b's pages read-only */
+    sb_snap_restore(a, &sa);   /* a is the one running */
     ((char *)a)[2 * PAGE] = 1; /* tracked */
     ((char *)b)[2 * PAGE] = 1; /* not the running arena's: a crash */
     _exit(0);
@@ -308,7 +308,7 @@ int main(void)
         cmocka_unit_test(test_previous_handler_chained),
         cmocka_unit_test(test_noprotect),
     };
-    /* The thread is set up as a runner's is (sandbox.c): its guard gives it
+    /* The thread is set up as a runner's is (sandbox_run.c): its guard gives it
      * an alternate signal stack, which the sandbox's SIGSEGV handler runs
      * on. (valgrind needs one there: it takes a handler flagged so for one
      * that runs on it, and does not grow the main thread's stack for it.) */

@@ -1,6 +1,7 @@
 /* Unit tests of the timer heap: ordering, cancelling, deadlines moved later
  * (re-filed lazily when they surface) and earlier, and many random deadlines
  * against a sorted reference. */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -73,7 +74,7 @@ static void test_cancel(void **state)
     assert_int_equal(timers_set(&t, &n[1], 0), 0);
     assert_int_equal(n[1].idx, 0);
     check_heap(&t);
-    assert_int_equal(timers_set(&t, &n[1], 0), 0); /* twice: nothing */
+    assert_int_equal(timers_set(&t, &n[1], 0), 0);  /* twice: nothing */
     assert_int_equal(timers_set(&t, &never, 0), 0); /* never set: nothing */
     assert_int_equal(t.n, 2);
     assert_ptr_equal(timers_expired(&t, 100), &n[0]);
@@ -202,6 +203,29 @@ static void test_random(void **state)
     timers_free(&t);
 }
 
+/* With room reserved, filing a deadline cannot fail; a reservation that
+ * cannot be met fails with -ENOMEM and leaves the heap as it was. */
+static void test_reserve(void **state)
+{
+    (void)state;
+    timers_t t = {0};
+    timer_node_t nodes[200] = {{0}};
+    assert_int_equal(timers_reserve(&t, 200), 0);
+    assert_true(t.cap >= 200);
+    timer_node_t **heap = t.heap;
+    size_t cap = t.cap;
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(timers_set(&t, &nodes[i], 1000 + i), 0);
+    assert_ptr_equal(t.heap, heap);               /* no growth: nothing could fail */
+    assert_int_equal(timers_reserve(&t, 100), 0); /* already there */
+    assert_int_equal(timers_reserve(&t, SIZE_MAX), -ENOMEM);
+    assert_ptr_equal(t.heap, heap);
+    assert_int_equal(t.cap, cap);
+    assert_int_equal(t.n, 200);
+    assert_ptr_equal(timers_expired(&t, 1000), &nodes[0]);
+    timers_free(&t);
+}
+
 static void test_clock(void **state)
 {
     (void)state;
@@ -215,11 +239,9 @@ static void test_clock(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_order),
-        cmocka_unit_test(test_timeout_cap),
-        cmocka_unit_test(test_cancel),
-        cmocka_unit_test(test_push_back),
-        cmocka_unit_test(test_random),
+        cmocka_unit_test(test_order),  cmocka_unit_test(test_timeout_cap),
+        cmocka_unit_test(test_cancel), cmocka_unit_test(test_push_back),
+        cmocka_unit_test(test_random), cmocka_unit_test(test_reserve),
         cmocka_unit_test(test_clock),
     };
     return cmocka_run_group_tests_name("timer", tests, NULL, NULL);

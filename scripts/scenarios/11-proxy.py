@@ -1,0 +1,219 @@
+"""Reverse proxies side by side (issue 14): GET straight to the upstream
+(direct), through server-proxy with its upstream pool (proxy) and without it
+(proxy-nopool: --upstream-keepalive 0, a new upstream connection per
+request), through nginx and through HAProxy (scripts/anchors.py: one event
+loop each, a pool of 64), all in front of one bin/server-epoll.
+
+Every proxy is pinned to the same CPU, the first of the server CPUs, and
+runs one loop (server-proxy --threads 1); the upstream runs on the other
+server CPUs, or on loadgen's when there are none (a 2-core machine: then
+the upstream and loadgen share a core, which may cap req/s for all of the
+variants alike; the proxies' CPU per request is still each one's own).
+A part's servers are all up at once, each point runs through them in turn,
+--repeat rounds (3, 1 with --quick) in alternating order, of --duration
+(1.5 s, 1 s with --quick) after 0.2 s of warm-up, and keeps each one's
+median run. Server CPU per request is the measured process's: the proxy's
+alone, or the upstream's for direct.
+
+A point is PART-BODY-SHAPE. BODY: GET / (`hello`, 13 bytes), or
+/stream?n=N of 1 KiB, 64 KiB, 1 MiB (`1k`, `64k`, `1m`). SHAPE: 64
+connections closed loop (`c64`) or 16 requests in flight on each (`pipe16`).
+PART:
+  0ms   on loopback: every body, both shapes
+  20ms  hosts (scripts/world.py) client, proxy and upstream: client to proxy
+        over a link of 0 ms, proxy to upstream and client to upstream (direct)
+        over links of 20 ms round trip: hello, 1k and 64k at c64, hello
+        pipelined. Not 1m: 64 answers of 1 MiB at a time keep the link
+        emulator busy (0.7 to 0.9 of a core), which then decides the figures,
+        and a 1 s run may see no answer at all.
+  q0.5  the same over links of 0 ms, the proxy host under a 0.5-CPU quota
+--quick: hello only, 0ms at c64 and pipelined, 20ms and q0.5 at c64: about
+30 s. Without --quick, 16 points: about 8 minutes with server-proxy built.
+
+The world parts need root, network namespaces and TUN; without them, and
+without bin/server-proxy, nginx or haproxy, the variants are results with
+the reason. --loss and --rate apply to the links to the upstream; the
+other world flags make the bench's own world, in which the loopback part
+does not run (a result with the reason). --designs does not apply.
+The rows of proxy and proxy-nopool add their req/s over the best anchor's
+and their CPU per request over the best anchor's at the same point (the
+issue's goals: at least 1 and at most 0.8). summary.json's anchor_configs holds the exact
+configuration of every anchor (and server-proxy's command line) by part.
+"""
+
+import contextlib
+
+import anchors
+import harness as H
+import world as W
+
+NAME = "proxy"
+ABOUT = "direct, server-proxy with and without its pool, nginx, HAProxy: RTT 0/20 ms, 0.5-CPU quota, bodies"
+QUICK = True
+TITLE = "proxy: reverse proxies on one CPU in front of server-epoll (point variant)"
+COLUMNS = [
+    ("req/s", "*", "rps"), ("CPU us/req", "*", "server_cpu_per_req_us"), ("p50 us", "*", "p50_us"),
+    ("p99 us", "*", "p99_us"), ("errors", "*", "errors"),
+    ("CPU/best anchor", "*", "cpu_to_best_anchor"), ("req/s / best anchor", "*", "rps_to_best_anchor"),
+    ("link CPU", "*", "link_cpu"),
+]
+BEST = (6, "min")  # the point where server-proxy's CPU per request is furthest below the anchors'
+VARIANTS = ("direct", "proxy", "proxy-nopool", "nginx", "haproxy")
+BODIES = {"hello": "/", "1k": "/stream?n=1024", "64k": "/stream?n=65536", "1m": "/stream?n=1048576"}
+PIPELINE = 16
+RTT_MS = 20
+QUOTA = 0.5
+
+
+def row(run):
+    """A row per point and variant: a point's variants are side by side
+    (a variant that ran nowhere: its name)."""
+    return run["design"] if run["point"] == "-" else f"{run['point']} {run['design']}"
+
+
+def parts(bench):
+    """(name, link round trip in ms or None for loopback, proxy host's CPU
+    quota, [(body, shape)]) of this run."""
+    if bench.quick:
+        return [("0ms", None, None, [("hello", "c64"), ("hello", "pipe16")]),
+                (f"{RTT_MS}ms", RTT_MS, None, [("hello", "c64")]),
+                (f"q{QUOTA}", 0, QUOTA, [("hello", "c64")])]
+    every = [(body, shape) for shape in ("c64", "pipe16") for body in BODIES]
+    linked = [(body, "c64") for body in ("hello", "1k", "64k")] + [("hello", "pipe16")]
+    return [("0ms", None, None, every), (f"{RTT_MS}ms", RTT_MS, None, linked),
+            (f"q{QUOTA}", 0, QUOTA, linked)]
+
+
+def cpus(bench):
+    """(every proxy's CPU, the upstream's CPUs); (None, None) on one CPU."""
+    if not bench.scpu:
+        return None, None
+    first, *rest = bench.scpu.split(",")
+    return first, ",".join(rest) or bench.gcpu
+
+
+def run(bench, designs):
+    variants = list(VARIANTS)
+    if not (H.BIN / "server-proxy").exists():
+        for v in ("proxy", "proxy-nopool"):
+            bench.record(v, NAME, "-", reason="bin/server-proxy is not built: its variants are skipped")
+            variants.remove(v)
+    for kind in anchors.KINDS:
+        if anchors.executable(kind) is None:
+            bench.record(kind, NAME, "-", reason=f"{kind} is not installed (scripts/deps.sh bench)")
+            variants.remove(kind)
+    why_no_world = W.why_not()
+    for part, rtt, quota, points in parts(bench):
+        if rtt is None and bench.wants_world:
+            why = "the loopback points run without the world flags (this scenario makes its own links)"
+        elif rtt is not None and why_no_world:
+            why = f"skipped: {why_no_world}"
+        else:
+            why = None
+        if why:
+            for v in variants:
+                bench.record(v, NAME, part, reason=why)
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                client, proxy_host, upstream_host = hosts(bench, part, rtt, quota)
+            except W.WorldError as e:
+                for v in variants:
+                    bench.record(v, NAME, part, reason=f"no world: {e}")
+                continue
+            servers = start(bench, stack, part, variants, proxy_host, upstream_host)
+            for body, shape in points:
+                side_by_side(bench, servers, f"{part}-{body}-{shape}", BODIES[body], shape, client,
+                             hgrm=(body, shape) == ("hello", "c64"))
+
+
+def hosts(bench, part, rtt, quota):
+    """(client, proxy, upstream) hosts of a part, joined by links; three
+    Nones on loopback. Raises WorldError."""
+    if rtt is None:
+        return None, None, None
+    proxy_cpu, upstream_cpus = cpus(bench)
+    w = bench.make_world()
+    tag = "px" + part.replace("ms", "").replace(".", "")
+    client = w.host(tag + "c", cpus=bench.gcpu)
+    proxy = w.host(tag + "p", cpus=proxy_cpu, cpu_quota=quota)
+    upstream = w.host(tag + "u", cpus=upstream_cpus)
+    wan = {"rtt": f"{rtt}ms", "loss": bench.link_settings["loss"], "rate": bench.link_settings["rate"]}
+    bench.link(client, proxy, rtt="0ms")
+    bench.link(proxy, upstream, **wan)
+    bench.link(client, upstream, **wan)  # direct
+    return client, proxy, upstream
+
+
+def start(bench, stack, part, variants, proxy_host, upstream_host):
+    """The upstream and a server per variant, stopped when the stack closes:
+    variant -> server (direct: the upstream). One that does not start is a
+    result with the reason."""
+    proxy_cpu, upstream_cpus = cpus(bench)
+    argv = [str(H.BIN / "server-epoll"), "--port", "0", "--header-timeout-ms", "10000"]
+    if upstream_host:
+        argv += ["--host", upstream_host.addr]
+    try:
+        upstream = stack.enter_context(H.Server(argv, cpus=upstream_cpus, log_dir=bench.tmp,
+                                                host=upstream_host))
+    except H.HarnessError as e:
+        for v in variants:
+            bench.record(v, NAME, part, reason=f"the upstream: {e}")
+        return {}
+    target = f"{upstream.addr}:{upstream.port}"
+    servers = {}
+    for v in variants:
+        try:
+            if v == "direct":
+                srv = upstream
+            elif v in ("proxy", "proxy-nopool"):
+                argv = [str(H.BIN / "server-proxy"), "--port", "0", "--upstream", target, "--threads", "1",
+                        "--header-timeout-ms", "10000"]
+                argv += ["--upstream-keepalive", "0"] if v == "proxy-nopool" else []
+                argv += ["--host", proxy_host.addr] if proxy_host else []
+                srv = stack.enter_context(H.Server(argv, cpus=proxy_cpu, log_dir=bench.tmp, host=proxy_host))
+                bench.configs[f"{v} {part}"] = " ".join(["server-proxy"] + argv[1:])
+            else:
+                srv = stack.enter_context(anchors.ReverseProxy(v, [target], cpus=proxy_cpu, host=proxy_host,
+                                                               workdir=bench.tmp))
+                bench.configs[f"{v} {part}"] = srv.config
+        except H.HarnessError as e:
+            bench.record(v, NAME, part, reason=str(e))
+            continue
+        servers[v] = srv
+    return servers
+
+
+def side_by_side(bench, servers, point, path, shape, client, hgrm):
+    """One point through every variant in alternating rounds, each one's
+    median run kept; then server-proxy's figures over the anchors'."""
+    extra = ["--warmup", "0.2s", "--timeout", "10s"]
+    if shape == "pipe16":
+        extra += ["--pipeline", str(PIPELINE)]
+    args = bench.base(64, extra, dur=bench.tp_dur)
+
+    def job(name):
+        srv = servers[name]
+
+        def go(rnd):
+            h = bench.tmp / f"{NAME}-{name}-{point}-{rnd}.hgrm" if hgrm else None
+            return bench.loadgen(args + [bench.url(srv, path)], srv, budget=bench.tp_dur * 3 + 40, hgrm=h,
+                                 client=client), h
+        return go
+    got = bench.alternate({name: job(name) for name in servers})
+    recs = {name: bench.keep_median(name, NAME, point, tries) for name, tries in got.items()}
+    to_anchors(recs)
+
+
+def to_anchors(recs):
+    """server-proxy's req/s over the best anchor's (the higher) and CPU per
+    request over the best anchor's (the lower), from the kept runs."""
+    kept = [recs[k]["figures"] for k in anchors.KINDS if recs.get(k)]
+    rates = [f["rps"] for f in kept if f.get("rps")]
+    costs = [f["server_cpu_per_req_us"] for f in kept if f.get("server_cpu_per_req_us")]
+    for v in ("proxy", "proxy-nopool"):
+        f = recs[v]["figures"] if recs.get(v) else {}
+        if rates and f.get("rps"):
+            f["rps_to_best_anchor"] = f["rps"] / max(rates)
+        if costs and f.get("server_cpu_per_req_us"):
+            f["cpu_to_best_anchor"] = f["server_cpu_per_req_us"] / min(costs)

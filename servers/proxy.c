@@ -1,0 +1,159 @@
+/* proxy server - a reverse proxy: what the client sends goes on to an
+ * upstream server (--upstream, round robin), and its answers come back.
+ *
+ * The model, step by step:
+ *   - one epoll loop per core (--threads), each with its own listening
+ *     socket on the shared port (SO_REUSEPORT), as the reactor's;
+ *   - each loop keeps, per upstream, a pool of idle keep-alive connections
+ *     (pool_get, pool_put): a client connection borrows one when a request
+ *     arrives and gives it back once every answer is through, so a request
+ *     costs no TCP handshake to the upstream (across a WAN, a round trip);
+ *   - bytes are relayed both ways by one function, pump, which moves what
+ *     it can: client -> its input -> parsed, checked and rewritten request
+ *     heads (hop-by-hop fields out, Via and X-Forwarded-For in) and bodies
+ *     -> the upstream; the upstream -> answers, likewise -> the client.
+ *     Pipelined requests go on, in order, on the borrowed connection, so
+ *     their answers come back in order;
+ *   - backpressure: each buffer has a ceiling, and a side is read only
+ *     while the buffer its bytes go to has room, so a slow client slows its
+ *     upstream's reading (TCP does the rest), not the proxy's memory;
+ *   - sockets are registered once, edge-triggered for both directions: a
+ *     request costs four system calls (read, write, read, write) besides
+ *     the shared epoll_wait.
+ * This file is the loops; the relay (connections, pools, pump, the heads'
+ * rewriting) is servers/core/relay.c.
+ * Weakness: a connection belongs to one loop; an upstream connection
+ * serves one client at a time (HTTP/1.1 has no multiplexing), so a slow
+ * answer holds its connection. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "core/net.h"
+#include "core/relay.h"
+#include "core/server.h"
+
+typedef struct loop {
+    relay_loop_t *relay;
+    int lfd;             /* its own listening socket, -1 once stopping */
+    int64_t drain_until; /* stopping: when the clients left are closed */
+    pthread_t thread;
+} loop_t;
+
+static server_cfg_t cfg;
+
+static void accept_all(loop_t *L)
+{
+    for (;;) {
+        int fd = server_accept(L->lfd, &cfg);
+        if (fd == -ECONNREFUSED)
+            continue; /* over --max-conns: answered 503 */
+        if (fd < 0)
+            return;
+        relay_accept(L->relay, fd);
+    }
+}
+
+/* One loop: the epoll design's, over the listener, the stop, and the
+ * relay's sockets. */
+static void *loop_main(void *arg)
+{
+    loop_t *L = arg;
+    relay_loop_t *R = L->relay;
+    static int listener, stopper; /* markers for the two special descriptors */
+    struct epoll_event a = {.events = EPOLLIN, .data.ptr = &listener};
+    struct epoll_event st = {.events = EPOLLIN, .data.ptr = &stopper};
+    if (epoll_ctl(R->ep, EPOLL_CTL_ADD, L->lfd, &a) < 0 ||
+        epoll_ctl(R->ep, EPOLL_CTL_ADD, server_stop_fd(), &st) < 0) {
+        fprintf(stderr, "server-proxy: epoll: %s\n", strerror(errno));
+        raise(SIGTERM);
+        return (void *)1;
+    }
+    time_update();
+    while (L->lfd >= 0 || (relay_clients(R) && time_now_ms() < L->drain_until)) {
+        struct epoll_event evs[256];
+        int timeout = relay_timeout(R);
+        if (L->lfd < 0 && (timeout < 0 || timeout > 100))
+            timeout = 100;
+        int n = epoll_wait(R->ep, evs, 256, timeout);
+        time_update();
+        for (int i = 0; i < n; i++) {
+            void *p = evs[i].data.ptr;
+            if (p == &listener) {
+                accept_all(L);
+            } else if (p == &stopper) { /* SIGTERM: no more connections; drain */
+                /* Cannot fail: it is registered; at worst it wakes us again. */
+                (void)epoll_ctl(R->ep, EPOLL_CTL_DEL, server_stop_fd(), NULL);
+                close(L->lfd);
+                L->lfd = -1;
+                L->drain_until = time_now_ms() + SERVER_DRAIN_MS;
+                relay_stop(R);
+            } else {
+                relay_event(R, p, evs[i].events);
+            }
+        }
+        relay_timers(R);
+    }
+    relay_end(R);
+    close(R->ep);
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    server_init(argc, argv, "proxy", SERVER_OPT_THREADS | SERVER_OPT_UPSTREAM, &cfg);
+    if (cfg.n_upstreams == 0) {
+        fprintf(stderr, "server-proxy: --upstream HOST:PORT is required\n");
+        return 2;
+    }
+    /* Each client may hold an upstream connection: half the descriptors. */
+    struct rlimit rl;
+    if (!cfg.max_conns && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        cfg.max_conns = (int)((rl.rlim_cur - SERVER_FD_RESERVE) / 2);
+    int n = cfg.threads;
+    relay_loop_t *relays = relay_init(&cfg, n);
+    if (!relays)
+        return 2;
+    loop_t *loops = calloc((size_t)n, sizeof *loops);
+    if (!loops)
+        return 1;
+    int port = cfg.port, status = 0, started = 0;
+    for (int i = 0; i < n; i++) {
+        loop_t *L = &loops[i];
+        server_cfg_t c = cfg;
+        c.port = port;
+        L->relay = &relays[i];
+        L->lfd = server_listen(&c, NET_NONBLOCK | NET_REUSEPORT);
+        L->relay->ep = epoll_create1(EPOLL_CLOEXEC);
+        if (L->lfd < 0 || L->relay->ep < 0) {
+            fprintf(stderr, "server-proxy: cannot set up loop %d\n", i);
+            return 1;
+        }
+        port = net_local_port(L->lfd); /* the others join the port the first got */
+    }
+    cfg.port = port;
+    server_announce(&cfg, loops[0].lfd);
+    for (; started < n; started++) {
+        int e = pthread_create(&loops[started].thread, NULL, loop_main, &loops[started]);
+        if (e) {
+            fprintf(stderr, "server-proxy: cannot start loop %d: %s\n", started, strerror(e));
+            raise(SIGTERM);
+            status = 1;
+            break;
+        }
+    }
+    for (int i = 0; i < started; i++) {
+        void *rc;
+        (void)pthread_join(loops[i].thread, &rc); /* cannot fail: joinable, not us */
+        if (rc)
+            status = 1;
+    }
+    free(loops);
+    return status;
+}
