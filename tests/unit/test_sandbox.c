@@ -258,7 +258,7 @@ static const char counter_src[] =
 static void test_isolation(void **state)
 {
     (void)state;
-    put_ok("counter", counter_src, 0, 2000);
+    put_ok("counter", counter_src, 0, 2000 + slack_ms); /* never reached */
     for (int i = 0; i < 5000 / scale; i++) {
         char body[64];
         int st = run_req(runner, "counter", NULL, body, sizeof body, NULL);
@@ -360,7 +360,10 @@ static void *isolation_thread(void *arg)
 static void test_isolation_threads(void **state)
 {
     (void)state;
-    put_ok("counter", counter_src, 0, 2000);
+    /* The counter's limit is never meant to be reached: under valgrind the
+     * four threads take turns, and a CI run once saw one of its requests
+     * wait out 2 s behind the others' spins (504). */
+    put_ok("counter", counter_src, 0, 2000 + slack_ms);
     put_ok("spin", "function handle(req) while true do end end", 0, 30);
     pthread_t th[4];
     struct worker w[4];
