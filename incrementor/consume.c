@@ -316,14 +316,13 @@ static int transaction(svc_t *svc, consume_t *cs, redisReply **entries, size_t n
         if (rc == 0 && (rc = db_stream_mark(svc->db, e.ms, e.seq)) == 0)
             applied[i] = 1;
     }
-    agg_entry_t *a;
-    for (size_t i = 0; rc >= 0 && (a = agg_next(&cs->sums, &i));)
-        if (a->count)
-            rc = db_add(svc->db, agg_key(&cs->sums, a), a->key_len, a->sum);
+    uint64_t marks = 0, rows = 0; /* marks: add() sets count 1, not the increments */
+    if (rc >= 0)
+        rc = svc_write_sums(svc, &cs->sums, &marks, &rows);
     if (rc >= 0 && cs->prune_ms)
         rc = db_stream_prune(svc->db, cs->prune_ms, cs->prune_seq);
-    if (rc >= 0)
-        rc = db_commit(svc->db);
+    if (rc >= 0 && (rc = db_commit(svc->db)) >= 0)
+        __atomic_add_fetch(&svc->rows_written, rows, __ATOMIC_RELAXED);
     if (rc < 0) {
         snprintf(err, errlen, "%s",
                  rc == -ENOMEM     ? "out of memory"

@@ -13,8 +13,8 @@
  *
  * 1. Fast acknowledgements (buffered mode) are given only while `fast_open`,
  *    i.e. when, at this process's last commit, no counter in the database
- *    was outside +-2^61 (the 'red' count the triggers of db.c keep exact
- *    whoever writes) and no failed batch was held; and only for increments
+ *    was outside +-2^61 ('red': db.c's partial index, exact whoever
+ *    writes) and no failed batch was held; and only for increments
  *    whose per-key, per-thread, per-window sum of |v| stays <= 2^40. So one
  *    process holds at most 2^50 of acknowledged, uncommitted delta per key
  *    in its open windows (1024 threads at most), 2^51 counting one failed
@@ -204,6 +204,27 @@ int svc_merge(svc_t *svc, svc_window_t *w)
     return 0;
 }
 
+int svc_write_sums(svc_t *svc, const agg_t *m, uint64_t *applied, uint64_t *rows)
+{
+    db_row_t batch[DB_ROWS];
+    size_t n = 0;
+    agg_entry_t *e;
+    for (size_t i = 0; (e = agg_next(m, &i));) {
+        if (!e->count)
+            continue;
+        batch[n++] = (db_row_t){agg_key(m, e), e->key_len, e->sum + e->slow};
+        *applied += e->count;
+        (*rows)++;
+        if (n == DB_ROWS) {
+            int rc = db_add_rows(svc->db, batch, n);
+            if (rc < 0)
+                return rc;
+            n = 0;
+        }
+    }
+    return db_add_rows(svc->db, batch, n);
+}
+
 /* Close the fast path and take every window again, so that every
  * acknowledged delta of this process is in the batch. */
 static int barrier(svc_t *svc, flush_t *f)
@@ -369,14 +390,9 @@ static int write_txn(svc_t *svc, flush_t *f, written_t *wr)
                 return out;
             w->defs[i].outcome = (uint8_t)out;
         }
-    agg_entry_t *e;
-    for (size_t i = 0; (e = agg_next(&svc->w, &i));) {
-        if (e->count &&
-            (rc = db_add(svc->db, agg_key(&svc->w, e), e->key_len, e->sum + e->slow)) < 0)
-            return rc;
-        wr->applied += e->count;
-        wr->rows += e->count > 0; /* the gear ratio: one row write for all of a key's increments */
-    }
+    /* The gear ratio: one row write for all of a key's increments. */
+    if ((rc = svc_write_sums(svc, &svc->w, &wr->applied, &wr->rows)) < 0)
+        return rc;
     /* Keys past the window or the bound go in the transactions that add
      * keys, and once a second in others. */
     wr->keys_left = -1;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "core/opt.h"
+#include "db.h"
 #include "redis.h"
 #include "service.h"
 
@@ -115,6 +116,7 @@ int main(int argc, char **argv)
 {
     svc_cfg_t cfg;
     parse_flags(&cfg, argc, argv);
+    db_global_init(); /* before any thread and any other SQLite call */
     server_process_init();
     svc_t svc;
     if (svc_init(&svc, &cfg) < 0) {

@@ -195,6 +195,12 @@ void *svc_writer_main(void *arg);
  * node's queue). */
 int svc_wait_work(svc_t *svc, int64_t until);
 
+/* In the open transaction: write each key of m that has increments (its
+ * sum + slow), DB_ROWS to a statement (db_add_rows), adding their
+ * increments to *applied and the rows to *rows. Returns 0 or a negative
+ * errno (the caller rolls back). */
+int svc_write_sums(svc_t *svc, const agg_t *m, uint64_t *applied, uint64_t *rows);
+
 /* Add window w's acknowledged ("fast") sums to the batch being built in
  * svc->w, key by key. Returns 0 or -ENOMEM. */
 int svc_merge(svc_t *svc, svc_window_t *w);

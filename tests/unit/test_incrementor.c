@@ -567,6 +567,144 @@ static void test_db_add_never_real(void **state)
     db_close(d);
 }
 
+/* Run SQL on the database from a connection of its own, as another program
+ * would (none of db.c's statements or settings). */
+static void sql_beside(const char *path, const char *sql)
+{
+    sqlite3 *h;
+    char *msg = NULL;
+    assert_int_equal(sqlite3_open(path, &h), SQLITE_OK);
+    sqlite3_busy_timeout(h, 5000);
+    if (sqlite3_exec(h, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg);
+    sqlite3_close(h);
+}
+
+static int64_t red(db_t *d)
+{
+    int64_t n = -1;
+    assert_int_equal(db_red(d, &n), 0);
+    return n;
+}
+
+static void add_one(db_t *d, const char *key, int64_t delta)
+{
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_add(d, key, strlen(key), delta), 0);
+    assert_int_equal(db_commit(d), 0);
+}
+
+/* 'red' (some counter outside +-DB_GREEN) is exact whoever writes: our
+ * UPSERTs both ways across the edge, another program's UPDATE, INSERT and
+ * DELETE; and a database of the older schema (a count in incrementor_meta
+ * kept by triggers) loses its triggers and its count at the first open. */
+static void test_db_red(void **state)
+{
+    (void)state;
+    const char *path = db_file("red");
+    char err[512];
+    db_t *d = NULL;
+    /* The older schema, with a count that is wrong on purpose: it must not
+     * be what db_red reads. */
+    sql_beside(path, "CREATE TABLE counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+                     " WITHOUT ROWID;"
+                     "CREATE TABLE incrementor_meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+                     "INSERT INTO incrementor_meta VALUES('red', 5);"
+                     "CREATE TRIGGER incrementor_red_ins AFTER INSERT ON counters BEGIN"
+                     " UPDATE incrementor_meta SET value = value + 1 WHERE name = 'red'; END;"
+                     "CREATE TRIGGER incrementor_red_upd AFTER UPDATE OF value ON counters BEGIN"
+                     " UPDATE incrementor_meta SET value = value + 1 WHERE name = 'red'; END;"
+                     "CREATE TRIGGER incrementor_red_del AFTER DELETE ON counters BEGIN"
+                     " UPDATE incrementor_meta SET value = value - 1 WHERE name = 'red'; END;");
+    assert_int_equal(db_open_writer(&d, path, DB_BUFFERED, err, sizeof err), 0);
+    sqlite3 *h;
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h,
+                                        "SELECT count(*) FROM sqlite_master WHERE name LIKE"
+                                        " 'incrementor_red_%' OR sql LIKE '%incrementor_meta%red%'",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), 0); /* no trigger left */
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    assert_int_equal(red(d), 0);
+
+    add_one(d, "a", DB_GREEN); /* the last value that is not red */
+    add_one(d, "b", -DB_GREEN);
+    assert_int_equal(red(d), 0);
+    add_one(d, "a", 1);
+    assert_int_equal(red(d), 1);
+    add_one(d, "a", -1);
+    assert_int_equal(red(d), 0);
+    add_one(d, "b", -1);
+    assert_int_equal(red(d), 1);
+    /* In the transaction that makes it red, before its commit (flush.c
+     * reads it there). */
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_add(d, "b", 1, 1), 0);
+    assert_int_equal(red(d), 0);
+    assert_int_equal(db_add(d, "c", 1, INT64_MAX), 0);
+    assert_int_equal(red(d), 1);
+    db_rollback(d);
+    assert_int_equal(red(d), 1); /* b is still -2^61 - 1 */
+
+    sql_beside(path, "UPDATE counters SET value = 0 WHERE key = 'b'");
+    assert_int_equal(red(d), 0);
+    sql_beside(path, "INSERT INTO counters VALUES('x', -9223372036854775808)");
+    assert_int_equal(red(d), 1);
+    sql_beside(path, "DELETE FROM counters WHERE key = 'x'");
+    assert_int_equal(red(d), 0);
+    db_close(d);
+}
+
+/* db_add_rows writes every row, whole statements of DB_ROWS and the rest
+ * one by one, a key repeated within one statement included; a row that
+ * would leave int64 fails the call, and the rollback leaves nothing. */
+static void test_db_add_rows(void **state)
+{
+    (void)state;
+    const char *path = db_file("rows");
+    char err[512];
+    db_t *d = NULL;
+    assert_int_equal(db_open_writer(&d, path, DB_BUFFERED, err, sizeof err), 0);
+    enum { N = 2 * DB_ROWS + 5 };
+    static char keys[N][8];
+    db_row_t rows[N];
+    for (int i = 0; i < N; i++) {
+        /* k0..k9 again and again: repeats within a statement and across. */
+        int len = snprintf(keys[i], sizeof keys[i], "k%d", i % 10);
+        rows[i] = (db_row_t){keys[i], (size_t)len, i + 1};
+    }
+    size_t sizes[] = {0, 1, DB_ROWS - 1, DB_ROWS, DB_ROWS + 1, N};
+    int64_t want[10] = {0};
+    for (size_t t = 0; t < sizeof sizes / sizeof *sizes; t++) {
+        assert_int_equal(db_begin(d), 0);
+        assert_int_equal(db_add_rows(d, rows, sizes[t]), 0);
+        assert_int_equal(db_commit(d), 0);
+        for (size_t i = 0; i < sizes[t]; i++)
+            want[i % 10] += rows[i].delta;
+        for (int k = 0; k < 10; k++) {
+            int64_t v = 0;
+            int found = db_value(d, keys[k], strlen(keys[k]), &v);
+            assert_int_equal(found, want[k] != 0);
+            assert_true(v == want[k]);
+        }
+    }
+    /* The second statement's last row leaves int64. */
+    rows[2 * DB_ROWS - 1].delta = INT64_MAX;
+    assert_int_equal(db_begin(d), 0);
+    assert_true(db_add_rows(d, rows, N) < 0);
+    db_rollback(d);
+    for (int k = 0; k < 10; k++) {
+        int64_t v = 0;
+        assert_int_equal(db_value(d, keys[k], strlen(keys[k]), &v), 1);
+        assert_true(v == want[k]);
+    }
+    db_close(d);
+}
+
 /* Keys are found while recorded after the given time, expire, and are
  * trimmed to the bound oldest first; the count the triggers keep stays
  * exact through replacements. */
@@ -635,6 +773,8 @@ int main(void)
         cmocka_unit_test(test_lag_quantiles),
         cmocka_unit_test_teardown(test_db_writers_one_pid, db_teardown),
         cmocka_unit_test_teardown(test_db_add_never_real, db_teardown),
+        cmocka_unit_test_teardown(test_db_red, db_teardown),
+        cmocka_unit_test_teardown(test_db_add_rows, db_teardown),
         cmocka_unit_test(test_idem_key),
         cmocka_unit_test(test_fingerprint),
         cmocka_unit_test_teardown(test_db_idempotency, db_teardown),
