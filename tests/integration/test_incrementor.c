@@ -48,16 +48,6 @@ static int db_read(const char *path, int64_t v[NKEYS])
     return tincr_db_read(path, v, NKEYS);
 }
 
-static int db_exec(const char *path, const char *sql)
-{
-    sqlite3 *h;
-    if (sqlite3_open(path, &h) != SQLITE_OK)
-        return -1;
-    int rc = sqlite3_exec(h, sql, NULL, NULL, NULL);
-    sqlite3_close(h);
-    return rc == SQLITE_OK ? 0 : -1;
-}
-
 static const char *db_path(const char *name)
 {
     static char p[512];
@@ -255,7 +245,7 @@ static void check_bad_inputs(const char *ack)
              "CREATE TABLE counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL);"
              "INSERT INTO counters VALUES('base', 5), ('near', 9223372036854775806),"
              "('low', -9223372036854775807);");
-    assert_int_equal(db_exec(db, sql), 0);
+    assert_int_equal(tincr_db_exec(db, sql), 0);
     int port;
     pid_t pid = start(db, "0", ack, "20", "2", &port);
     assert_true(pid > 0);
@@ -287,20 +277,14 @@ static void check_bad_inputs(const char *ack)
     assert_int_equal(tproc_stop(pid, STOP_MS), 0);
     assert_int_equal(failures, 0);
     /* Nothing changed but the control case. */
-    sqlite3 *h;
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_open_v2(db, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(h,
-                                        "SELECT group_concat(key || '=' || value, ',') FROM"
-                                        " (SELECT * FROM counters ORDER BY key)",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_string_equal((const char *)sqlite3_column_text(st, 0),
-                        "base=-9223372036854775803,low=-9223372036854775807,"
-                        "near=9223372036854775806");
-    sqlite3_finalize(st);
-    sqlite3_close(h);
+    char all[256];
+    assert_int_equal(tincr_db_text(db,
+                                   "SELECT group_concat(key || '=' || value, ',') FROM"
+                                   " (SELECT * FROM counters ORDER BY key)",
+                                   all, sizeof all),
+                     0);
+    assert_string_equal(all, "base=-9223372036854775803,low=-9223372036854775807,"
+                             "near=9223372036854775806");
 }
 
 static void test_bad_inputs_buffered(void **state)

@@ -131,3 +131,37 @@ err:
     sqlite3_close(h); /* a failed open still gives a handle to close; NULL is a no-op */
     return -1;
 }
+
+int tincr_db_exec(const char *path, const char *sql)
+{
+    sqlite3 *h = NULL;
+    int rc = sqlite3_open(path, &h);
+    if (rc == SQLITE_OK) {
+        sqlite3_busy_timeout(h, 5000);
+        rc = sqlite3_exec(h, sql, NULL, NULL, NULL);
+    }
+    if (rc != SQLITE_OK)
+        fprintf(stderr, "tincr_db_exec %s: %s\n", sql, h ? sqlite3_errmsg(h) : sqlite3_errstr(rc));
+    sqlite3_close(h);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
+int tincr_db_text(const char *path, const char *sql, char *buf, size_t cap)
+{
+    sqlite3 *h = NULL;
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
+        goto err;
+    sqlite3_busy_timeout(h, 5000);
+    if (sqlite3_prepare_v2(h, sql, -1, &st, NULL) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW)
+        goto err;
+    const unsigned char *t = sqlite3_column_text(st, 0);
+    snprintf(buf, cap, "%s", t ? (const char *)t : "");
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    return 0;
+err:
+    sqlite3_finalize(st); /* NULL is a no-op, as for sqlite3_close */
+    sqlite3_close(h);
+    return -1;
+}

@@ -187,6 +187,16 @@ long tincr_stop(tincr_load_t *l, int64_t *acked, int64_t *inflight);
  * into v (0 when absent). Returns the rows in its table, or -1. */
 int tincr_db_read(const char *path, int64_t *v, int nkeys);
 
+/* Run sql on the database at path from a connection of its own, as another
+ * program would (5 s busy timeout). Returns 0, or -1 (its message on
+ * stderr). */
+int tincr_db_exec(const char *path, const char *sql);
+
+/* The first column of the first row sql gives on the database at path,
+ * opened read-only, as text in buf (cap bytes, cut to fit; "" for NULL).
+ * Returns 0, or -1 (it cannot be opened, the SQL fails or gives no row). */
+int tincr_db_text(const char *path, const char *sql, char *buf, size_t cap);
+
 /* ---- guard pages ---- */
 
 /* A copy of p[0..n) whose last byte sits right before a PROT_NONE page, so

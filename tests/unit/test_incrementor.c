@@ -517,17 +517,9 @@ static void test_db_writers_one_pid(void **state)
 static const char *value_type(const char *path, const char *key)
 {
     static char type[16];
-    sqlite3 *h;
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(
-        sqlite3_prepare_v2(h, "SELECT typeof(value) FROM counters WHERE key = ?1", -1, &st, NULL),
-        SQLITE_OK);
-    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    snprintf(type, sizeof type, "%s", (const char *)sqlite3_column_text(st, 0));
-    sqlite3_finalize(st);
-    sqlite3_close(h);
+    char sql[64];
+    snprintf(sql, sizeof sql, "SELECT typeof(value) FROM counters WHERE key = '%s'", key);
+    assert_int_equal(tincr_db_text(path, sql, type, sizeof type), 0);
     return type;
 }
 
@@ -567,19 +559,6 @@ static void test_db_add_never_real(void **state)
     db_close(d);
 }
 
-/* Run SQL on the database from a connection of its own, as another program
- * would (none of db.c's statements or settings). */
-static void sql_beside(const char *path, const char *sql)
-{
-    sqlite3 *h;
-    char *msg = NULL;
-    assert_int_equal(sqlite3_open(path, &h), SQLITE_OK);
-    sqlite3_busy_timeout(h, 5000);
-    if (sqlite3_exec(h, sql, NULL, NULL, &msg) != SQLITE_OK)
-        fail_msg("%s: %s", sql, msg);
-    sqlite3_close(h);
-}
-
 static int64_t red(db_t *d)
 {
     int64_t n = -1;
@@ -606,29 +585,28 @@ static void test_db_red(void **state)
     db_t *d = NULL;
     /* The older schema, with a count that is wrong on purpose: it must not
      * be what db_red reads. */
-    sql_beside(path, "CREATE TABLE counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
-                     " WITHOUT ROWID;"
-                     "CREATE TABLE incrementor_meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
-                     "INSERT INTO incrementor_meta VALUES('red', 5);"
-                     "CREATE TRIGGER incrementor_red_ins AFTER INSERT ON counters BEGIN"
-                     " UPDATE incrementor_meta SET value = value + 1 WHERE name = 'red'; END;"
-                     "CREATE TRIGGER incrementor_red_upd AFTER UPDATE OF value ON counters BEGIN"
-                     " UPDATE incrementor_meta SET value = value + 1 WHERE name = 'red'; END;"
-                     "CREATE TRIGGER incrementor_red_del AFTER DELETE ON counters BEGIN"
-                     " UPDATE incrementor_meta SET value = value - 1 WHERE name = 'red'; END;");
+    assert_int_equal(
+        tincr_db_exec(
+            path, "CREATE TABLE counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+                  " WITHOUT ROWID;"
+                  "CREATE TABLE incrementor_meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
+                  "INSERT INTO incrementor_meta VALUES('red', 5);"
+                  "CREATE TRIGGER incrementor_red_ins AFTER INSERT ON counters BEGIN"
+                  " UPDATE incrementor_meta SET value = value + 1 WHERE name = 'red'; END;"
+                  "CREATE TRIGGER incrementor_red_upd AFTER UPDATE OF value ON counters BEGIN"
+                  " UPDATE incrementor_meta SET value = value + 1 WHERE name = 'red'; END;"
+                  "CREATE TRIGGER incrementor_red_del AFTER DELETE ON counters BEGIN"
+                  " UPDATE incrementor_meta SET value = value - 1 WHERE name = 'red'; END;"),
+        0);
     assert_int_equal(db_open_writer(&d, path, DB_BUFFERED, err, sizeof err), 0);
-    sqlite3 *h;
-    sqlite3_stmt *st;
-    assert_int_equal(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(h,
-                                        "SELECT count(*) FROM sqlite_master WHERE name LIKE"
-                                        " 'incrementor_red_%' OR sql LIKE '%incrementor_meta%red%'",
-                                        -1, &st, NULL),
-                     SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(st, 0), 0); /* no trigger left */
-    sqlite3_finalize(st);
-    sqlite3_close(h);
+    char left[16];
+    assert_int_equal(tincr_db_text(path,
+                                   "SELECT (SELECT count(*) FROM sqlite_master WHERE name LIKE"
+                                   " 'incrementor_red_%') || ' ' || (SELECT count(*) FROM"
+                                   " incrementor_meta WHERE name = 'red')",
+                                   left, sizeof left),
+                     0);
+    assert_string_equal(left, "0 0"); /* no trigger, no count left */
     assert_int_equal(red(d), 0);
 
     add_one(d, "a", DB_GREEN); /* the last value that is not red */
@@ -650,11 +628,12 @@ static void test_db_red(void **state)
     db_rollback(d);
     assert_int_equal(red(d), 1); /* b is still -2^61 - 1 */
 
-    sql_beside(path, "UPDATE counters SET value = 0 WHERE key = 'b'");
+    assert_int_equal(tincr_db_exec(path, "UPDATE counters SET value = 0 WHERE key = 'b'"), 0);
     assert_int_equal(red(d), 0);
-    sql_beside(path, "INSERT INTO counters VALUES('x', -9223372036854775808)");
+    assert_int_equal(tincr_db_exec(path, "INSERT INTO counters VALUES('x', -9223372036854775808)"),
+                     0);
     assert_int_equal(red(d), 1);
-    sql_beside(path, "DELETE FROM counters WHERE key = 'x'");
+    assert_int_equal(tincr_db_exec(path, "DELETE FROM counters WHERE key = 'x'"), 0);
     assert_int_equal(red(d), 0);
     db_close(d);
 }
