@@ -316,7 +316,9 @@ static int transaction(svc_t *svc, consume_t *cs, redisReply **entries, size_t n
         if (rc == 0 && (rc = db_stream_mark(svc->db, e.ms, e.seq)) == 0)
             applied[i] = 1;
     }
-    uint64_t marks = 0, rows = 0; /* marks: add() sets count 1, not the increments */
+    /* marks: add() sets count 1, not the increments. rows_written leaves
+     * out add()'s rare early write of a sum that would leave int64. */
+    uint64_t marks = 0, rows = 0;
     if (rc >= 0)
         rc = svc_write_sums(svc, &cs->sums, &marks, &rows);
     if (rc >= 0 && cs->prune_ms)

@@ -9,9 +9,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define G   "2305843009213693952"             /* DB_GREEN */
-#define RED "value NOT BETWEEN -" G " AND " G /* the index's and db_red's, word for word */
-
 struct db {
     sqlite3 *h;
     int lockfd; /* writer: the registry file, holding this writer's slot (-1: none) */
@@ -23,27 +20,13 @@ struct db {
     sqlite3_stmt *idem_get, *idem_put, *idem_expire, *idem_count, *idem_evict;
 };
 
-/* The schema, created in one transaction. The int64 CHECK (or triggers)
- * is the last line of defence: SQLite turns an integer overflow in
- * `value + ?` into a REAL and stores it, so a write that would leave int64
- * must fail instead, whoever makes it (the rule of flush.c is meant to make
- * it never happen).
- *
- * Whether any counter is outside +-DB_GREEN ('red', see flush.c) is asked
- * of a partial index holding exactly those counters: SQLite keeps it exact
- * whoever writes, and a write costs one expression more. Older versions
- * counted them in incrementor_meta with triggers; a trigger on counters
- * makes every UPSERT a sub-program under a statement journal (a copy of
- * the page it changes), and dropping them cut a counter's write from
- * 13,500 to 10,300 instructions (callgrind, 50,000 UPSERTs over 10,000
- * keys). They are dropped here: every writer of a database must be of this
- * version or later (an older one would go on trusting a count no one
- * keeps). */
-/* A counter stays an integer: an UPSERT that would take it outside int64
- * (SQLite would store a REAL) fails. Tables made here say so with a CHECK,
- * evaluated in the statement; a table made before, or by someone else,
- * gets triggers instead (int64_triggers), which cost a sub-program per
- * row written. */
+/* A counter stays an integer. SQLite turns an integer overflow in
+ * `value + ?` into a REAL and stores it, so an UPSERT that would take a
+ * counter outside int64 must fail instead, whoever makes it (the rule of
+ * flush.c is meant to make it never happen). Tables made here say so with
+ * a CHECK, evaluated in the statement; a table made before, or by someone
+ * else, gets triggers instead (int64_triggers), which cost a sub-program
+ * per row written. */
 #define INT64_CHECK "CHECK(typeof(value) = 'integer')"
 
 static const char int64_triggers[] =
@@ -54,6 +37,20 @@ static const char int64_triggers[] =
     " WHEN typeof(new.value) <> 'integer'"
     " BEGIN SELECT RAISE(ABORT, 'counter value outside int64 (or not an integer)'); END;";
 
+/* The schema, created in one transaction.
+ *
+ * Whether any counter is outside +-DB_GREEN ('red', see flush.c) is asked
+ * of the partial index incrementor_red, holding exactly those counters:
+ * SQLite keeps it exact whoever writes, and a write costs one expression
+ * more. Older versions counted them in incrementor_meta with triggers; a
+ * trigger on counters makes every UPSERT a sub-program under a statement
+ * journal (a copy of the page it changes), and dropping them cut a
+ * counter's write from 13,500 to 10,300 instructions (callgrind, 50,000
+ * UPSERTs over 10,000 keys). So the triggers go, and the old count is set
+ * to 2^62 for good: an older writer still running on the database (or
+ * started on it later: its triggers come back, counting from there) then
+ * always sees red and stays on its slow path, exact; a zero or a missing
+ * row would let it acknowledge what might not fit. */
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL"
     " " INT64_CHECK ") WITHOUT ROWID;"
@@ -68,11 +65,11 @@ static const char schema[] =
     " BEGIN UPDATE incrementor_meta SET value = value + 1 WHERE name = 'idempotency_keys'; END;"
     "CREATE TRIGGER IF NOT EXISTS incrementor_idem_del AFTER DELETE ON incrementor_idempotency"
     " BEGIN UPDATE incrementor_meta SET value = value - 1 WHERE name = 'idempotency_keys'; END;"
-    "CREATE INDEX IF NOT EXISTS incrementor_red ON counters(key) WHERE " RED ";"
+    "CREATE INDEX IF NOT EXISTS incrementor_red ON counters(key) WHERE " DB_RED_WHERE ";"
     "DROP TRIGGER IF EXISTS incrementor_red_ins;"
     "DROP TRIGGER IF EXISTS incrementor_red_upd;"
     "DROP TRIGGER IF EXISTS incrementor_red_del;"
-    "DELETE FROM incrementor_meta WHERE name = 'red';";
+    "INSERT OR REPLACE INTO incrementor_meta VALUES('red', 4611686018427387904);";
 
 static int map_rc(int rc)
 {
@@ -330,7 +327,7 @@ int db_open_writer(db_t **out, const char *path, int sync, char *err, size_t err
                    " ON CONFLICT(key) DO UPDATE SET value = value + excluded.value")) < 0 ||
         (rc = prep_add_rows(d)) < 0 ||
         (rc = prep(d, &d->get, "SELECT value FROM counters WHERE key = ?1")) < 0 ||
-        (rc = prep(d, &d->red, "SELECT EXISTS(SELECT 1 FROM counters WHERE " RED ")")) < 0 ||
+        (rc = prep(d, &d->red, DB_RED_QUERY)) < 0 ||
         (rc = prep(d, &d->idem_get,
                    "SELECT fp, status FROM incrementor_idempotency"
                    " WHERE key = ?1 AND at > ?2")) < 0 ||

@@ -1,10 +1,11 @@
 /* db: the incrementor's SQLite storage.
  *
  * Table counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL), in WAL mode;
- * triggers make any write that would leave int64 fail (SQLite would store a
- * REAL). The int64 overflow rule across processes (see flush.c) needs two
- * more things: a partial index of the counters outside +-DB_GREEN ('red'),
- * exact whoever writes; and the file PATH-writers registers the live incrementor processes and whether
+ * a CHECK (or triggers) makes any write that would leave int64 fail (SQLite
+ * would store a REAL). The int64 overflow rule across processes (see
+ * flush.c) needs two more things: the partial index incrementor_red of the
+ * counters outside +-DB_GREEN ('red'), exact whoever writes; and the file
+ * PATH-writers, which registers the live incrementor processes and whether
  * they acknowledge before committing (buffered), each with a lock that the
  * kernel drops when the process ends (db.c says why a lock and not a PID).
  * It stays beside the database, like a lock file. (Older versions kept a
@@ -28,9 +29,13 @@
 #include <stdint.h>
 
 #define DB_GREEN       (INT64_C(1) << 61) /* |value| above this counts as 'red' */
-#define DB_BUSY_MS     5000               /* busy timeout: then the flush fails and is retried */
-#define DB_WRITERS_MAX 1024               /* processes sharing one database (see flush.c) */
-#define DB_IDEM_SWEEP  10000              /* expired idempotency keys deleted per db_idem_trim */
+/* The red counters: the partial index's condition, and db_red's query on it
+ * (the same words, so that SQLite uses the index: tests/unit checks it). */
+#define DB_RED_WHERE   "value NOT BETWEEN -2305843009213693952 AND 2305843009213693952"
+#define DB_RED_QUERY   "SELECT EXISTS(SELECT 1 FROM counters WHERE " DB_RED_WHERE ")"
+#define DB_BUSY_MS     5000  /* busy timeout: then the flush fails and is retried */
+#define DB_WRITERS_MAX 1024  /* processes sharing one database (see flush.c) */
+#define DB_IDEM_SWEEP  10000 /* expired idempotency keys deleted per db_idem_trim */
 
 typedef struct db db_t;
 
@@ -120,7 +125,9 @@ int db_add_rows(db_t *d, const db_row_t *rows, size_t n);
 /* The committed value of key: returns 1 and sets *v, 0 when absent. */
 int db_value(db_t *d, const char *key, size_t len, int64_t *v);
 
-/* *n = 1 when some counter is outside +-DB_GREEN ('red'), else 0. */
+/* *n = 1 when some counter is outside +-DB_GREEN ('red'), else 0: one
+ * seek in the partial index, seeing this connection's open transaction.
+ * Returns 0 or a negative errno (*n untouched). */
 int db_red(db_t *d, int64_t *n);
 
 /* Number of live buffered writers on this database other than this one

@@ -3,7 +3,7 @@
  * deferred requests, and write the batch in one transaction.
  *
  * Exactness of the sums: a window is taken whole under its thread's lock;
- * its increments are written by one transaction (one UPSERT per key) and
+ * its increments are written by one transaction (one row per key) and
  * forgotten only once that transaction has committed. A failed commit keeps
  * the acknowledged ("fast") increments for the next attempt, and answers the
  * deferred requests 503: they were not acknowledged, and are dropped.

@@ -198,7 +198,7 @@ int svc_wait_work(svc_t *svc, int64_t until);
 /* In the open transaction: write each key of m that has increments (its
  * sum + slow), DB_ROWS to a statement (db_add_rows), adding their
  * increments to *applied and the rows to *rows. Returns 0 or a negative
- * errno (the caller rolls back). */
+ * errno (the caller rolls back; the counts then mean nothing). */
 int svc_write_sums(svc_t *svc, const agg_t *m, uint64_t *applied, uint64_t *rows);
 
 /* Add window w's acknowledged ("fast") sums to the batch being built in

@@ -3,6 +3,7 @@
  * layer (the registry of live writers, the int64 guard of the writes). Every
  * parsed input sits right before a guard page. */
 #include <errno.h>
+#include <inttypes.h>
 #include <ftw.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -575,20 +576,25 @@ static void add_one(db_t *d, const char *key, int64_t delta)
 
 /* 'red' (some counter outside +-DB_GREEN) is exact whoever writes: our
  * UPSERTs both ways across the edge, another program's UPDATE, INSERT and
- * DELETE; and a database of the older schema (a count in incrementor_meta
- * kept by triggers) loses its triggers and its count at the first open. */
+ * DELETE; it is asked of the partial index (the query plan says so); and a
+ * database of the older schema (a count in incrementor_meta kept by
+ * triggers) loses its triggers at the first open, its count set to 2^62
+ * so that an older writer still on it stays on its slow path. */
 static void test_db_red(void **state)
 {
     (void)state;
     const char *path = db_file("red");
-    char err[512];
+    char err[512], text[64];
     db_t *d = NULL;
-    /* The older schema, with a count that is wrong on purpose: it must not
-     * be what db_red reads. */
+    snprintf(text, sizeof text, "-%" PRId64 " AND %" PRId64, DB_GREEN, DB_GREEN);
+    assert_non_null(strstr(DB_RED_WHERE, text));
+    /* The older schema, with a red counter and a count that is wrong on
+     * purpose: it must not be what db_red reads. */
     assert_int_equal(
         tincr_db_exec(
             path, "CREATE TABLE counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL)"
                   " WITHOUT ROWID;"
+                  "INSERT INTO counters VALUES('r', 4611686018427387904);"
                   "CREATE TABLE incrementor_meta(name TEXT PRIMARY KEY, value INTEGER NOT NULL);"
                   "INSERT INTO incrementor_meta VALUES('red', 5);"
                   "CREATE TRIGGER incrementor_red_ins AFTER INSERT ON counters BEGIN"
@@ -599,15 +605,31 @@ static void test_db_red(void **state)
                   " UPDATE incrementor_meta SET value = value - 1 WHERE name = 'red'; END;"),
         0);
     assert_int_equal(db_open_writer(&d, path, DB_BUFFERED, err, sizeof err), 0);
-    char left[16];
     assert_int_equal(tincr_db_text(path,
                                    "SELECT (SELECT count(*) FROM sqlite_master WHERE name LIKE"
-                                   " 'incrementor_red_%') || ' ' || (SELECT count(*) FROM"
+                                   " 'incrementor_red_%') || ' ' || (SELECT value FROM"
                                    " incrementor_meta WHERE name = 'red')",
-                                   left, sizeof left),
+                                   text, sizeof text),
                      0);
-    assert_string_equal(left, "0 0"); /* no trigger, no count left */
+    assert_string_equal(text, "0 4611686018427387904"); /* no trigger; red for old writers */
+    assert_int_equal(red(d), 1);                        /* 'r', there before the index */
+    assert_int_equal(tincr_db_exec(path, "DELETE FROM counters WHERE key = 'r'"), 0);
     assert_int_equal(red(d), 0);
+
+    /* The plan: a seek in the partial index, never a scan of counters. */
+    sqlite3 *h;
+    sqlite3_stmt *st;
+    int indexed = 0;
+    assert_int_equal(sqlite3_open_v2(path, &h, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(h, "EXPLAIN QUERY PLAN " DB_RED_QUERY, -1, &st, NULL),
+                     SQLITE_OK);
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        const char *detail = (const char *)sqlite3_column_text(st, 3);
+        indexed += detail && strstr(detail, "INDEX incrementor_red") != NULL;
+    }
+    sqlite3_finalize(st);
+    sqlite3_close(h);
+    assert_int_equal(indexed, 1);
 
     add_one(d, "a", DB_GREEN); /* the last value that is not red */
     add_one(d, "b", -DB_GREEN);
