@@ -361,8 +361,8 @@ static void test_isolation_threads(void **state)
 {
     (void)state;
     /* The counter's limit is never meant to be reached: under valgrind the
-     * four threads take turns, and a CI run once saw one of its requests
-     * wait out 2 s behind the others' spins (504). */
+     * four threads take turns on one lock, and on a loaded machine a CI run
+     * once saw one of its requests wait out 2 s behind the others (504). */
     put_ok("counter", counter_src, 0, 2000 + slack_ms);
     put_ok("spin", "function handle(req) while true do end end", 0, 30);
     pthread_t th[4];
