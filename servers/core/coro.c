@@ -7,19 +7,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "asan.h"
 #include "timer.h"
-
-#if defined(__SANITIZE_ADDRESS__)
-#define HAVE_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HAVE_ASAN 1
-#endif
-#endif
-#ifdef HAVE_ASAN
-#include <sanitizer/asan_interface.h>
-#include <sanitizer/common_interface_defs.h>
-#endif
 
 /* ---- the switch ---- */
 
@@ -150,7 +139,7 @@ int coro_stack_alloc(coro_stack_t *st, size_t size)
     st->len = size + page;
     st->lo = m + page;
     st->size = size;
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     /* A region unmapped before may keep the shadow of the frames that were
      * on it: a fresh stack has none. */
     ASAN_UNPOISON_MEMORY_REGION(st->lo, st->size);
@@ -184,7 +173,7 @@ struct coro {
     uint8_t state; /* C_* */
     uint8_t armed; /* the epoll events registered for fd */
     uint8_t on_fd; /* its wait is for fd (not a sleep alone) */
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     void *asan_fake; /* its fake stack (detect_stack_use_after_return) */
 #endif
 };
@@ -204,7 +193,7 @@ static __thread struct {
     coro_t *all;  /* every coroutine not ended */
     size_t count; /* their number */
     timers_t timers;
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     const void *main_bottom; /* the thread's stack, for the way back */
     size_t main_size;
 #endif
@@ -251,13 +240,13 @@ static int keep_room(coro_t *c)
 /* From a coroutine: back to the scheduler's loop, until it resumes us. */
 static void park(coro_t *c)
 {
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     /* An ended coroutine's fake stack is freed (NULL); a waiting one's kept. */
     __sanitizer_start_switch_fiber(c->state == C_DONE ? NULL : &c->asan_fake, S.main_bottom,
                                    S.main_size);
 #endif
     coro_ctx_switch(&c->ctx, &S.main);
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     __sanitizer_finish_switch_fiber(c->asan_fake, &S.main_bottom, &S.main_size);
 #endif
 }
@@ -266,7 +255,7 @@ static void park(coro_t *c)
 static void coro_main(void *arg)
 {
     coro_t *c = arg;
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     __sanitizer_finish_switch_fiber(NULL, &S.main_bottom, &S.main_size);
 #endif
     c->fn(c->arg);
@@ -281,7 +270,7 @@ static void resume(coro_t *c)
     char *top = stack_top(c);
     if (!S.own && S.occupant != c) {
         coro_t *o = S.occupant;
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
         /* The redzones of the frames on it are no one's once they move. */
         ASAN_UNPOISON_MEMORY_REGION(S.shared.lo, S.shared.size);
 #endif
@@ -292,13 +281,13 @@ static void resume(coro_t *c)
     }
     c->state = C_RUNNING;
     S.current = c;
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     void *fake = NULL;
     __sanitizer_start_switch_fiber(&fake, top - (S.own ? S.stack_size : S.shared.size),
                                    S.own ? S.stack_size : S.shared.size);
 #endif
     coro_ctx_switch(&S.main, &c->ctx);
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     __sanitizer_finish_switch_fiber(fake, NULL, NULL);
 #endif
     S.current = NULL;

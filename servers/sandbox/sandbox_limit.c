@@ -62,26 +62,16 @@
 
 #include <lauxlib.h>
 
+/* AddressSanitizer must be told of every switch of stacks (its fiber
+ * interface), or it takes the sandbox's stack for the thread's and leaves
+ * stale redzones there after a longjmp. */
+#include "core/asan.h"
+
 #if defined(__has_include)
 #if __has_include(<valgrind/valgrind.h>)
 #include <valgrind/valgrind.h> /* the stacks are told to valgrind (no cost outside it) */
 #define HAVE_VALGRIND 1
 #endif
-#endif
-
-/* AddressSanitizer must be told of every switch of stacks (its fiber
- * interface), or it takes the sandbox's stack for the thread's and leaves
- * stale redzones there after a longjmp. */
-#if defined(__SANITIZE_ADDRESS__)
-#define HAVE_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HAVE_ASAN 1
-#endif
-#endif
-#ifdef HAVE_ASAN
-#include <sanitizer/asan_interface.h>
-#include <sanitizer/common_interface_defs.h>
 #endif
 
 #define LOOK_MAX_NS 10000000L  /* the watchdog looks at least every 10 ms */
@@ -166,7 +156,7 @@ static int in_ldso(void *ctx)
  * sigsetjmp, with cut (SB_CUT_*). */
 static void __attribute__((noreturn)) cut_call(sb_guard_t *g, int cut)
 {
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     /* Back to the thread's stack: the frames on the sandbox's are gone. */
     if (g->asan_on)
         __sanitizer_start_switch_fiber(NULL, g->asan_bottom, g->asan_size);
@@ -386,17 +376,17 @@ static void stack_free(sb_guard_t *g)
     g->stack_map = g->stack_lo = NULL;
 }
 
-#if defined(HAVE_ASAN) || !(defined(__x86_64__) || defined(__aarch64__))
+#if defined(CORE_ASAN) || !(defined(__x86_64__) || defined(__aarch64__))
 /* On g's stack: g->fn(g->arg), with ASan told (or from swapcontext). */
 static void on_stack(void *p)
 {
     sb_guard_t *g = p;
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     __sanitizer_finish_switch_fiber(NULL, &g->asan_bottom, &g->asan_size);
     g->asan_on = 1;
 #endif
     g->fn(g->arg);
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     g->asan_on = 0;
     __sanitizer_start_switch_fiber(NULL, g->asan_bottom, g->asan_size);
 #endif
@@ -459,7 +449,7 @@ __asm__(".text\n"
 
 void sb_guard_call(sb_guard_t *g, void (*fn)(void *), void *arg)
 {
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     g->fn = fn;
     g->arg = arg;
     __sanitizer_start_switch_fiber(&g->asan_fake, g->stack_lo, SB_STACK_SIZE);
@@ -494,11 +484,11 @@ void sb_guard_call(sb_guard_t *g, void (*fn)(void *), void *arg)
     uc.run.uc_stack.ss_size = SB_STACK_SIZE;
     uc.run.uc_link = &uc.back;
     makecontext(&uc.run, uc_main, 0);
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     __sanitizer_start_switch_fiber(&g->asan_fake, g->stack_lo, SB_STACK_SIZE);
 #endif
     swapcontext(&uc.back, &uc.run);
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     __sanitizer_finish_switch_fiber(g->asan_fake, NULL, NULL);
 #endif
 }
@@ -583,7 +573,7 @@ void sb_guard_jumped(sb_guard_t *g)
 {
     sigset_t set;
     sb_guard_leave(g);
-#ifdef HAVE_ASAN
+#ifdef CORE_ASAN
     if (g->asan_on) /* cut on the sandbox's stack, not before the switch */
         __sanitizer_finish_switch_fiber(g->asan_fake, NULL, NULL);
     g->asan_on = 0;

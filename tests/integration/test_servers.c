@@ -30,6 +30,7 @@
 #include <cmocka.h>
 
 #include "../lib/tlib.h"
+#include "core/asan.h"
 
 #define T        10000 /* ms: the bound of an ordinary wait (generous: sanitizers, a busy machine) */
 #define FAST_MS  100   /* a PING beside a BURN on a worker must come back within this */
@@ -1314,7 +1315,7 @@ static long rss_kb(pid_t pid)
 static void test_loop_memory_given_back(void **state)
 {
     struct srv *s = srv(state);
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef CORE_ASAN
     /* AddressSanitizer's allocator keeps freed memory in its quarantine,
      * and malloc_trim is glibc's: there is nothing to see in that build. */
     skip();

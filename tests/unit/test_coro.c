@@ -28,15 +28,8 @@
 #include <cmocka.h>
 
 #include "core/coro.h"
+#include "core/asan.h"
 #include "core/timer.h"
-
-#if defined(__SANITIZE_ADDRESS__)
-#define SANITIZED 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define SANITIZED 1
-#endif
-#endif
 
 #define STACK (64 << 10)
 
@@ -385,7 +378,7 @@ static void overflow(int mode)
 static void test_overflow_faults(void **state)
 {
     (void)state;
-#ifdef SANITIZED
+#ifdef CORE_ASAN
     /* AddressSanitizer reports the overflow itself (its own handler). */
     skip();
 #endif
@@ -439,7 +432,7 @@ static double per_switch_ns(int uc, long n)
 static void test_switch_cost(void **state)
 {
     (void)state;
-#ifdef SANITIZED
+#ifdef CORE_ASAN
     skip(); /* timing the sanitizer, and its interceptor of swapcontext */
 #endif
     enum { N = 200000 };
