@@ -19,7 +19,10 @@
  *     upstream's reading (TCP does the rest), not the proxy's memory;
  *   - sockets are registered once, edge-triggered for both directions: a
  *     request costs four system calls (read, write, read, write) besides
- *     the shared epoll_wait.
+ *     the shared epoll_wait;
+ *   - a long answer body of known length is spliced: it goes from the
+ *     upstream's socket to a pipe to the client's socket, the kernel moving
+ *     its pages, never copied into the proxy's memory and back out.
  * This file is the loops; the relay (connections, pools, pump, the heads'
  * rewriting) is servers/core/relay.c.
  * Weakness: a connection belongs to one loop; an upstream connection

@@ -5,11 +5,17 @@
  *
  * Sockets are registered once, edge-triggered for both directions: a
  * request costs four system calls (read, write, read, write) besides the
- * shared epoll_wait. */
+ * shared epoll_wait.
+ *
+ * A long body of known length (SPLICE_MIN and more) does not pass through
+ * the proxy's memory: splice(2) moves it from the upstream's socket into a
+ * pipe of the client's and from there into the client's socket, the kernel
+ * handing over its pages instead of copying them out and back in. */
 #include "relay.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -24,11 +30,12 @@
 #include "net.h"
 #include "proto.h"
 
-#define BUF_CAP   (64 << 10) /* ceiling of each buffer: the backpressure */
-#define READ_MIN  4096       /* the first read's room; it doubles while reads fill it */
-#define SHRINK_MS 1000       /* a client idle this long gives its buffers back */
-#define PIPE_MAX  64         /* requests in flight per client connection */
-#define VIA       "server-proxy"
+#define BUF_CAP    (64 << 10) /* ceiling of each buffer: the backpressure */
+#define READ_MIN   4096       /* the first read's room; it doubles while reads fill it */
+#define SHRINK_MS  1000       /* a client idle this long gives its buffers back */
+#define PIPE_MAX   64         /* requests in flight per client connection */
+#define SPLICE_MIN (16 << 10) /* a body left this long goes by the pipe (cheaper than 2 copies) */
+#define VIA        "server-proxy"
 
 enum { K_CLIENT, K_PEER, K_DEAD };
 
@@ -59,6 +66,7 @@ typedef struct pool {
     struct peer *idle; /* a stack: the warmest first */
     uint64_t n_idle, n_active;
     uint64_t opened, reused, failed, retries, timeouts, truncated;
+    uint64_t spliced;   /* answer bytes moved by splice, not copied */
     uint64_t code[600]; /* answers by status code */
 } pool_t;
 
@@ -104,7 +112,11 @@ typedef struct conn {
     int rsp; /* R_*: the answer being relayed */
     uint64_t rsp_left;
     http_chunked_t rsp_ch;
-    uint8_t rsp_keep; /* the upstream keeps its connection after this answer */
+    uint8_t rsp_keep;  /* the upstream keeps its connection after this answer */
+    uint8_t big;       /* the last answer's body was for the pipe: read heads alone */
+    int pipe[2];       /* splice's pipe, made when first needed: -1 none */
+    uint32_t piped;    /* bytes in it: they go to the client before e.out's */
+    uint32_t pipe_cap; /* its capacity (smaller once the user has many pipes) */
     flight_t q[PIPE_MAX];
     unsigned qhead, qlen;
     size_t sent;                    /* while replay: bytes of peer->out written, kept */
@@ -788,6 +800,7 @@ static int relay_head(conn_t *c)
     int bodiless = f->head || res.status == 204 || res.status == 304;
     c->rsp = bodiless ? R_LENGTH : chunked ? R_CHUNKED : clen >= 0 ? R_LENGTH : R_CLOSE;
     c->rsp_left = bodiless ? 0 : (uint64_t)clen;
+    c->big = c->rsp == R_LENGTH && c->rsp_left >= SPLICE_MIN;
     if (c->rsp == R_CHUNKED)
         memset(&c->rsp_ch, 0, sizeof c->rsp_ch);
     if (c->rsp == R_CLOSE)
@@ -866,15 +879,120 @@ static int relay(conn_t *c)
     return moved;
 }
 
+/* ---- splice: long bodies by a pipe ---- */
+
+/* Make c's pipe if it has none. Returns 0, or -1 when none can be made
+ * (out of descriptors): the body is then copied, as a short one is. */
+static int pipe_make(conn_t *c)
+{
+    if (c->pipe[0] >= 0)
+        return 0;
+    if (pipe2(c->pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+        c->pipe[0] = c->pipe[1] = -1;
+        return -1;
+    }
+    /* 64 KiB, or a page once the user's pipes pass fs.pipe-user-pages-soft. */
+    int cap = fcntl(c->pipe[1], F_GETPIPE_SZ);
+    c->pipe_cap = cap > 0 ? (uint32_t)cap : 4096;
+    return 0;
+}
+
+/* Close c's pipe (empty, or its bytes no one's any more). */
+static void pipe_free(conn_t *c)
+{
+    if (c->pipe[0] < 0)
+        return;
+    close(c->pipe[0]);
+    close(c->pipe[1]);
+    c->pipe[0] = c->pipe[1] = -1;
+    c->piped = 0;
+}
+
+/* Move body bytes of c's answer from the upstream's socket into the pipe,
+ * as much as it has room for. As end_recv. */
+static ssize_t splice_in(conn_t *c)
+{
+    end_t *e = &c->peer->e;
+    size_t want = c->pipe_cap - c->piped;
+    if (want > c->rsp_left)
+        want = (size_t)c->rsp_left;
+    if (!e->can_read || e->eof || want == 0)
+        return 0;
+    ssize_t n = splice(e->fd, NULL, c->pipe[1], NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (n > 0) {
+        /* Short is no sign of an empty socket here: the pipe's slots (a
+         * page of the socket's each) may run out before its bytes do. */
+        c->piped += (uint32_t)n;
+        STAT_ADD(c->peer->pool->spliced, (uint64_t)n);
+        return n;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        /* EAGAIN: the socket is empty, or the pipe's slots are full; only
+         * an empty pipe tells which. Else the next try, once the pipe has
+         * gone to the client, does: no edge is waited for that has come. */
+        e->can_read = errno == EINTR || c->piped > 0;
+        return 0;
+    }
+    e->eof = 1;
+    e->err = n < 0 ? errno : 0;
+    return -1;
+}
+
+/* Move the pipe's bytes into the client's socket. As end_write. */
+static ssize_t splice_out(conn_t *c)
+{
+    end_t *e = &c->e;
+    if (!e->can_write || c->piped == 0)
+        return 0;
+    ssize_t w = splice(c->pipe[0], NULL, e->fd, NULL, c->piped, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (w > 0) {
+        c->piped -= (uint32_t)w;
+        if (c->piped)
+            e->can_write = 0; /* short: the socket's buffer is full, as for send */
+        return w;
+    }
+    if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+        e->can_write = errno == EINTR;
+        return 0;
+    }
+    e->err = w < 0 ? errno : EPIPE; /* 0: the pipe lost its bytes, never expected */
+    return -1;
+}
+
+/* Write to the client what waits for it: the pipe's bytes first (they
+ * came before anything in e.out), then e.out's. As end_write. */
+static ssize_t client_write(conn_t *c)
+{
+    ssize_t w = splice_out(c);
+    if (w < 0 || c->piped)
+        return w;
+    ssize_t o = end_write(&c->e, buf_head(&c->e.out), buf_used(&c->e.out));
+    if (o < 0)
+        return o;
+    buf_consume(&c->e.out, (size_t)o);
+    return w + o;
+}
+
 /* Read from c's upstream. The body of an answer whose length is known
  * (Content-Length, or the close) goes straight into the client's buffer
- * once nothing else waits before it: one copy less for big bodies. As
- * end_recv. */
+ * once nothing else waits before it: one copy less; a long one of known
+ * length goes by the pipe once the client's buffer is sent: no copy. After
+ * such a body, the next head is read alone (READ_MIN), so that its body is
+ * left in the socket for the pipe. As end_recv. */
 static ssize_t read_upstream(conn_t *c)
 {
     peer_t *p = c->peer;
     if (buf_used(&p->e.in) || !c->qlen || !(c->rsp == R_LENGTH || c->rsp == R_CLOSE))
-        return end_read(&p->e, BUF_CAP);
+        return end_recv(&p->e, &p->e.in, BUF_CAP,
+                        c->big && c->rsp == R_HEAD && c->qlen ? READ_MIN : SIZE_MAX);
+    if (c->rsp == R_LENGTH && c->rsp_left >= SPLICE_MIN && pipe_make(c) == 0) {
+        if (buf_used(&c->e.out))
+            return 0; /* it goes first: the body waits in the socket meanwhile */
+        ssize_t n = splice_in(c);
+        if (n > 0 && (c->rsp_left -= (uint64_t)n) == 0)
+            answer_done(c);
+        return n;
+    }
     size_t max = c->rsp == R_LENGTH ? (size_t)c->rsp_left : SIZE_MAX;
     ssize_t n = end_recv(&p->e, &c->e.out, BUF_CAP, max);
     if (n > 0 && c->rsp == R_LENGTH && (c->rsp_left -= (uint64_t)n) == 0)
@@ -947,6 +1065,7 @@ static void client_close(conn_t *c)
             c->peer->done = 1; /* half-read or half-sent: never pooled */
         pool_put(L, c);
     }
+    pipe_free(c);
     metrics_conn(0);
     STAT_ADD(L->clients, -1);
     if (c->prev)
@@ -964,7 +1083,8 @@ static void client_close(conn_t *c)
 static int idle_buffers(const conn_t *c)
 {
     return c->qlen == 0 && !c->peer && !c->req_start && buf_used(&c->e.in) == 0 &&
-           buf_used(&c->e.out) == 0 && (c->e.in.cap || c->e.out.cap);
+           buf_used(&c->e.out) == 0 && c->piped == 0 &&
+           (c->e.in.cap || c->e.out.cap || c->pipe[0] >= 0);
 }
 
 /* When c must be looked at next: the upstream's time to answer, the
@@ -976,7 +1096,7 @@ static int64_t deadline(const conn_t *c)
         return c->up_mark + cfg.upstream_timeout_ms;
     if (c->req_start && s->header_timeout_ms)
         return c->req_start + s->header_timeout_ms;
-    if (c->e.out.len > c->e.out.off)
+    if (c->e.out.len > c->e.out.off || c->piped)
         return c->last + (s->idle_timeout_ms ? s->idle_timeout_ms : cfg.upstream_timeout_ms);
     int64_t idle = s->idle_timeout_ms ? c->last + s->idle_timeout_ms : 0;
     if (idle_buffers(c) && (!idle || c->last + SHRINK_MS < idle))
@@ -1047,15 +1167,14 @@ static void pump(conn_t *c)
                 pool_put(L, c);
             }
         }
-        ssize_t w = end_write(&c->e, buf_head(&c->e.out), buf_used(&c->e.out));
+        ssize_t w = client_write(c);
         if (w < 0 || (c->e.eof && c->e.err)) { /* the client is gone */
-            if (c->qlen || c->fwd != F_HEAD)
+            if (c->qlen || c->fwd != F_HEAD || c->piped)
                 STAT_ADD(L->aborts, 1);
             client_close(c);
             return;
         }
         if (w > 0) {
-            buf_consume(&c->e.out, (size_t)w);
             c->last = c->up_mark = time_now_ms();
             progress = 1;
         }
@@ -1074,7 +1193,8 @@ static void pump(conn_t *c)
         return;
     }
     /* Nothing in flight, nothing to write, and no more requests to come. */
-    if (c->qlen == 0 && buf_used(&c->e.out) == 0 && (c->closing || c->reject < 0 || c->e.eof)) {
+    if (c->qlen == 0 && buf_used(&c->e.out) == 0 && c->piped == 0 &&
+        (c->closing || c->reject < 0 || c->e.eof)) {
         client_close(c);
         return;
     }
@@ -1090,7 +1210,7 @@ static void expire(conn_t *c)
         return;
     }
     if (c->qlen && c->peer) {
-        if (buf_used(&c->e.out) && !c->e.can_write) { /* waiting for the client, not the upstream */
+        if ((buf_used(&c->e.out) || c->piped) && !c->e.can_write) { /* waiting for the client */
             STAT_ADD(c->L->aborts, 1);
             client_close(c);
             return;
@@ -1102,6 +1222,7 @@ static void expire(conn_t *c)
     if (idle_buffers(c)) { /* the shrink is due (or the idle close, which frees them too) */
         buf_free(&c->e.in);
         buf_free(&c->e.out);
+        pipe_free(c);
         c->e.grow = 0;
         int64_t d = deadline(c);
         if (d == 0 || d > now) {
@@ -1136,6 +1257,7 @@ void relay_accept(relay_loop_t *L, int fd)
     }
     c->e.kind = K_CLIENT;
     c->e.fd = fd;
+    c->pipe[0] = c->pipe[1] = -1;
     c->L = L;
     c->last = time_now_ms();
     struct sockaddr_storage ss;
@@ -1255,6 +1377,8 @@ static void write_metrics(buf_t *out, void *ctx)
          offsetof(pool_t, timeouts), 0},
         {"proxy_upstream_truncated_total", "answers cut by the upstream: the client closed",
          offsetof(pool_t, truncated), 0},
+        {"proxy_upstream_spliced_bytes_total", "answer bytes moved by splice(2), never copied",
+         offsetof(pool_t, spliced), 0},
         {"proxy_pool_idle", "idle upstream connections in the pools", offsetof(pool_t, n_idle), 1},
         {"proxy_upstream_active", "upstream connections lent to clients",
          offsetof(pool_t, n_active), 1},

@@ -771,6 +771,7 @@ static void test_stream_bodies(void **state)
     struct px *s = px(state);
     start_real(s, "2");
     static const size_t sizes[] = {0, 1024, 65536, 1 << 20};
+    double spliced0 = metric(s, "proxy_upstream_spliced_bytes_total");
     int direct = tconn_must(s->up_port), via = tconn_must(s->port);
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         char req[128];
@@ -791,6 +792,13 @@ static void test_stream_bodies(void **state)
     }
     close(direct);
     close(via);
+    /* The long bodies went by the pipe (splice), not through the proxy's
+     * buffers: all of them but what came with their heads. */
+    double spliced = metric(s, "proxy_upstream_spliced_bytes_total") - spliced0;
+    print_message("spliced: %.0f of %d body bytes\n", spliced, 65536 + (1 << 20));
+    if (spliced < (1 << 20) - 65536 || spliced > 65536 + (1 << 20))
+        fail_msg("%.0f body bytes went by splice, want most of the 1 MiB and 64 KiB bodies",
+                 spliced);
 }
 
 /* 50 requests in one write, / and /stream of sizes that tell them apart:
@@ -1552,6 +1560,33 @@ static void test_backpressure(void **state)
     assert_int_equal(got, BIG);
 }
 
+/* A client idle after a long body gives its pipe back (the splice's, two
+ * descriptors) when it gives back its buffers, a second later: idle
+ * keep-alive clients hold none. Its next long body makes one again. */
+static void test_idle_gives_back_pipe(void **state)
+{
+    struct px *s = px(state);
+    static const char req[] = "GET /stream?n=1048576 HTTP/1.1\r\nHost: t\r\n\r\n";
+    start_real(s, "1");
+    int fd = tconn_must(s->port);
+    send_str(fd, req);
+    assert_int_equal(drain_stream(fd, T), 1 << 20);
+    tsleep_ms(SETTLE);
+    int busy = fd_count(s->pid), idle = busy;
+    for (long long end = tnow_ms() + 1000 + T; idle > busy - 2 && tnow_ms() < end;)
+        tsleep_ms(50), idle = fd_count(s->pid);
+    print_message("descriptors: %d after a 1 MiB answer, %d once the client idled\n", busy, idle);
+    if (idle != busy - 2)
+        fail_msg("an idle client's proxy holds %d descriptors, %d while it was busy: want its "
+                 "pipe's two given back",
+                 idle, busy);
+    double spliced0 = metric(s, "proxy_upstream_spliced_bytes_total");
+    send_str(fd, req);
+    assert_int_equal(drain_stream(fd, T), 1 << 20);
+    assert_true(metric(s, "proxy_upstream_spliced_bytes_total") - spliced0 >= (1 << 20) - 65536);
+    close(fd);
+}
+
 /* ---- the line protocol and the flags ---- */
 
 static void test_line_protocol_err(void **state)
@@ -1618,6 +1653,7 @@ int main(void)
         TEST(test_pool_retry_get_not_post),
         TEST(test_client_abort),
         TEST(test_backpressure),
+        TEST(test_idle_gives_back_pipe),
         TEST(test_line_protocol_err),
         TEST(test_bad_flags),
     };
