@@ -83,8 +83,10 @@
  * another node, a retry after a crash of the node) is answered from the
  * record, 422 if its fingerprint differs. The record and the increment are
  * in one atomic call, hence in Redis, and in the AOF, together or not at
- * all. (The bound --idempotency-keys is not applied in Redis: keys expire
- * with the window.)
+ * all. The bound --idempotency-keys holds as in the database: idem_order
+ * ranks the keys by the time they were recorded, and the call that records
+ * one drops those past the window from it and, beyond the bound, the
+ * oldest with their records (evicted, as the single process counts them).
  *
  * The writer must start from the same values as `values`: the database and
  * Redis start empty together, or the database holds exactly what Redis's
@@ -112,21 +114,23 @@
 /* The script (Redis 7's shebang: out of memory is refused before it runs,
  * never half-way). ARGV: node, seq, mode (b|d, or l: buffered, its fast
  * sums acknowledged under a lease that lapsed, dropped), ack time (wall ms, 0 =
- * now), idempotency window (ms), lease (ms), fast increments, fast pairs
+ * now), idempotency window (ms), idempotency bound (keys), lease (ms), fast
+ * increments, fast pairs
  * n, the fast acknowledgements' times ("ms:count ..." after the ack time),
  * then n (key, delta) pairs, then per deferred request: its number of
  * items, its Idempotency-Key ('' for none), its fingerprint, and its
  * (key, delta) pairs. Returns {replayed, answers (one character per
  * deferred request), entry id, red, lease granted, fast pairs dropped
  * (fenced), fast pairs refused (overflow: never, by 1.), the writer's lag,
- * 1 when the lease had lapsed before this call (buffered)}. */
+ * 1 when the lease had lapsed before this call (buffered), idempotency keys
+ * evicted by the bound}. */
 static const char script[] =
     "#!lua\n"
     "local P = '" RDS_PREFIX "'\n"
     "local V, NK, NODE = P .. 'values', P .. 'nodes', P .. 'node:' .. ARGV[1]\n"
     "local node, seqs, mode, a0 = ARGV[1], ARGV[2], ARGV[3], ARGV[4]\n"
     "local seq = tonumber(seqs)\n"
-    "local window, lease = ARGV[5], tonumber(ARGV[6])\n"
+    "local window, bound, lease = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local G = '2305843009213693952'\n"
@@ -172,7 +176,7 @@ static const char script[] =
     "  return redis.error_reply('batch ' .. seqs .. ' of node ' .. node .. ' is stale')\n"
     "end\n"
     "if prev[1] and tonumber(prev[1]) == seq then\n"
-    "  return {1, prev[2], prev[3], tonumber(rc), granted, tonumber(prev[4]) or 0, 0, lag, fresh}\n"
+    "  return {1, prev[2], prev[3], tonumber(rc), granted, tonumber(prev[4]) or 0, 0, lag, fresh, 0}\n"
     "end\n"
     "local lines, count, rd, lost, refused = {}, 0, 0, 0, 0\n"
     "local function neg(v) if v:sub(1, 1) == '-' then return v:sub(2) end return '-' .. v end\n"
@@ -200,14 +204,14 @@ static const char script[] =
     "  redis.call('HINCRBY', V, k, v)\n"
     "  return red(new) - red(old)\n"
     "end\n"
-    "local nfast, hist = tonumber(ARGV[8]), ARGV[9]\n"
-    "local i = 10\n"
+    "local nfast, hist = tonumber(ARGV[9]), ARGV[10]\n"
+    "local i = 11\n"
     "if nfast > 0 and (mode == 'l' or not leased) then\n"
     "  lost = nfast\n"
     "  hist = ''\n"
     "  i = i + 2 * nfast\n"
     "else\n"
-    "  count = tonumber(ARGV[7])\n"
+    "  count = tonumber(ARGV[8])\n"
     "  local rpcall, n = redis.pcall, 0\n"
     "  for j = 1, nfast do\n"
     "    local k, v = ARGV[i], ARGV[i + 1]\n"
@@ -235,7 +239,7 @@ static const char script[] =
     "  local s = redis.call('HGET', V, k)\n"
     "  return cmp(s, B) < 0 and cmp(s, '-' .. B) >= 0\n"
     "end\n"
-    "local out = {}\n"
+    "local out, Z, recorded, evicted = {}, P .. 'idem_order', 0, 0\n"
     "while i <= #ARGV do\n"
     "  local n, ik, fp = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]\n"
     "  local first = i + 3\n"
@@ -269,9 +273,21 @@ static const char script[] =
     "    if ik ~= '' then\n"
     "      redis.call('SET', P .. 'idem:' .. ik, fp .. (o == '1' and ' 200' or ' 422'), 'PX', "
     "window)\n"
+    "      redis.call('ZADD', Z, now, ik)\n"
+    "      recorded = recorded + 1\n"
     "    end\n"
     "  end\n"
     "  out[#out + 1] = o\n"
+    "end\n"
+    "if recorded > 0 then\n"
+    "  redis.call('ZREMRANGEBYSCORE', Z, '-inf', '(' .. tostring(now - tonumber(window)))\n"
+    "  local over = redis.call('ZCARD', Z) - bound\n"
+    "  if over > 0 then\n"
+    "    local old = redis.call('ZPOPMIN', Z, over)\n"
+    "    for x = 1, #old, 2 do\n"
+    "      evicted = evicted + redis.call('DEL', P .. 'idem:' .. old[x])\n"
+    "    end\n"
+    "  end\n"
     "end\n"
     "if rd ~= 0 then rc = tostring(redis.call('INCRBY', P .. 'red', rd)) end\n"
     "local id = ''\n"
@@ -284,7 +300,7 @@ static const char script[] =
     "local outs = table.concat(out)\n"
     "redis.call('HSET', NODE, 'seq', seqs, 'out', outs, 'id', id, 'lost', tostring(lost))\n"
     "redis.call('PEXPIRE', NODE, 604800000)\n"
-    "return {0, outs, id, tonumber(rc), granted, lost, refused, lag, fresh}\n";
+    "return {0, outs, id, tonumber(rc), granted, lost, refused, lag, fresh, evicted}\n";
 
 typedef struct queue {
     char host[256];
@@ -411,6 +427,8 @@ static int build(svc_t *svc, queue_t *q)
         rc = push_i64(q, a0);
     if (rc == 0)
         rc = push_i64(q, svc->cfg.idem_window_ms);
+    if (rc == 0)
+        rc = push_i64(q, svc->cfg.idem_keys);
     if (rc == 0)
         rc = push_i64(q, svc->cfg.lease_ms);
     if (rc == 0)
@@ -546,7 +564,7 @@ static void take_lag(queue_t *q, const redisReply *r)
  * (kept and sent again). */
 static int answered(svc_t *svc, queue_t *q, const redisReply *r, int64_t sent_ms)
 {
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 9 ||
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 10 ||
         r->element[1]->type != REDIS_REPLY_STRING || r->element[2]->type != REDIS_REPLY_STRING)
         return -EPROTO;
     const redisReply *outs = r->element[1];
@@ -590,6 +608,7 @@ static int answered(svc_t *svc, queue_t *q, const redisReply *r, int64_t sent_ms
     __atomic_add_fetch(&svc->rejected_overflow, overflow, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->idem_replayed, replayed, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->idem_conflicts, conflicts, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&svc->idem_evicted, num(r->element[9]), __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->flushes, 1, __ATOMIC_RELAXED);
     take_lag(q, r->element[7]);
     /* Fenced, or the lease had lapsed: what the open windows acknowledged

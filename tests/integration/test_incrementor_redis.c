@@ -17,7 +17,8 @@
  *      requests; with a buffered node, values beyond 2^61 close its fast
  *      path and results within its headroom (2^51) of a limit are refused;
  *   5. Idempotency-Key across two web nodes, a SIGKILL of one, and a
- *      restart of Redis: applied once;
+ *      restart of Redis: applied once; the bound --idempotency-keys holds
+ *      in Redis (the oldest keys forgotten, counted);
  *   6. a buffered node cut off from Redis (SIGSTOP) beyond its lease: it
  *      stops acknowledging at once, and its late sums are dropped and
  *      counted, exactly what it says it dropped; the increments it
@@ -736,6 +737,53 @@ static void test_idempotency_across_nodes(void **state)
     assert_int_equal(tproc_stop(r.pid, STOP_MS), 0);
 }
 
+/* One reply of Redis, as a number (an integer, or a string of one). */
+static long long redis_num(const redis_t *r, const char *cmd)
+{
+    redisContext *c = redis_conn(r);
+    assert_non_null(c);
+    redisReply *rep = redisCommand(c, cmd);
+    assert_non_null(rep);
+    long long v = rep->type == REDIS_REPLY_INTEGER  ? rep->integer
+                  : rep->type == REDIS_REPLY_STRING ? strtoll(rep->str, NULL, 10)
+                                                    : -1;
+    freeReplyObject(rep);
+    redisFree(c);
+    return v;
+}
+
+/* --idempotency-keys 3 on a node: past three keys the oldest are forgotten,
+ * record and all, so Redis holds three; a retry with a forgotten key is a
+ * new request (applied again), one with a kept key is still a replay. */
+static void test_idempotency_bound(void **state)
+{
+    (void)state;
+    redis_t r;
+    redis_new(&r, "idembound");
+    const char *argv[] = {tproc_bin("incrementor"), "--queue", r.url, "--ack", "durable", "--port",
+                          "0", "--flush-ms", "20", "--idempotency-keys", "3", NULL};
+    int port;
+    pid_t w = tproc_start(argv, &port);
+    assert_true(w > 0);
+    char hdr[64];
+    for (int i = 1; i <= 5; i++) { /* b-4 and b-5 evict b-1 and b-2 */
+        snprintf(hdr, sizeof hdr, "Idempotency-Key: b-%d\r\n", i);
+        assert_int_equal(post(port, "key=k1&value=1", hdr), 200);
+    }
+    assert_int_equal(post(port, "key=k1&value=1", "Idempotency-Key: b-5\r\n"), 200); /* replay */
+    assert_int_equal(post(port, "key=k1&value=1", "Idempotency-Key: b-1\r\n"), 200); /* new */
+    assert_int_equal(redis_num(&r, "HGET incrementor:values k1"), 6);
+    assert_int_equal(redis_num(&r, "ZCARD incrementor:idem_order"), 3);
+    assert_int_equal(redis_num(&r, "EXISTS incrementor:idem:b-2"), 0);
+    assert_int_equal(redis_num(&r, "EXISTS incrementor:idem:b-5"), 1);
+    char body[4096];
+    assert_int_equal(get(port, "/stats", body, sizeof body), 200);
+    if (!strstr(body, "\"evicted\":3") || !strstr(body, "\"replayed\":1"))
+        fail_msg("/stats: want 3 keys evicted and 1 replay: %s", body);
+    assert_int_equal(tproc_stop(w, STOP_MS), 0);
+    assert_int_equal(tproc_stop(r.pid, STOP_MS), 0);
+}
+
 /* ---- 6. a buffered node cut off from Redis beyond its lease ---- */
 
 typedef struct poster {
@@ -1076,6 +1124,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bad_inputs, skip_unless_ready, teardown),
         cmocka_unit_test_setup_teardown(test_int64_buffered, skip_unless_ready, teardown),
         cmocka_unit_test_setup_teardown(test_idempotency_across_nodes, skip_unless_ready, teardown),
+        cmocka_unit_test_setup_teardown(test_idempotency_bound, skip_unless_ready, teardown),
         cmocka_unit_test_setup_teardown(test_lease_expired, skip_unless_ready, teardown),
         cmocka_unit_test_setup_teardown(test_lease_lapsed_windows, skip_unless_ready, teardown),
         cmocka_unit_test_setup_teardown(test_durable_recheck, skip_unless_ready, teardown),
