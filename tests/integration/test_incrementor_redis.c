@@ -760,8 +760,18 @@ static void test_idempotency_bound(void **state)
     (void)state;
     redis_t r;
     redis_new(&r, "idembound");
-    const char *argv[] = {tproc_bin("incrementor"), "--queue", r.url, "--ack", "durable", "--port",
-                          "0", "--flush-ms", "20", "--idempotency-keys", "3", NULL};
+    const char *argv[] = {tproc_bin("incrementor"),
+                          "--queue",
+                          r.url,
+                          "--ack",
+                          "durable",
+                          "--port",
+                          "0",
+                          "--flush-ms",
+                          "20",
+                          "--idempotency-keys",
+                          "3",
+                          NULL};
     int port;
     pid_t w = tproc_start(argv, &port);
     assert_true(w > 0);
