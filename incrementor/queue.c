@@ -86,7 +86,9 @@
  * all. The bound --idempotency-keys holds as in the database: idem_order
  * ranks the keys by the time they were recorded, and the call that records
  * one drops those past the window from it and, beyond the bound, the
- * oldest with their records (evicted, as the single process counts them).
+ * oldest with their records (evicted, as the single process counts them),
+ * at most 1000 more than it recorded: a bound lowered a lot is reached over
+ * several calls rather than in one that would hold Redis up.
  *
  * The writer must start from the same values as `values`: the database and
  * Redis start empty together, or the database holds exactly what Redis's
@@ -123,7 +125,8 @@
  * deferred request), entry id, red, lease granted, fast pairs dropped
  * (fenced), fast pairs refused (overflow: never, by 1.), the writer's lag,
  * 1 when the lease had lapsed before this call (buffered), idempotency keys
- * evicted by the bound}. */
+ * evicted by the bound, idempotency keys kept (-1: none recorded, not
+ * counted)}. */
 static const char script[] =
     "#!lua\n"
     "local P = '" RDS_PREFIX "'\n"
@@ -169,7 +172,7 @@ static const char script[] =
     "  if live and not leased then live = live + 1 end\n"
     "  granted = 1\n"
     "end\n"
-    "local prev = redis.call('HMGET', NODE, 'seq', 'out', 'id', 'lost')\n"
+    "local prev = redis.call('HMGET', NODE, 'seq', 'out', 'id', 'lost', 'ev')\n"
     "local rc = redis.call('GET', P .. 'red') or '0'\n"
     "local lag = redis.call('GET', P .. 'lag') or ''\n"
     "if prev[1] and tonumber(prev[1]) > seq then\n"
@@ -177,7 +180,7 @@ static const char script[] =
     "end\n"
     "if prev[1] and tonumber(prev[1]) == seq then\n"
     "  return {1, prev[2], prev[3], tonumber(rc), granted, tonumber(prev[4]) or 0, 0, lag,\n"
-    "          fresh, 0}\n"
+    "          fresh, tonumber(prev[5]) or 0, -1}\n"
     "end\n"
     "local lines, count, rd, lost, refused = {}, 0, 0, 0, 0\n"
     "local function neg(v) if v:sub(1, 1) == '-' then return v:sub(2) end return '-' .. v end\n"
@@ -240,7 +243,7 @@ static const char script[] =
     "  local s = redis.call('HGET', V, k)\n"
     "  return cmp(s, B) < 0 and cmp(s, '-' .. B) >= 0\n"
     "end\n"
-    "local out, Z, recorded, evicted = {}, P .. 'idem_order', 0, 0\n"
+    "local out, Z, recorded, evicted, kept = {}, P .. 'idem_order', 0, 0, -1\n"
     "while i <= #ARGV do\n"
     "  local n, ik, fp = tonumber(ARGV[i]), ARGV[i + 1], ARGV[i + 2]\n"
     "  local first = i + 3\n"
@@ -282,12 +285,14 @@ static const char script[] =
     "end\n"
     "if recorded > 0 then\n"
     "  redis.call('ZREMRANGEBYSCORE', Z, '-inf', '(' .. tostring(now - tonumber(window)))\n"
-    "  local over = redis.call('ZCARD', Z) - bound\n"
+    "  kept = redis.call('ZCARD', Z)\n"
+    "  local over = math.min(kept - bound, recorded + 1000)\n"
     "  if over > 0 then\n"
     "    local old = redis.call('ZPOPMIN', Z, over)\n"
     "    for x = 1, #old, 2 do\n"
     "      evicted = evicted + redis.call('DEL', P .. 'idem:' .. old[x])\n"
     "    end\n"
+    "    kept = kept - over\n"
     "  end\n"
     "end\n"
     "if rd ~= 0 then rc = tostring(redis.call('INCRBY', P .. 'red', rd)) end\n"
@@ -299,9 +304,10 @@ static const char script[] =
     "                  'b', table.concat(lines, '\\n'))\n"
     "end\n"
     "local outs = table.concat(out)\n"
-    "redis.call('HSET', NODE, 'seq', seqs, 'out', outs, 'id', id, 'lost', tostring(lost))\n"
+    "redis.call('HSET', NODE, 'seq', seqs, 'out', outs, 'id', id, 'lost', tostring(lost),\n"
+    "           'ev', tostring(evicted))\n"
     "redis.call('PEXPIRE', NODE, 604800000)\n"
-    "return {0, outs, id, tonumber(rc), granted, lost, refused, lag, fresh, evicted}\n";
+    "return {0, outs, id, tonumber(rc), granted, lost, refused, lag, fresh, evicted, kept}\n";
 
 typedef struct queue {
     char host[256];
@@ -565,7 +571,7 @@ static void take_lag(queue_t *q, const redisReply *r)
  * (kept and sent again). */
 static int answered(svc_t *svc, queue_t *q, const redisReply *r, int64_t sent_ms)
 {
-    if (r->type != REDIS_REPLY_ARRAY || r->elements != 10 ||
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 11 ||
         r->element[1]->type != REDIS_REPLY_STRING || r->element[2]->type != REDIS_REPLY_STRING)
         return -EPROTO;
     const redisReply *outs = r->element[1];
@@ -610,6 +616,8 @@ static int answered(svc_t *svc, queue_t *q, const redisReply *r, int64_t sent_ms
     __atomic_add_fetch(&svc->idem_replayed, replayed, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->idem_conflicts, conflicts, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->idem_evicted, num(r->element[9]), __ATOMIC_RELAXED);
+    if (r->element[10]->type == REDIS_REPLY_INTEGER && r->element[10]->integer >= 0)
+        __atomic_store_n(&svc->idem_keys, (uint64_t)r->element[10]->integer, __ATOMIC_RELAXED);
     __atomic_add_fetch(&svc->flushes, 1, __ATOMIC_RELAXED);
     take_lag(q, r->element[7]);
     /* Fenced, or the lease had lapsed: what the open windows acknowledged

@@ -788,8 +788,9 @@ static void test_idempotency_bound(void **state)
     assert_int_equal(redis_num(&r, "EXISTS incrementor:idem:b-5"), 1);
     char body[4096];
     assert_int_equal(get(port, "/stats", body, sizeof body), 200);
-    if (!strstr(body, "\"evicted\":3") || !strstr(body, "\"replayed\":1"))
-        fail_msg("/stats: want 3 keys evicted and 1 replay: %s", body);
+    if (!strstr(body, "\"keys\":3,") || !strstr(body, "\"evicted\":3") ||
+        !strstr(body, "\"replayed\":1"))
+        fail_msg("/stats: want 3 keys kept, 3 evicted and 1 replay: %s", body);
     assert_int_equal(tproc_stop(w, STOP_MS), 0);
     assert_int_equal(tproc_stop(r.pid, STOP_MS), 0);
 }
