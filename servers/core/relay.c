@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -136,6 +137,10 @@ static upstream_t ups[SERVER_MAX_UPSTREAMS];
 static size_t n_ups;
 static loop_t *loops;
 static int n_loops;
+/* Splice's pipes, two descriptors each, take only what the clients' worst
+ * case leaves (relay_init): a client within --max-conns is never refused
+ * for want of a descriptor a pipe took. Past the budget, bodies are copied. */
+static uint64_t pipe_budget = UINT64_MAX, pipes_open;
 
 /* One writer per counter: a plain store, atomic for the readers. */
 #define STAT_ADD(x, n) __atomic_store_n(&(x), (x) + (n), __ATOMIC_RELAXED)
@@ -887,11 +892,13 @@ static int pipe_make(conn_t *c)
 {
     if (c->pipe[0] >= 0)
         return 0;
-    if (pipe2(c->pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+    if (__atomic_add_fetch(&pipes_open, 1, __ATOMIC_RELAXED) > pipe_budget ||
+        pipe2(c->pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+        __atomic_sub_fetch(&pipes_open, 1, __ATOMIC_RELAXED);
         c->pipe[0] = c->pipe[1] = -1;
         return -1;
     }
-    /* 64 KiB, or a page once the user's pipes pass fs.pipe-user-pages-soft. */
+    /* 64 KiB, or two pages once the user's pipes pass fs.pipe-user-pages-soft. */
     int cap = fcntl(c->pipe[1], F_GETPIPE_SZ);
     c->pipe_cap = cap > 0 ? (uint32_t)cap : 4096;
     return 0;
@@ -904,6 +911,7 @@ static void pipe_free(conn_t *c)
         return;
     close(c->pipe[0]);
     close(c->pipe[1]);
+    __atomic_sub_fetch(&pipes_open, 1, __ATOMIC_RELAXED);
     c->pipe[0] = c->pipe[1] = -1;
     c->piped = 0;
 }
@@ -1377,8 +1385,8 @@ static void write_metrics(buf_t *out, void *ctx)
          offsetof(pool_t, timeouts), 0},
         {"proxy_upstream_truncated_total", "answers cut by the upstream: the client closed",
          offsetof(pool_t, truncated), 0},
-        {"proxy_upstream_spliced_bytes_total", "answer bytes moved by splice(2), never copied",
-         offsetof(pool_t, spliced), 0},
+        {"proxy_upstream_spliced_bytes_total",
+         "answer bytes spliced into clients' pipes, not copied", offsetof(pool_t, spliced), 0},
         {"proxy_pool_idle", "idle upstream connections in the pools", offsetof(pool_t, n_idle), 1},
         {"proxy_upstream_active", "upstream connections lent to clients",
          offsetof(pool_t, n_active), 1},
@@ -1445,6 +1453,13 @@ relay_loop_t *relay_init(const server_cfg_t *c, int n)
     for (int i = 0; i < n; i++)
         if (!(loops[i].pools = calloc(n_ups, sizeof *loops[i].pools)))
             goto err;
+    /* Every client may hold its socket and an upstream connection. */
+    struct rlimit rl;
+    if (cfg.max_conns && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+        uint64_t fds = rl.rlim_cur > SERVER_FD_RESERVE ? rl.rlim_cur - SERVER_FD_RESERVE : 0;
+        uint64_t clients = 2 * (uint64_t)cfg.max_conns;
+        pipe_budget = fds > clients ? (fds - clients) / 2 : 0;
+    }
     metrics_add_writer(write_metrics, NULL);
     return loops;
 err:

@@ -1587,6 +1587,55 @@ static void test_idle_gives_back_pipe(void **state)
     close(fd);
 }
 
+/* Clients stalled in long answers hold pipes, but never the descriptors a
+ * client within the cap needs: under 256 descriptors the default cap is 64
+ * clients (each with an upstream connection: 128), which leaves 64 for
+ * pipes. 62 clients that do not read 10 MB answers, then 2 more: all 64
+ * answered. (Pipes beyond their share used to take the last clients'
+ * descriptors: 502 and 503.) */
+static void test_descriptor_budget(void **state)
+{
+    struct px *s = px(state);
+    enum { STALLED = 62, MORE = 2 };
+    if (access("/usr/bin/prlimit", X_OK) != 0)
+        skip();
+    start_epoll(s);
+    char up[32];
+    snprintf(up, sizeof up, "127.0.0.1:%d", s->up_port);
+    snprintf(s->label, sizeof s->label, "upstream=\"%s\"", up);
+    const char *argv[] = {"/usr/bin/prlimit",
+                          "--nofile=256:256",
+                          tproc_bin("server-proxy"),
+                          "--port",
+                          "0",
+                          "--upstream",
+                          up,
+                          "--threads",
+                          "1",
+                          NULL};
+    s->pid = tproc_start(argv, &s->port);
+    assert_true(s->pid > 0);
+    int fds[STALLED];
+    char head[4096];
+    for (int i = 0; i < STALLED; i++) {
+        fds[i] = tconn_must(s->port);
+        send_str(fds[i], "GET /stream?n=10000000 HTTP/1.1\r\nHost: t\r\n\r\n");
+        ssize_t n = read_head(fds[i], head, sizeof head, T);
+        if (n < 0 || strncmp(head, "HTTP/1.1 200", 12) != 0)
+            fail_msg("stalled client %d: no 200 head (%s)", i, n < 0 ? strerror((int)-n) : head);
+    }
+    tsleep_ms(SETTLE); /* their pipes fill */
+    int more[MORE];
+    for (int i = 0; i < MORE; i++) /* all at once: 64 clients */
+        more[i] = tconn_must(s->port);
+    for (int i = 0; i < MORE; i++) {
+        http_expect(more[i], "GET / HTTP/1.1\r\nHost: t\r\n\r\n", 200, HELLO_BODY);
+        close(more[i]);
+    }
+    for (int i = 0; i < STALLED; i++)
+        close(fds[i]);
+}
+
 /* ---- the line protocol and the flags ---- */
 
 static void test_line_protocol_err(void **state)
@@ -1654,6 +1703,7 @@ int main(void)
         TEST(test_client_abort),
         TEST(test_backpressure),
         TEST(test_idle_gives_back_pipe),
+        TEST(test_descriptor_budget),
         TEST(test_line_protocol_err),
         TEST(test_bad_flags),
     };
