@@ -892,6 +892,8 @@ static int pipe_make(conn_t *c)
 {
     if (c->pipe[0] >= 0)
         return 0;
+    if (cfg.no_splice)
+        return -1;
     if (__atomic_add_fetch(&pipes_open, 1, __ATOMIC_RELAXED) > pipe_budget ||
         pipe2(c->pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
         __atomic_sub_fetch(&pipes_open, 1, __ATOMIC_RELAXED);

@@ -125,6 +125,9 @@ void server_init(int argc, char **argv, const char *design, unsigned opts, serve
         OPT_INT_E("upstream-timeout-ms", 0, &cfg->upstream_timeout_ms, 1, 86400000, "N",
                   "connect, and the answer's first byte, within N ms,\n"
                   "or 502/504 (30000)"),
+        OPT_FLAG_E("no-splice", 0, &cfg->no_splice,
+                   "copy long answer bodies through the proxy's buffers\n"
+                   "instead of splice(2) (lab: what the copy costs)"),
         OPT_FLAG_E("no-exclusive", 0, &cfg->no_exclusive,
                    "watch the shared listener without EPOLLEXCLUSIVE:\n"
                    "every idle thread wakes for each connection (lab)"),
@@ -144,6 +147,7 @@ void server_init(int argc, char **argv, const char *design, unsigned opts, serve
                     {"upstream-keepalive", SERVER_OPT_UPSTREAM},
                     {"upstream-idle-ms", SERVER_OPT_UPSTREAM},
                     {"upstream-timeout-ms", SERVER_OPT_UPSTREAM},
+                    {"no-splice", SERVER_OPT_UPSTREAM},
                     {"no-exclusive", SERVER_OPT_EXCL}};
     for (opt_t *o = table; o->kind >= 0; o++)
         for (size_t i = 0; i < sizeof optional / sizeof *optional; i++)

@@ -15,7 +15,7 @@
 #define SERVER_OPT_WORKERS  4 /* --workers N (BURN pool) */
 #define SERVER_OPT_TENANTS  8 /* --tenants DIR --tenant-mem-kb --tenant-ms */
 /* --upstream HOST:PORT... --upstream-keepalive --upstream-idle-ms
- * --upstream-timeout-ms (the proxy) */
+ * --upstream-timeout-ms --no-splice (the proxy) */
 #define SERVER_OPT_UPSTREAM 16
 /* --no-exclusive (workers: the shared listener watched without EPOLLEXCLUSIVE) */
 #define SERVER_OPT_EXCL     32
@@ -47,6 +47,7 @@ typedef struct server_cfg {
     int upstream_keepalive;  /* idle upstream connections kept per loop and upstream (64) */
     int upstream_idle_ms;    /* a pooled connection idle this long is closed (60000) */
     int upstream_timeout_ms; /* connect, and first byte of the answer (30000) */
+    int no_splice;           /* --no-splice: long bodies copied, not spliced */
     int no_exclusive;        /* --no-exclusive: every loop wakes for every connection */
     session_cfg_t session;
 } server_cfg_t;

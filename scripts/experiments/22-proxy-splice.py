@@ -1,0 +1,94 @@
+"""Long bodies through a proxy: copied through its memory, or spliced from
+socket to socket (docs/LAB.md, proxy-splice).
+
+bin/server-epoll serves GET /stream?n=N (N bytes of 'A') on loadgen's CPU;
+two bin/server-proxy --threads 1 in front of it on the server's CPU, one
+as it is (bodies of 16 KiB and more go by splice(2)), one with --no-splice
+(every byte read into its buffer and written out of it). Both are up at
+once; each point runs through them in turn, ROUNDS times in alternating
+order, and keeps each one's median run. The proxy's /metrics counts the
+bytes spliced.
+
+The thresholds have room for this machine's noise: here splice took the
+proxy's CPU per request to 0.4-0.55 of the copy's, checked at 0.7 for
+1 MiB and 0.8 for 64 KiB. What loadgen and the upstream pay more on
+loopback is a figure, not a check (see docs/LAB.md).
+"""
+
+import re
+import statistics
+import urllib.request
+
+import harness as H
+import lablib as L
+
+NAME = "proxy-splice"
+TITLE = "A long body through a proxy: copied through its memory, or spliced"
+QUESTION = ("What does relaying a long answer cost a proxy that copies its bytes out of one socket and "
+            "into the other, against one that splices them, and who pays instead?")
+NEEDS = ["server-epoll", "server-proxy"]
+
+SIZES = {"64k": 65536, "1m": 1 << 20}
+VARIANTS = {"splice": [], "copy": ["--no-splice"]}
+LIMITS = {"64k": 0.8, "1m": 0.7}  # splice's CPU per request over the copy's, at most
+
+
+def spliced_bytes(port):
+    """proxy_upstream_spliced_bytes_total summed over upstreams."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as f:
+        text = f.read().decode()
+    return sum(float(v) for v in re.findall(r"^proxy_upstream_spliced_bytes_total\{[^}]*\} (\S+)$",
+                                            text, re.M))
+
+
+def run(lab):
+    rounds = 2 if lab.quick else 3
+    sizes = {"1m": SIZES["1m"]} if lab.quick else SIZES
+    runs = {(v, s): [] for v in VARIANTS for s in sizes}
+    spliced = {v: 0.0 for v in VARIANTS}
+    relayed = {v: 0 for v in VARIANTS}
+    with L.server("epoll", cpus=L.GCPU) as up:
+        flags = ["--threads", "1", "--upstream", f"127.0.0.1:{up.port}"]
+        with L.server("proxy", *flags) as sp, L.server("proxy", *flags, "--no-splice") as cp:
+            proxies = {"splice": sp, "copy": cp}
+            for size, n in sizes.items():
+                for r in range(rounds):
+                    order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
+                    for v in order:
+                        p = proxies[v]
+                        before = spliced_bytes(p.port)
+                        res = L.loadgen(["-c", "64", "-d", "2s", "--warmup", "300ms",
+                                         f"http://127.0.0.1:{p.port}/stream?n={n}"], p)
+                        f = H.figures(res)
+                        runs[(v, size)].append(f)
+                        spliced[v] += spliced_bytes(p.port) - before
+                        relayed[v] += (f["requests"] or 0) * n
+            for v, p in proxies.items():
+                lab.did(f"loadgen -c 64 -d 2s --warmup 300ms http://.../stream?n=N through "
+                        f"bin/server-proxy {' '.join(flags[:2] + VARIANTS[v])} (N: "
+                        f"{', '.join(str(n) for n in sizes.values())}; {rounds} rounds, alternating)")
+
+    def med(v, size, key):
+        vals = [f[key] for f in runs[(v, size)] if f.get(key) is not None]
+        return round(statistics.median(vals), 1) if vals else None
+
+    errors = sum(f["errors"] for fs in runs.values() for f in fs)
+    for size in sizes:
+        figs = {f"{v}_{k}": med(v, size, key) for v in VARIANTS
+                for k, key in (("proxy_cpu_us", "server_cpu_per_req_us"),
+                               ("loadgen_cpu_us", "loadgen_cpu_per_req_us"), ("rps", "rps"))}
+        s, c = figs["splice_proxy_cpu_us"], figs["copy_proxy_cpu_us"]
+        figs["proxy_cpu_splice_over_copy"] = round(s / c, 2) if s and c else None
+        lab.fig(**{size: figs})
+        lab.check(f"{size} answers: splicing costs the proxy at most {LIMITS[size]} of the copy's CPU "
+                  f"per request ({s} against {c} us)",
+                  s is not None and c is not None and s <= LIMITS[size] * c)
+    lab.fig(errors=errors, spliced_bytes=spliced, body_bytes_relayed=relayed)
+    lab.check(f"every answer came whole through both ({errors} errors)", errors == 0)
+    lab.check("the splicing proxy moved at least 90% of the body bytes by the pipe "
+              f"({spliced['splice']:.0f} of {relayed['splice']}), the copying one none "
+              f"({spliced['copy']:.0f})",
+              relayed["splice"] > 0 and spliced["splice"] >= 0.9 * relayed["splice"]
+              and spliced["copy"] == 0)
+    lab.bars("proxy CPU per request (us)", "us",
+             {f"{size} {v}": med(v, size, "server_cpu_per_req_us") or 0 for size in sizes for v in VARIANTS})
