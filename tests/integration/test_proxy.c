@@ -1587,6 +1587,21 @@ static void test_idle_gives_back_pipe(void **state)
     close(fd);
 }
 
+/* --no-splice: long bodies are copied, whole, and nothing goes by a pipe. */
+static void test_no_splice(void **state)
+{
+    struct px *s = px(state);
+    start_epoll(s);
+    start_proxy(s, s->up_port, "--threads", "1", "--no-splice", NULL);
+    int fd = tconn_must(s->port);
+    for (int i = 0; i < 3; i++) {
+        send_str(fd, "GET /stream?n=1048576 HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_int_equal(drain_stream(fd, T), 1 << 20);
+    }
+    close(fd);
+    assert_true(metric(s, "proxy_upstream_spliced_bytes_total") == 0);
+}
+
 /* Clients stalled in long answers hold pipes, but never the descriptors a
  * client within the cap needs: under 256 descriptors the default cap is 64
  * clients (each with an upstream connection: 128), which leaves 64 for
@@ -1704,6 +1719,7 @@ int main(void)
         TEST(test_backpressure),
         TEST(test_idle_gives_back_pipe),
         TEST(test_descriptor_budget),
+        TEST(test_no_splice),
         TEST(test_line_protocol_err),
         TEST(test_bad_flags),
     };
