@@ -161,11 +161,13 @@ def run(lab):
               f"{P50_SLACK_MS} ms of its median alone ({healthy_mixed['p50_ms']} ms beside the slow one, "
               f"{healthy_alone['p50_ms']} ms alone)",
               n_h and under(healthy_mixed["p50_ms"], healthy_alone["p50_ms"] and
-                            healthy_alone["p50_ms"] + P50_SLACK_MS))
+                            healthy_alone["p50_ms"] + P50_SLACK_MS),
+              mark=healthy_alone["p50_ms"] and healthy_alone["p50_ms"] + P50_SLACK_MS)
     lab.check(f"and p90 within {P90_SLACK_MS:g} ms of its p90 alone ({healthy_mixed['p90_ms']} ms beside the "
               f"slow one, {healthy_alone['p90_ms']} ms alone)",
               n_h and under(healthy_mixed["p90_ms"], healthy_alone["p90_ms"] and
-                            healthy_alone["p90_ms"] + P90_SLACK_MS))
+                            healthy_alone["p90_ms"] + P90_SLACK_MS),
+              mark=healthy_alone["p90_ms"] and healthy_alone["p90_ms"] + P90_SLACK_MS)
     lab.bars("latency of the healthy upstream's requests through the proxy", "ms",
              {f"{k} {label}": (v[f"{k}_ms"] or 0) for k in ("p50", "p90", "p99")
               for label, v in (("alone", healthy_alone), ("beside slow", healthy_mixed))})

@@ -32,6 +32,7 @@
 #include <strings.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1587,6 +1588,37 @@ static void test_idle_gives_back_pipe(void **state)
     close(fd);
 }
 
+/* An upstream whose segments are small (an MSS of 1,400 bytes, as across
+ * an Ethernet LAN): its long bodies are copied, not spliced (each segment
+ * would take a pipe slot of its own, after a copy into a page), and arrive
+ * whole. */
+static void test_small_segments_copied(void **state)
+{
+    struct px *s = px(state);
+    enum { BODY = 200000 };
+    start_fake(s, F_ECHO, NULL, NULL, NULL, NULL);
+    int mss = 1400; /* announced in the SYN-ACK of every connection accepted from now */
+    assert_int_equal(setsockopt(s->fake->lfd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss), 0);
+    char *req = malloc(BODY + 128), *body;
+    assert_non_null(req);
+    int n = sprintf(req, "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n", BODY);
+    memset(req + n, 'b', BODY);
+    int fd = tconn_must(s->port);
+    for (int round = 0; round < 2; round++) {
+        http_request_t q;
+        size_t blen;
+        char *got = echoed(fd, req, (size_t)n + BODY, &q, &body, &blen);
+        if (blen != BODY || strspn(body, "b") < BODY)
+            fail_msg("round %d: %zu bytes of the body came back, want %d 'b's", round, blen, BODY);
+        free(got);
+    }
+    free(req);
+    close(fd);
+    double spliced = metric(s, "proxy_upstream_spliced_bytes_total");
+    if (spliced != 0)
+        fail_msg("%.0f bytes spliced from an upstream of 1,400-byte segments, want none", spliced);
+}
+
 /* --no-splice: long bodies are copied, whole, and nothing goes by a pipe. */
 static void test_no_splice(void **state)
 {
@@ -1720,6 +1752,7 @@ int main(void)
         TEST(test_idle_gives_back_pipe),
         TEST(test_descriptor_budget),
         TEST(test_no_splice),
+        TEST(test_small_segments_copied),
         TEST(test_line_protocol_err),
         TEST(test_bad_flags),
     };
