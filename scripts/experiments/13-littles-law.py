@@ -36,8 +36,12 @@ def run(lab):
     for c in conns:
         got, want = res[c]["rps"] or 0, res[c]["expected_rps"]
         lab.fig(**{f"rps_{c}_conns": got, f"ratio_{c}_conns": round(got / want, 3)})
-        lab.check(f"{c} connections make C / RTT = {want:.0f} req/s, within 5% ({got:.0f})",
-                  abs(got - want) <= 0.05 * want and not res[c]["errors"])
+        # C / RTT is a ceiling: the round trip is the link's delay plus the
+        # time the emulator, the kernel and both processes take (about 1 ms
+        # here, 5% of 20 ms), which only ever adds.
+        lab.check(f"{c} connections make at most C / RTT = {want:.0f} req/s, and at least 90% of it "
+                  f"({got:.0f})", 0.9 * want <= got <= 1.01 * want and not res[c]["errors"],
+                  mark=want)
         # The law itself: throughput = requests in flight / time each spends.
         law = c / (res[c]["mean_ms"] / 1000)
         lab.check(f"{c} connections: req/s = C / mean latency within 2% ({law:.0f})",
