@@ -115,13 +115,12 @@
 
 /* The script (Redis 7's shebang: out of memory is refused before it runs,
  * never half-way). ARGV: node, seq, mode (b|d, or l: buffered, its fast
- * sums acknowledged under a lease that lapsed, dropped), ack time (wall ms, 0 =
- * now), idempotency window (ms), idempotency bound (keys), lease (ms), fast
- * increments, fast pairs
- * n, the fast acknowledgements' times ("ms:count ..." after the ack time),
- * then n (key, delta) pairs, then per deferred request: its number of
- * items, its Idempotency-Key ('' for none), its fingerprint, and its
- * (key, delta) pairs. Returns {replayed, answers (one character per
+ * sums acknowledged under a lease that lapsed, dropped), ack time (wall ms,
+ * 0 = now), idempotency window (ms), idempotency bound (keys), lease (ms),
+ * fast increments, fast pairs n, the fast acknowledgements' times
+ * ("ms:count ..." after the ack time), then n (key, delta) pairs, then per
+ * deferred request: its number of items, its Idempotency-Key ('' for none),
+ * its fingerprint, and its (key, delta) pairs. Returns {replayed, answers (one character per
  * deferred request), entry id, red, lease granted, fast pairs dropped
  * (fenced), fast pairs refused (overflow: never, by 1.), the writer's lag,
  * 1 when the lease had lapsed before this call (buffered), idempotency keys
