@@ -81,7 +81,7 @@ typedef struct peer {
     uint8_t done;       /* must not go back to the pool */
     uint8_t wclosed;    /* a write failed: the upstream reads no more (its answer may
                            still be there to read: the read side decides) */
-    uint8_t small_segs; /* its segments are small (splice_pays): bodies are copied */
+    uint8_t splice;     /* SPL_*: does splicing pay on it (splice_pays) */
     upstream_t *up;
     pool_t *pool;
     struct conn *client; /* the borrower, NULL while idle */
@@ -889,6 +889,8 @@ static int relay(conn_t *c)
 
 /* ---- splice: long bodies by a pipe ---- */
 
+enum { SPL_UNKNOWN, SPL_PAYS, SPL_NOT }; /* peer_t.splice */
+
 /* Does splicing pay on this upstream connection? Only where its segments
  * are large (loopback's 64 KiB): on a path of 1,500-byte packets every
  * segment arrives in a buffer of its own, which splice turns into a pipe
@@ -896,11 +898,17 @@ static int relay(conn_t *c)
  * page; that costs the proxy more than one read of 64 KiB (the bench's
  * 64 KiB answers over 20 ms links: 0.84 of the anchors' CPU per request
  * spliced, twice; 0.57 and 0.67 copied). */
-static int splice_pays(int fd)
+static int splice_pays(peer_t *p)
 {
-    int mss = 0;
-    socklen_t len = sizeof mss;
-    return getsockopt(fd, IPPROTO_TCP, TCP_MAXSEG, &mss, &len) == 0 && mss >= SPLICE_MSS;
+    if (p->splice == SPL_UNKNOWN) { /* once, at its first long body: short answers pay no call */
+        int mss = 0;
+        socklen_t len = sizeof mss;
+        p->splice =
+            getsockopt(p->e.fd, IPPROTO_TCP, TCP_MAXSEG, &mss, &len) == 0 && mss >= SPLICE_MSS
+                ? SPL_PAYS
+                : SPL_NOT;
+    }
+    return p->splice == SPL_PAYS;
 }
 
 /* Make c's pipe if it has none. Returns 0, or -1 when none can be made
@@ -1012,7 +1020,7 @@ static ssize_t read_upstream(conn_t *c)
     if (buf_used(&p->e.in) || !c->qlen || !(c->rsp == R_LENGTH || c->rsp == R_CLOSE))
         return end_recv(&p->e, &p->e.in, BUF_CAP,
                         c->big && c->rsp == R_HEAD && c->qlen ? READ_MIN : SIZE_MAX);
-    if (c->rsp == R_LENGTH && c->rsp_left >= SPLICE_MIN && !p->small_segs && pipe_make(c) == 0) {
+    if (c->rsp == R_LENGTH && c->rsp_left >= SPLICE_MIN && splice_pays(p) && pipe_make(c) == 0) {
         if (buf_used(&c->e.out))
             return 0; /* it goes first: the body waits in the socket meanwhile */
         ssize_t n = splice_in(c);
@@ -1150,7 +1158,6 @@ static void pump(conn_t *c)
         if (p && p->connecting && p->e.can_write) {
             int rc = net_connect_result(p->e.fd);
             p->connecting = rc != 0 && rc == -EINPROGRESS;
-            p->small_segs = rc == 0 && !splice_pays(p->e.fd);
             if (rc != 0 && rc != -EINPROGRESS) {
                 upstream_failed(c, 0);
                 progress = 1;
