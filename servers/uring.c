@@ -23,6 +23,9 @@
  *      session wants to read.
  *   6. A closed session's descriptor is closed once its requests have
  *      completed: the kernel may still be sending from its buffer.
+ *   7. The chat's broadcast is epoll's (core/chat.h, CHAT_ONE_LOOP): a SAY
+ *      appends the MSG to each member's output and queues the member, whose
+ *      send goes in the same io_uring_enter as the rest of the turn's.
  *
  * Where epoll makes two system calls per request and a third per wake-up
  * (read, send, epoll_wait), an io_uring_enter here serves every connection
@@ -47,6 +50,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "core/chat.h"
 #include "core/metrics.h"
 #include "core/net.h"
 #include "core/server.h"
@@ -170,6 +174,13 @@ static void flush(server_loop_t *L)
     }
 }
 
+/* The chat's delivery (CHAT_ONE_LOOP): SAY put a line in member s's
+ * output: queue it, so that the turn sends it. */
+static void chat_wake(session_t *s, void *ctx)
+{
+    apply(ctx, s, session_wants(s));
+}
+
 static void start(server_loop_t *L, session_t *s)
 {
     conn_t *c = calloc(1, sizeof *c);
@@ -263,6 +274,10 @@ int main(int argc, char **argv)
     server_loop_t loop = {.lfd = server_listen(&cfg, NET_NONBLOCK)};
     if (loop.lfd < 0)
         return 1;
+    if (!(cfg.session.chat = chat_new(CHAT_ONE_LOOP, chat_wake, &loop))) {
+        fprintf(stderr, "server-uring: out of memory\n");
+        return 1;
+    }
     io_uring_prep_poll_add(sqe(UD_STOP), server_stop_fd(), POLLIN);
     server_announce(&cfg, loop.lfd);
 
@@ -318,5 +333,6 @@ int main(int argc, char **argv)
             free(c);
         }
     server_loop_end(&loop);
+    chat_free(cfg.session.chat);
     return 0;
 }

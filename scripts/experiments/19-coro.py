@@ -28,19 +28,13 @@ def serve_body(path):
 
 def run(lab):
     # The code: serve() of servers/coro.c is servers/threads.c's but for the
-    # wait (comments aside).
-    # The threads design also serves the chat (a case for its eventfd's
-    # ring); coro answers ERR to it: a member's session would be pointed at
-    # by the room, and a waiting coroutine's frames are not where they were.
+    # wait (comments aside), the chat's case included.
     t, c = serve_body("servers/threads.c"), serve_body("servers/coro.c")
-    if "case SERVER_EV_CHAT:" in [line.strip() for line in t]:
-        i = [line.strip() for line in t].index("case SERVER_EV_CHAT:")
-        t = t[:i] + t[i + 3:]
     differ = [(a.strip(), b.strip()) for a, b in zip(t, c) if a != b]
     lab.did("serve() of servers/threads.c against serve() of servers/coro.c, line by line, comments aside")
     lab.fig(serve_lines=len(c), serve_lines_differing=[f"{a}  ->  {b}" for a, b in differ])
     lab.check("serve() is the threads design's line for line but for its wait "
-              "(server_wait_one -> server_wait_coro) and the chat's case",
+              "(server_wait_one -> server_wait_coro)",
               len(t) == len(c) > 20 and len(differ) == 1
               and "server_wait_one" in differ[0][0] and "server_wait_coro" in differ[0][1])
 

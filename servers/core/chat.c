@@ -43,17 +43,20 @@ struct chat_member {
     room_t *room;
     struct chat_member *prev, *next;
     pthread_mutex_t lock; /* CHAT_THREADS: guards inbox and cut */
-    buf_t inbox;
-    int cut;     /* fell too far behind: the owner cuts it at its next chat_take */
-    int wake_fd; /* CHAT_THREADS: an eventfd, else -1 */
-    int loop;    /* CHAT_LOOPS: the loop that serves it, else 0 */
+    buf_t inbox;          /* CHAT_THREADS, CHAT_TASKS: lines its owner has not taken */
+    void *task;           /* CHAT_TASKS: what wake_task wakes */
+    int cut;              /* fell too far behind: the owner cuts it at its next chat_take */
+    int wake_fd;          /* CHAT_THREADS: an eventfd, else -1 */
+    int loop;             /* CHAT_LOOPS: the loop that serves it, else 0 */
 };
 
 struct chat {
     enum chat_mode mode;
     chat_wake_fn wake;
     void *ctx;
-    pthread_mutex_t lock; /* CHAT_THREADS, CHAT_LOOPS: guards the rooms and their lists */
+    void *(*self)(void);           /* CHAT_TASKS: the calling task */
+    void (*wake_task)(void *task); /* CHAT_TASKS */
+    pthread_mutex_t lock;          /* CHAT_THREADS, CHAT_LOOPS: guards the rooms and their lists */
     room_t *rooms;
     int loops;            /* CHAT_LOOPS: how many, else 1 */
     struct mailbox *mail; /* CHAT_LOOPS: one per loop */
@@ -74,6 +77,16 @@ chat_t *chat_new(enum chat_mode mode, chat_wake_fn wake, void *ctx)
     c->loops = 1;
     /* Cannot fail: default attributes. */
     (void)pthread_mutex_init(&c->lock, NULL);
+    return c;
+}
+
+chat_t *chat_new_tasks(void *(*self)(void), void (*wake)(void *task))
+{
+    chat_t *c = chat_new(CHAT_TASKS, NULL, NULL);
+    if (c) {
+        c->self = self;
+        c->wake_task = wake;
+    }
     return c;
 }
 
@@ -134,16 +147,30 @@ int chat_loop_fd(const chat_t *c, int loop)
     return c->mail[loop].fd;
 }
 
+/* The rooms' lock, where several threads share them. */
 static void lock(chat_t *c)
 {
-    if (c->mode != CHAT_ONE_LOOP)
+    if (c->mode == CHAT_THREADS || c->mode == CHAT_LOOPS)
         pthread_mutex_lock(&c->lock);
 }
 
 static void unlock(chat_t *c)
 {
-    if (c->mode != CHAT_ONE_LOOP)
+    if (c->mode == CHAT_THREADS || c->mode == CHAT_LOOPS)
         pthread_mutex_unlock(&c->lock);
+}
+
+/* A member's inbox lock, where another thread posts to it. */
+static void lock_member(chat_t *c, struct chat_member *m)
+{
+    if (c->mode == CHAT_THREADS)
+        pthread_mutex_lock(&m->lock);
+}
+
+static void unlock_member(chat_t *c, struct chat_member *m)
+{
+    if (c->mode == CHAT_THREADS)
+        pthread_mutex_unlock(&m->lock);
 }
 
 /* Drop a reference to r (under c->lock); the last one frees it. */
@@ -202,6 +229,7 @@ int chat_join(chat_t *c, session_t *s, const char *name, size_t len)
         m->chat = c;
         m->wake_fd = -1;
         m->loop = c->mode == CHAT_LOOPS ? this_loop : 0;
+        m->task = c->mode == CHAT_TASKS ? c->self() : NULL;
         if (c->mode == CHAT_THREADS && (m->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
             int e = errno;
             free(m);
@@ -242,22 +270,27 @@ int chat_join(chat_t *c, session_t *s, const char *name, size_t len)
     return n;
 }
 
-/* Put one MSG line into another thread's member (under c->lock), ringing
- * its eventfd when its inbox was empty (it is not woken again until it has
- * taken the line). */
-static void post_line(struct chat_member *m, const char *line, size_t n)
+/* Put one MSG line into the inbox of a member served by another thread or
+ * task (under c->lock), waking it when its inbox was empty: its eventfd
+ * rings (CHAT_THREADS) or its task is woken (CHAT_TASKS). It is not woken
+ * again until it has taken the line. */
+static void post_line(chat_t *c, struct chat_member *m, const char *line, size_t n)
 {
     int ring = 0;
-    pthread_mutex_lock(&m->lock);
+    lock_member(c, m);
     if (!m->cut) {
         ring = buf_used(&m->inbox) == 0;
         if (buf_append(&m->inbox, line, n) < 0 || buf_used(&m->inbox) > CHAT_OUT_LIMIT)
             m->cut = 1;
         ring |= m->cut;
     }
-    pthread_mutex_unlock(&m->lock);
+    unlock_member(c, m);
     uint64_t one = 1;
-    if (ring && write(m->wake_fd, &one, sizeof one) < 0) {
+    if (!ring)
+        return;
+    if (c->mode == CHAT_TASKS)
+        c->wake_task(m->task);
+    else if (write(m->wake_fd, &one, sizeof one) < 0) {
         /* the counter is already non-zero: the owner wakes anyway */
     }
 }
@@ -331,10 +364,10 @@ int chat_say(chat_t *c, session_t *s, const char *text, size_t len)
     room_t *r = m->room;
     int reached = 0, self_cut = 0;
     lock(c);
-    if (c->mode == CHAT_THREADS) {
+    if (c->mode == CHAT_THREADS || c->mode == CHAT_TASKS) {
         for (struct chat_member *x = r->first[0]; x; x = x->next)
             if (x != m) {
-                post_line(x, line, n); /* its session is its thread's alone */
+                post_line(c, x, line, n); /* its session is its thread's or task's alone */
                 reached++;
             }
         /* s itself, on its own thread */
@@ -383,19 +416,19 @@ void chat_take(session_t *s)
 {
     struct chat_member *m = s->chat;
     uint64_t n;
-    if (!m || m->wake_fd < 0)
+    if (!m || (m->wake_fd < 0 && m->chat->mode != CHAT_TASKS))
         return;
     /* Read the counter first: a line posted after the take rings again. */
-    if (read(m->wake_fd, &n, sizeof n) < 0) {
+    if (m->wake_fd >= 0 && read(m->wake_fd, &n, sizeof n) < 0) {
         /* nothing to read: a spurious wake-up */
     }
-    pthread_mutex_lock(&m->lock);
+    lock_member(m->chat, m);
     if (buf_used(&m->inbox) && !m->cut &&
         buf_append(&s->out, buf_head(&m->inbox), buf_used(&m->inbox)) < 0)
         m->cut = 1;
     buf_consume(&m->inbox, buf_used(&m->inbox));
     int behind = m->cut || buf_used(&s->out) > CHAT_OUT_LIMIT;
-    pthread_mutex_unlock(&m->lock);
+    unlock_member(m->chat, m);
     if (behind && m->room)
         cut(m->chat, m);
 }
@@ -419,4 +452,10 @@ void chat_leave(session_t *s)
 int chat_wake_fd(const session_t *s)
 {
     return s->chat && s->chat->room ? s->chat->wake_fd : -1;
+}
+
+int chat_pending(const session_t *s)
+{
+    const struct chat_member *m = s->chat;
+    return m && m->room && (buf_used(&m->inbox) || m->cut);
 }

@@ -24,7 +24,14 @@
  *   once to each other loop with members in the room (a copy, the rooms'
  *   lock, the loop's mailbox lock, and an eventfd write when the mailbox was
  *   empty); that loop delivers it to its own members (chat_loop_run). The
- *   cost is per loop, not per member: no lock is taken per member. */
+ *   cost is per loop, not per member: no lock is taken per member.
+ * - CHAT_TASKS (coro): every member is a task (a coroutine) on the caller's
+ *   thread, but its session cannot be reached while it waits (its frames
+ *   are copied aside from the shared stack). The line goes into the
+ *   member's inbox (the heap) and wake(its task) makes its scheduler
+ *   run it, when the inbox was empty; it moves the inbox to its output
+ *   itself (chat_take). No lock and no system call, but a second copy of
+ *   each line and a switch per member. */
 #ifndef CORE_CHAT_H
 #define CORE_CHAT_H
 
@@ -35,7 +42,7 @@
 #define CHAT_NAME_MAX  64          /* longest room name */
 #define CHAT_OUT_LIMIT (256 << 10) /* unsent output past this cuts a member */
 
-enum chat_mode { CHAT_ONE_LOOP, CHAT_THREADS, CHAT_LOOPS };
+enum chat_mode { CHAT_ONE_LOOP, CHAT_THREADS, CHAT_LOOPS, CHAT_TASKS };
 
 typedef struct chat chat_t;
 
@@ -49,6 +56,12 @@ typedef void (*chat_wake_fn)(session_t *s, void *ctx);
  * is for CHAT_ONE_LOOP (NULL for CHAT_THREADS). Returns NULL when out of
  * memory. */
 chat_t *chat_new(enum chat_mode mode, chat_wake_fn wake, void *ctx);
+
+/* The rooms for tasks of the calling thread (CHAT_TASKS): a member's task
+ * is self() at its JOIN; wake(task) is called, on this thread, when lines
+ * start to wait in its inbox, and must make the task go to chat_take soon
+ * (its wait returns, e.g. coro_wake). NULL when out of memory. */
+chat_t *chat_new_tasks(void *(*self)(void), void (*wake)(void *task));
 
 /* The rooms for `loops` event loops (CHAT_LOOPS), each watching its
  * chat_loop_fd and calling chat_loop_run on its thread when it is
@@ -80,12 +93,16 @@ int chat_say(chat_t *c, session_t *s, const char *text, size_t len);
 /* s leaves its room, if any, and forgets the chat (session_close calls it). */
 void chat_leave(session_t *s);
 
-/* On s's own thread (CHAT_THREADS): move the lines waiting in its inbox to
+/* On s's own thread (CHAT_THREADS, CHAT_TASKS): move the lines waiting in its inbox to
  * its output, and cut it if it is too far behind. */
 void chat_take(session_t *s);
 
 /* The descriptor that becomes readable when lines wait for s (CHAT_THREADS,
  * while s is in a room), or -1. */
 int chat_wake_fd(const session_t *s);
+
+/* Lines wait in s's inbox, or s is to be cut (CHAT_TASKS): chat_take has
+ * something to do. */
+int chat_pending(const session_t *s);
 
 #endif

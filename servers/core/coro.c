@@ -396,6 +396,18 @@ int coro_spawn(coro_fn fn, void *arg)
     return 0;
 }
 
+void *coro_self(void)
+{
+    return S.current;
+}
+
+void coro_wake(void *co)
+{
+    coro_t *c = co;
+    if (c->state == C_WAITING)
+        make_ready(c, CORO_WAKE);
+}
+
 size_t coro_count(void)
 {
     return S.count;

@@ -92,6 +92,7 @@ void coro_stack_free(coro_stack_t *st);
 #define CORO_READ  1 /* readable (or the peer closed) */
 #define CORO_WRITE 2 /* writable */
 #define CORO_ERROR 4 /* in the result only: an error or hang-up on the descriptor */
+#define CORO_WAKE  8 /* in the result only: coro_wake woke it */
 
 typedef void (*coro_fn)(void *arg);
 
@@ -131,6 +132,16 @@ int coro_wait(int fd, int events, int64_t deadline);
 /* From a coroutine: wait until deadline (coro_wait(-1, 0, deadline)).
  * Returns 0, or coro_wait's -errno. */
 int coro_sleep(int64_t deadline);
+
+/* The running coroutine (NULL on the scheduler's loop): a handle for
+ * coro_wake, valid until the coroutine ends. */
+void *coro_self(void);
+
+/* Wake coroutine co (a coro_self of this thread's scheduler, not ended): if
+ * it is waiting, its coro_wait returns CORO_WAKE; if it is running or about
+ * to, nothing happens (it must look for what it was woken for before it
+ * waits again). No system call. */
+void coro_wake(void *co);
 
 /* The coroutines of this thread's scheduler not yet ended. */
 size_t coro_count(void);

@@ -480,6 +480,10 @@ int server_wait_coro(session_t *s, int wants, int64_t drain_end)
     int64_t deadline = session_deadline(s);
     if (deadline && now >= deadline)
         return SERVER_EV_TIMER;
+    /* Lines another coroutine's SAY left (core/chat.h, CHAT_TASKS): its
+     * wake-up may have come while this one was not waiting. */
+    if (chat_pending(s))
+        return SERVER_EV_CHAT;
     int64_t until = deadline;
     if (drain_end && (!until || drain_end < until))
         until = drain_end;
@@ -488,6 +492,8 @@ int server_wait_coro(session_t *s, int wants, int64_t drain_end)
         until);
     if (r < 0)
         return r == -EINTR ? SERVER_EV_NONE : r;
+    if (r & CORO_WAKE)
+        return SERVER_EV_CHAT;
     if (r & CORO_WRITE)
         return SERVER_EV_WRITABLE;
     if (r & CORO_READ)

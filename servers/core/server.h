@@ -169,7 +169,7 @@ enum server_event {
     SERVER_EV_ERROR,    /* call session_on_error */
     SERVER_EV_TIMER,    /* its deadline passed: call session_on_timer */
     SERVER_EV_DRAINED,  /* stopping, and the drain time is over: close it */
-    SERVER_EV_CHAT,     /* chat lines wait for it (server_wait_one): session_on_chat */
+    SERVER_EV_CHAT,     /* chat lines wait for it (server_wait_one, _coro): session_on_chat */
 };
 
 /* The blocking designs' wait: poll() on s's socket alone for what it wants
@@ -181,8 +181,9 @@ int server_wait_one(session_t *s, int wants, int64_t drain_end);
 
 /* The coroutine designs' wait (core/coro.h): server_wait_one's contract, but
  * the calling coroutine waits in the scheduler's epoll instead of the thread
- * in poll(), and the stop reaches it through the scheduler (SERVER_EV_NONE,
- * as the stop descriptor's wake-up does in server_wait_one). Returns a
+ * in poll(), the stop reaches it through the scheduler (SERVER_EV_NONE, as
+ * the stop descriptor's wake-up does in server_wait_one), and the chat's
+ * lines by coro_wake (CHAT_TASKS: chat_new_tasks(coro_self, coro_wake)). Returns a
  * SERVER_EV_*, or coro_wait's -errno. */
 int server_wait_coro(session_t *s, int wants, int64_t drain_end);
 

@@ -1563,7 +1563,8 @@ static void test_uring_missing_kernel_features(void **state)
 /* Does this design serve the chat? Those that cannot answer ERR. */
 static int chats(const struct srv *s)
 {
-    static const char *const with[] = {"select", "poll", "epoll", "threads", "reactor", "workers"};
+    static const char *const with[] = {"select", "poll",    "epoll",   "threads",
+                                       "coro",   "reactor", "workers", "uring"};
     for (size_t i = 0; i < sizeof with / sizeof with[0]; i++)
         if (strcmp(s->design, with[i]) == 0)
             return 1;
@@ -1787,8 +1788,7 @@ static int run_design(struct srv *s)
             strcmp(s->design, "reactor") != 0 && strcmp(s->design, "uring") != 0)
             continue;
         /* The chat where a design serves it, its ERR where not (iterative:
-         * one client at a time; coro: a session lives on a stack that is
-         * copied aside while it waits, where no other may reach it). */
+         * one client at a time). */
         if (strstr(name, "test_chat_") && (strstr(name, "unsupported") ? chats(s) : !chats(s)))
             continue;
         run[n] = common[i];

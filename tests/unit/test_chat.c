@@ -1,8 +1,9 @@
 /* Unit tests of the chat (core/chat.c through the session's JOIN, SAY and
  * LEAVE): rooms, the broadcast to every member sender included, moving
- * between rooms, the slow consumer's cut while the room goes on, in both
- * modes (one loop: lines into the outputs, wake to arm the write; threads:
- * lines into inboxes, an eventfd, chat_take on the owner's side).
+ * between rooms, the slow consumer's cut while the room goes on, in every
+ * mode (one loop: lines into the outputs, wake to arm the write; threads:
+ * lines into inboxes, an eventfd, chat_take on the owner's side; loops:
+ * posts to a mailbox; tasks: inboxes, the owner's task woken).
  *
  * Sessions are driven over socketpairs, as an event loop would drive them,
  * all on this thread: what crosses threads in CHAT_THREADS is the inbox and
@@ -219,6 +220,86 @@ static void test_threads_mode(void **state)
     close_all();
 }
 
+/* Tasks (coro): the task that is running, and who was woken. */
+static int running;
+static void *self_task(void)
+{
+    return &ss[running];
+}
+
+static void wake_task(void *task)
+{
+    woken[(session_t *)task - ss]++;
+}
+
+/* Tasks: a SAY never touches another member's session (its frames are put
+ * aside): the line waits in its inbox, its task is woken once, and it takes
+ * the lines itself when it runs. */
+static void test_tasks_mode(void **state)
+{
+    (void)state;
+    chat_t *c = chat_new_tasks(self_task, wake_task);
+    open_all(c);
+    for (running = 0; running < 3; running++) {
+        say(running, "JOIN r\n");
+        got(running);
+    }
+    running = 0;
+    say(0, "SAY one\n");
+    say(0, "SAY two\n");
+    assert_string_equal(got(0), "MSG one\nMSG two\n");
+    assert_int_equal(woken[0], 0); /* the sender runs already */
+    assert_int_equal(woken[1], 1); /* once, while its inbox holds lines */
+    assert_int_equal(woken[2], 1);
+    assert_string_equal(got(1), ""); /* nothing in its output before it runs */
+    assert_true(chat_pending(&ss[1]));
+    running = 1;
+    session_on_chat(&ss[1]);
+    assert_false(chat_pending(&ss[1]));
+    assert_string_equal(got(1), "MSG one\nMSG two\n");
+    running = 0;
+    say(0, "SAY three\n");
+    assert_int_equal(woken[1], 2); /* its inbox was empty again */
+    assert_int_equal(woken[2], 1);
+    running = 2;
+    session_on_chat(&ss[2]);
+    assert_string_equal(got(2), "MSG one\nMSG two\nMSG three\n");
+
+    /* Member 1 does not run: its inbox passes the limit, and it is cut
+     * when it does. */
+    running = 0;
+    char line[4000 + 6];
+    memcpy(line, "SAY ", 4);
+    memset(line + 4, 'y', 4000);
+    strcpy(line + 4004, "\n");
+    for (int i = 0; i < CHAT_OUT_LIMIT / 4000 + 2; i++) {
+        say(0, line);
+        got(0);
+        running = 2;
+        session_on_chat(&ss[2]);
+        got(2);
+        running = 0;
+    }
+    assert_true(chat_pending(&ss[1]));
+    running = 1;
+    int w = session_on_chat(&ss[1]);
+    assert_int_equal(ss[1].closing, 1);
+    assert_false(chat_pending(&ss[1]));
+    char tail[18] = {0};
+    for (int i = 0; !(w & SESS_CLOSE); i++) {
+        assert_true(i < 10000);
+        keep_tail(tail, got(1));
+        w = session_on_writable(&ss[1]);
+    }
+    keep_tail(tail, got(1));
+    assert_memory_equal(tail, "ERR slow consumer\n", 18);
+    /* The room goes on without it. */
+    running = 0;
+    say(0, "JOIN r\n");
+    assert_string_equal(got(0), "JOINED 2\n");
+    close_all();
+}
+
 /* Two loops: a SAY reaches the other loop's members only through its
  * mailbox, once that loop runs it. */
 static void test_loops_mode(void **state)
@@ -281,7 +362,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rooms_one_loop), cmocka_unit_test(test_slow_consumer_one_loop),
         cmocka_unit_test(test_threads_mode),   cmocka_unit_test(test_loops_mode),
-        cmocka_unit_test(test_no_chat),
+        cmocka_unit_test(test_tasks_mode),     cmocka_unit_test(test_no_chat),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

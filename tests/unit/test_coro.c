@@ -1,7 +1,7 @@
 /* Unit tests of the coroutine runtime (core/coro.h): the switch keeps every
  * callee-saved register and a coroutine's locals; the scheduler wakes
- * coroutines in deadline order, on readiness, on a hang-up, and all at once
- * on the stop; frames copied aside from the shared stack come back intact
+ * coroutines in deadline order, on readiness, on a hang-up, on coro_wake,
+ * and all at once on the stop; frames copied aside from the shared stack come back intact
  * among many coroutines of different depths; an overflow faults in the
  * guard page; and what a switch costs against swapcontext(3).
  *
@@ -236,6 +236,57 @@ static void test_stop_wakes_all(void **state)
     close(stop_efd);
 }
 
+/* ---- coro_wake ---- */
+
+static void *sleeper_self, *reader_self;
+static int sleeper_got, reader_got, self_wake_got;
+static int wake_pair[2];
+
+static void wake_sleeper(void *arg)
+{
+    (void)arg;
+    sleeper_self = coro_self();
+    sleeper_got = coro_sleep(time_now_ms() + 10000);
+}
+
+static void wake_reader(void *arg)
+{
+    (void)arg;
+    reader_self = coro_self();
+    reader_got = coro_wait(wake_pair[0], CORO_READ, 0); /* nothing comes */
+}
+
+static void waker(void *arg)
+{
+    (void)arg;
+    coro_wake(coro_self()); /* running: nothing to do */
+    self_wake_got = coro_sleep(time_now_ms() + 1);
+    coro_wake(sleeper_self);
+    coro_wake(reader_self);
+    coro_wake(reader_self); /* woken already: no second wake-up */
+}
+
+/* A wake ends a sleep and a wait on a descriptor at once, with CORO_WAKE; a
+ * running coroutine's wake is lost (its next wait is a plain one). */
+static void test_wake(void **state)
+{
+    (void)state;
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, wake_pair), 0);
+    assert_int_equal(coro_sched_init(STACK, 0, -1), 0);
+    assert_null(coro_self());
+    assert_int_equal(coro_spawn(wake_sleeper, NULL), 0);
+    assert_int_equal(coro_spawn(wake_reader, NULL), 0);
+    assert_int_equal(coro_spawn(waker, NULL), 0);
+    int64_t t0 = time_update();
+    assert_int_equal(coro_sched_run(), 0);
+    assert_true(time_update() - t0 < 5000);
+    assert_int_equal(self_wake_got, 0); /* its deadline */
+    assert_int_equal(sleeper_got, CORO_WAKE);
+    assert_int_equal(reader_got, CORO_WAKE);
+    close(wake_pair[0]);
+    close(wake_pair[1]);
+}
+
 /* ---- frames kept across waits ---- */
 
 enum { DEEP_COROS = 40, DEEP_ROUNDS = 6 };
@@ -456,11 +507,17 @@ static void test_switch_cost(void **state)
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_switch_ping_pong),   cmocka_unit_test(test_sleep_order_shared),
-        cmocka_unit_test(test_sleep_order_own),    cmocka_unit_test(test_wait_fd),
-        cmocka_unit_test(test_end_drops_fd),       cmocka_unit_test(test_stop_wakes_all),
-        cmocka_unit_test(test_frames_kept_shared), cmocka_unit_test(test_frames_kept_own),
-        cmocka_unit_test(test_overflow_faults),    cmocka_unit_test(test_switch_cost),
+        cmocka_unit_test(test_switch_ping_pong),
+        cmocka_unit_test(test_sleep_order_shared),
+        cmocka_unit_test(test_sleep_order_own),
+        cmocka_unit_test(test_wait_fd),
+        cmocka_unit_test(test_end_drops_fd),
+        cmocka_unit_test(test_stop_wakes_all),
+        cmocka_unit_test(test_wake),
+        cmocka_unit_test(test_frames_kept_shared),
+        cmocka_unit_test(test_frames_kept_own),
+        cmocka_unit_test(test_overflow_faults),
+        cmocka_unit_test(test_switch_cost),
     };
     if (argc > 1)
         cmocka_set_test_filter(argv[1]);
