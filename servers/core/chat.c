@@ -66,6 +66,13 @@ static __thread int this_loop; /* chat_loop_bind */
 
 static const char slow[] = "ERR slow consumer\n";
 
+/* s's unsent output: its buffer, and what a design that moves the bytes
+ * itself (io_uring) has taken from it and not yet sent. */
+static size_t unsent(const session_t *s)
+{
+    return buf_used(&s->out) + s->lent;
+}
+
 chat_t *chat_new(enum chat_mode mode, chat_wake_fn wake, void *ctx)
 {
     chat_t *c = calloc(1, sizeof *c);
@@ -217,6 +224,21 @@ static void cut(chat_t *c, struct chat_member *m)
         s->closing = 1;
 }
 
+/* On s's own thread: move the lines waiting in m's inbox to s's output
+ * (CHAT_THREADS, CHAT_TASKS; the others' inboxes stay empty). Returns 1 when
+ * s is too far behind (to be cut), else 0. */
+static int move_inbox(chat_t *c, struct chat_member *m, session_t *s)
+{
+    lock_member(c, m);
+    if (buf_used(&m->inbox) && !m->cut &&
+        buf_append(&s->out, buf_head(&m->inbox), buf_used(&m->inbox)) < 0)
+        m->cut = 1;
+    buf_consume(&m->inbox, buf_used(&m->inbox));
+    int behind = m->cut || unsent(s) > CHAT_OUT_LIMIT;
+    unlock_member(c, m);
+    return behind;
+}
+
 int chat_join(chat_t *c, session_t *s, const char *name, size_t len)
 {
     struct chat_member *m = s->chat;
@@ -257,8 +279,13 @@ int chat_join(chat_t *c, session_t *s, const char *name, size_t len)
         /* The new room first: the old one may go with its last member. */
         r->count++;
         r->refs++;
-        if (m->room)
+        if (m->room) {
             unlink_member(c, m);
+            /* What the old room sent comes before JOINED, as on one loop.
+             * Under c->lock no one posts to m meanwhile; if it is too far
+             * behind, m->cut stays set and its next chat_take cuts it. */
+            (void)move_inbox(c, m, s);
+        }
         m->room = r;
         m->next = r->first[m->loop];
         if (m->next)
@@ -308,7 +335,7 @@ static int deliver(chat_t *c, room_t *r, int loop, session_t *s, const char *lin
         if (to->closing)
             continue; /* dead, or answering its last and closing */
         reached++;
-        if (buf_append(&to->out, line, n) < 0 || buf_used(&to->out) > CHAT_OUT_LIMIT) {
+        if (buf_append(&to->out, line, n) < 0 || unsent(to) > CHAT_OUT_LIMIT) {
             if (c->mode == CHAT_LOOPS)
                 lock(c);
             unlink_member(c, x);
@@ -372,7 +399,7 @@ int chat_say(chat_t *c, session_t *s, const char *text, size_t len)
             }
         /* s itself, on its own thread */
         reached++;
-        self_cut = buf_append(&s->out, line, n) < 0 || buf_used(&s->out) > CHAT_OUT_LIMIT;
+        self_cut = buf_append(&s->out, line, n) < 0 || unsent(s) > CHAT_OUT_LIMIT;
     } else if (c->mode == CHAT_LOOPS) {
         for (int i = 0; i < c->loops; i++)
             if (i != m->loop && r->first[i])
@@ -422,14 +449,7 @@ void chat_take(session_t *s)
     if (m->wake_fd >= 0 && read(m->wake_fd, &n, sizeof n) < 0) {
         /* nothing to read: a spurious wake-up */
     }
-    lock_member(m->chat, m);
-    if (buf_used(&m->inbox) && !m->cut &&
-        buf_append(&s->out, buf_head(&m->inbox), buf_used(&m->inbox)) < 0)
-        m->cut = 1;
-    buf_consume(&m->inbox, buf_used(&m->inbox));
-    int behind = m->cut || buf_used(&s->out) > CHAT_OUT_LIMIT;
-    unlock_member(m->chat, m);
-    if (behind && m->room)
+    if (move_inbox(m->chat, m, s) && m->room)
         cut(m->chat, m);
 }
 
@@ -441,6 +461,9 @@ void chat_leave(session_t *s)
     lock(m->chat);
     unlink_member(m->chat, m);
     unlock(m->chat);
+    /* What the room sent while s was in it comes before LEFT, as on one
+     * loop (on close, it goes with the output). No one posts to m now. */
+    (void)move_inbox(m->chat, m, s);
     if (m->wake_fd >= 0)
         close(m->wake_fd);
     buf_free(&m->inbox);

@@ -157,6 +157,46 @@ static void test_slow_consumer_one_loop(void **state)
     close_all();
 }
 
+/* A design that moves the bytes itself (io_uring) takes the output while
+ * its send is in flight: that output is still unsent, and counts toward
+ * the limit (it was not: such a member held twice the limit before its cut). */
+static void test_slow_consumer_output_taken(void **state)
+{
+    (void)state;
+    chat_t *c = chat_new(CHAT_ONE_LOOP, wake, NULL);
+    open_all(c);
+    cfg.external_io = 1;
+    say(0, "JOIN r\n");
+    got(0);
+    say(1, "JOIN r\n");
+    buf_t tx = {0};
+    assert_true(session_take_output(&ss[1], &tx) > 0); /* JOINED, on its way */
+    buf_free(&tx);
+    char line[4000 + 6];
+    memcpy(line, "SAY ", 4);
+    memset(line + 4, 'x', 4000);
+    strcpy(line + 4004, "\n");
+    /* 3/4 of the limit, taken by the design's send that never completes. */
+    while (buf_used(&ss[1].out) < CHAT_OUT_LIMIT / 4 * 3) {
+        say(0, line);
+        got(0);
+    }
+    assert_true(session_take_output(&ss[1], &tx) > 0);
+    int i = 0;
+    while (ss[1].closing == 0) {
+        assert_true(i++ < 1000);
+        say(0, line);
+        got(0);
+    }
+    /* Cut once out and the send in flight together pass the limit. */
+    assert_true(buf_used(&ss[1].out) < CHAT_OUT_LIMIT / 2);
+    assert_true(buf_used(&ss[1].out) + buf_used(&tx) <= CHAT_OUT_LIMIT + 4005 + 18);
+    buf_free(&tx);
+    ss[1].lent = 0;
+    close_all();
+    cfg.external_io = 0;
+}
+
 static int readable(int fd)
 {
     struct pollfd p = {.fd = fd, .events = POLLIN};
@@ -357,12 +397,56 @@ static void test_no_chat(void **state)
     close_all();
 }
 
+/* Lines waiting in an inbox when its member moves or leaves come first, as
+ * on one loop: a member never sees its old room's lines after JOINED, nor
+ * loses them at LEAVE. */
+static void test_inbox_before_move(void **state)
+{
+    (void)state;
+    enum chat_mode modes[] = {CHAT_THREADS, CHAT_TASKS};
+    for (size_t k = 0; k < 2; k++) {
+        chat_t *c = modes[k] == CHAT_THREADS ? chat_new(CHAT_THREADS, NULL, NULL)
+                                             : chat_new_tasks(self_task, wake_task);
+        open_all(c);
+        running = 0;
+        say(0, "JOIN a\n");
+        got(0);
+        running = 1;
+        say(1, "JOIN a\n");
+        got(1);
+        running = 0;
+        say(0, "SAY old\n");
+        got(0);
+        running = 1;
+        say(1, "JOIN b\n"); /* before it took "old" */
+        assert_string_equal(got(1), "MSG old\nJOINED 1\n");
+        running = 0;
+        say(0, "SAY bye\n");
+        got(0);
+        assert_string_equal(got(1), ""); /* room a is not its room any more */
+        running = 2;
+        say(2, "JOIN b\n");
+        got(2);
+        say(2, "SAY last\n");
+        got(2);
+        running = 1;
+        say(1, "LEAVE\n"); /* before it took "last" */
+        assert_string_equal(got(1), "MSG last\nLEFT\n");
+        close_all();
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rooms_one_loop), cmocka_unit_test(test_slow_consumer_one_loop),
-        cmocka_unit_test(test_threads_mode),   cmocka_unit_test(test_loops_mode),
-        cmocka_unit_test(test_tasks_mode),     cmocka_unit_test(test_no_chat),
+        cmocka_unit_test(test_rooms_one_loop),
+        cmocka_unit_test(test_slow_consumer_one_loop),
+        cmocka_unit_test(test_threads_mode),
+        cmocka_unit_test(test_loops_mode),
+        cmocka_unit_test(test_tasks_mode),
+        cmocka_unit_test(test_no_chat),
+        cmocka_unit_test(test_slow_consumer_output_taken),
+        cmocka_unit_test(test_inbox_before_move),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
