@@ -397,9 +397,11 @@ int chat_say(chat_t *c, session_t *s, const char *text, size_t len)
                 post_line(c, x, line, n); /* its session is its thread's or task's alone */
                 reached++;
             }
-        /* s itself, on its own thread */
+        /* s itself, on its own thread, after what was posted to it before
+         * (under c->lock: every member sees the room's lines in one order) */
         reached++;
-        self_cut = buf_append(&s->out, line, n) < 0 || unsent(s) > CHAT_OUT_LIMIT;
+        self_cut = move_inbox(c, m, s);
+        self_cut |= buf_append(&s->out, line, n) < 0 || unsent(s) > CHAT_OUT_LIMIT;
     } else if (c->mode == CHAT_LOOPS) {
         for (int i = 0; i < c->loops; i++)
             if (i != m->loop && r->first[i])

@@ -397,9 +397,10 @@ static void test_no_chat(void **state)
     close_all();
 }
 
-/* Lines waiting in an inbox when its member moves or leaves come first, as
- * on one loop: a member never sees its old room's lines after JOINED, nor
- * loses them at LEAVE. */
+/* Lines waiting in an inbox when its member moves, leaves or says come
+ * first, as on one loop: a member never sees its old room's lines after
+ * JOINED, nor loses them at LEAVE, nor sees its own line before others'
+ * posted earlier. */
 static void test_inbox_before_move(void **state)
 {
     (void)state;
@@ -427,6 +428,14 @@ static void test_inbox_before_move(void **state)
         running = 2;
         say(2, "JOIN b\n");
         got(2);
+        say(2, "SAY first\n");
+        got(2);
+        running = 1;
+        say(1, "SAY second\n"); /* its own line after the one posted to it */
+        assert_string_equal(got(1), "MSG first\nMSG second\n");
+        running = 2;
+        session_on_chat(&ss[2]);
+        assert_string_equal(got(2), "MSG second\n");
         say(2, "SAY last\n");
         got(2);
         running = 1;
