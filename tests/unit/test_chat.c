@@ -126,6 +126,14 @@ static void test_rooms_one_loop(void **state)
     close_all();
 }
 
+/* A SAY of 4,000 bytes of c. */
+static void big_say(char line[4006], char c)
+{
+    memcpy(line, "SAY ", 4);
+    memset(line + 4, c, 4000);
+    strcpy(line + 4004, "\n");
+}
+
 /* Member 1 never reads: once its output passes the limit it is cut, told
  * why, and the room goes on without it. */
 static void test_slow_consumer_one_loop(void **state)
@@ -138,9 +146,7 @@ static void test_slow_consumer_one_loop(void **state)
     say(1, "JOIN r\n");
     got(1);
     char line[4000 + 6];
-    memcpy(line, "SAY ", 4);
-    memset(line + 4, 'x', 4000);
-    strcpy(line + 4004, "\n");
+    big_say(line, 'x');
     int i = 0;
     while (ss[1].closing == 0) {
         assert_true(i++ < 1000);
@@ -173,9 +179,7 @@ static void test_slow_consumer_output_taken(void **state)
     assert_true(session_take_output(&ss[1], &tx) > 0); /* JOINED, on its way */
     buf_free(&tx);
     char line[4000 + 6];
-    memcpy(line, "SAY ", 4);
-    memset(line + 4, 'x', 4000);
-    strcpy(line + 4004, "\n");
+    big_say(line, 'x');
     /* 3/4 of the limit, taken by the design's send that never completes. */
     while (buf_used(&ss[1].out) < CHAT_OUT_LIMIT / 4 * 3) {
         say(0, line);
@@ -215,6 +219,20 @@ static void keep_tail(char tail[18], const char *g)
     }
 }
 
+/* Member 1 was cut (w: its wants then): it is written what it was sent,
+ * then why, then the connection ends. */
+static void expect_cut(int w)
+{
+    char tail[18] = {0};
+    for (int i = 0; !(w & SESS_CLOSE); i++) {
+        assert_true(i < 10000);
+        keep_tail(tail, got(1));
+        w = session_on_writable(&ss[1]);
+    }
+    keep_tail(tail, got(1));
+    assert_memory_equal(tail, "ERR slow consumer\n", 18);
+}
+
 static void test_threads_mode(void **state)
 {
     (void)state;
@@ -237,24 +255,14 @@ static void test_threads_mode(void **state)
 
     /* Member 1 stops taking its lines: its inbox passes the limit. */
     char line[4000 + 6];
-    memcpy(line, "SAY ", 4);
-    memset(line + 4, 'y', 4000);
-    strcpy(line + 4004, "\n");
+    big_say(line, 'y');
     for (int i = 0; i < CHAT_OUT_LIMIT / 4000 + 2; i++) {
         say(0, line);
         got(0);
     }
     int w = session_on_chat(&ss[1]);
     assert_int_equal(ss[1].closing, 1);
-    /* It is written what it was sent, then why, then the connection ends. */
-    char tail[18] = {0};
-    for (int i = 0; !(w & SESS_CLOSE); i++) {
-        assert_true(i < 10000);
-        keep_tail(tail, got(1));
-        w = session_on_writable(&ss[1]);
-    }
-    keep_tail(tail, got(1));
-    assert_memory_equal(tail, "ERR slow consumer\n", 18);
+    expect_cut(w);
     say(0, "JOIN r\n");
     assert_string_equal(got(0), "JOINED 1\n");
     close_all();
@@ -309,9 +317,7 @@ static void test_tasks_mode(void **state)
      * when it does. */
     running = 0;
     char line[4000 + 6];
-    memcpy(line, "SAY ", 4);
-    memset(line + 4, 'y', 4000);
-    strcpy(line + 4004, "\n");
+    big_say(line, 'y');
     for (int i = 0; i < CHAT_OUT_LIMIT / 4000 + 2; i++) {
         say(0, line);
         got(0);
@@ -325,14 +331,7 @@ static void test_tasks_mode(void **state)
     int w = session_on_chat(&ss[1]);
     assert_int_equal(ss[1].closing, 1);
     assert_false(chat_pending(&ss[1]));
-    char tail[18] = {0};
-    for (int i = 0; !(w & SESS_CLOSE); i++) {
-        assert_true(i < 10000);
-        keep_tail(tail, got(1));
-        w = session_on_writable(&ss[1]);
-    }
-    keep_tail(tail, got(1));
-    assert_memory_equal(tail, "ERR slow consumer\n", 18);
+    expect_cut(w);
     /* The room goes on without it. */
     running = 0;
     say(0, "JOIN r\n");
