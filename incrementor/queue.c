@@ -114,16 +114,16 @@
 #define LOG_EVERY_MS 1000 /* repeated errors are logged at most this often */
 
 /* The script (Redis 7's shebang: out of memory is refused before it runs,
- * never half-way). ARGV: node, seq, mode (b|d, or l: buffered, its fast
- * sums acknowledged under a lease that lapsed, dropped), ack time (wall ms,
+ * never half-way). ARGV: node, seq, mode (b|d, or l: buffered, its fast sums
+ * acknowledged under a lease that lapsed, dropped), ack time (wall ms,
  * 0 = now), idempotency window (ms), idempotency bound (keys), lease (ms),
- * fast increments, fast pairs n, the fast acknowledgements' times
- * ("ms:count ..." after the ack time), then n (key, delta) pairs, then per
- * deferred request: its number of items, its Idempotency-Key ('' for none),
- * its fingerprint, and its (key, delta) pairs. Returns {replayed, answers (one character per
+ * fast increments, fast pairs n, the fast acknowledgements' times ("ms:count ..."
+ * after the ack time), then n (key, delta) pairs, then per deferred request:
+ * its number of items, its Idempotency-Key ('' for none), its fingerprint,
+ * and its (key, delta) pairs. Returns {replayed, answers (one character per
  * deferred request), entry id, red, lease granted, fast pairs dropped
- * (fenced), fast pairs refused (overflow: never, by 1.), the writer's lag,
- * 1 when the lease had lapsed before this call (buffered), idempotency keys
+ * (fenced), fast pairs refused (overflow: never, by 1.), the writer's lag, 1
+ * when the lease had lapsed before this call (buffered), idempotency keys
  * evicted by the bound, idempotency keys kept (-1: none recorded, not
  * counted)}. */
 static const char script[] =
