@@ -70,9 +70,9 @@ def run(lab):
               own is not None and own >= 4096, mark=4096)
     lab.check("on the shared stack an idle connection costs a quarter of a thread's or less",
               co is not None and th is not None and co * 4 <= th, mark=th / 4 if th else None)
-    lab.check("on the shared stack an idle connection costs less than 3 times epoll's "
+    lab.check("on the shared stack an idle connection costs at most 2 times epoll's "
               "(the session, as epoll's, plus its frames and its record)",
-              co is not None and ep is not None and co < 3 * ep, mark=3 * ep if ep else None)
+              co is not None and ep is not None and co <= 2 * ep, mark=2 * ep if ep else None)
     lab.check("the coroutine design makes no kernel context switch per request "
               "(under 0.1, as epoll), where threads make several tenths",
               ctxsw.get("coro") is not None and ctxsw["coro"] < 0.1

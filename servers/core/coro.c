@@ -15,9 +15,15 @@
 /* coro_ctx_switch(from, to): push the callee-saved registers on the running
  * stack, store the stack pointer in from->sp, load to->sp, pop to's
  * registers and return where to left off. coro_boot is where a context made
- * by coro_ctx_make starts: entry(arg) from the registers the frame gave it,
- * and a trap should entry return. */
+ * by make_frame starts, with the registers the frame gave it: coro_enter(co),
+ * entry(arg), then coro_exit(co), which does not return. co is the
+ * scheduler's coroutine, NULL for a bare context (coro_ctx_make). entry is
+ * called from here rather than from a wrapper in C so that no wrapper's frame
+ * sits under every waiting coroutine's frames (shared stack: they are copied
+ * at every switch). The three are not static: the assembly calls them. */
 void coro_boot(void) __attribute__((visibility("hidden")));
+void coro_enter(void *co) __attribute__((visibility("hidden")));
+void coro_exit(void *co) __attribute__((visibility("hidden"), noreturn));
 #if defined(__x86_64__)
 __asm__(".text\n"
         ".globl coro_ctx_switch\n"
@@ -47,8 +53,12 @@ __asm__(".text\n"
         "coro_boot:\n"
         ".cfi_startproc\n"
         ".cfi_undefined rip\n" /* the first frame: unwinders stop here */
+        "    movq %r13, %rdi\n"
+        "    callq coro_enter\n"
         "    movq %rbx, %rdi\n"
         "    callq *%r12\n"
+        "    movq %r13, %rdi\n"
+        "    callq coro_exit\n"
         "    ud2\n"
         ".cfi_endproc\n"
         ".size coro_boot, .-coro_boot\n");
@@ -93,22 +103,28 @@ __asm__(".text\n"
         "coro_boot:\n"
         ".cfi_startproc\n"
         ".cfi_undefined x30\n" /* the first frame: unwinders stop here */
+        "    mov x0, x21\n"
+        "    bl coro_enter\n"
         "    mov x0, x19\n"
         "    blr x20\n"
+        "    mov x0, x21\n"
+        "    bl coro_exit\n"
         "    brk #0\n"
         ".cfi_endproc\n"
         ".size coro_boot, .-coro_boot\n");
 #endif
 
-void coro_ctx_make(coro_ctx_t *ctx, char *top, void (*entry)(void *), void *arg)
+/* The frame coro_ctx_switch pops to start entry(arg) at top through
+ * coro_boot, with zeroes for the registers that do not matter (the frame
+ * pointer's zero ends the frame chain). */
+static void make_frame(coro_ctx_t *ctx, char *top, void (*entry)(void *), void *arg, void *co)
 {
-    /* The frame coro_ctx_switch pops, with zeroes for the registers that do
-     * not matter (the frame pointer's zero ends the frame chain). */
     uintptr_t *f = (uintptr_t *)(void *)(top - CORO_FRAME_SIZE);
     memset(f, 0, CORO_FRAME_SIZE);
 #if defined(__x86_64__)
     /* r15 r14 r13 r12 rbx rbp, then the return address: coro_boot starts
-     * with the stack 16-byte aligned, as a call wants it (top - 16). */
+     * with the stack pointer at top, 16-byte aligned as a call wants it. */
+    f[2] = (uintptr_t)co;    /* r13 */
     f[3] = (uintptr_t)entry; /* r12 */
     f[4] = (uintptr_t)arg;   /* rbx */
     f[6] = (uintptr_t)coro_boot;
@@ -116,9 +132,15 @@ void coro_ctx_make(coro_ctx_t *ctx, char *top, void (*entry)(void *), void *arg)
     /* x19 .. x28, x29 x30, d8 .. d15: sp ends at top, aligned. */
     f[0] = (uintptr_t)arg;        /* x19 */
     f[1] = (uintptr_t)entry;      /* x20 */
+    f[2] = (uintptr_t)co;         /* x21 */
     f[11] = (uintptr_t)coro_boot; /* x30 */
 #endif
     ctx->sp = f;
+}
+
+void coro_ctx_make(coro_ctx_t *ctx, char *top, void (*entry)(void *), void *arg)
+{
+    make_frame(ctx, top, entry, arg, NULL);
 }
 
 int coro_stack_alloc(coro_stack_t *st, size_t size)
@@ -164,15 +186,13 @@ struct coro {
     timer_node_t timer;          /* the deadline of its wait */
     coro_t *next;                /* the ready queue */
     coro_t *prev_all, *next_all; /* every coroutine (the stop wakes them all) */
-    coro_fn fn;
-    void *arg;
-    char *mem;     /* own stack: its mapping; shared: its stack put aside */
-    uint32_t cap;  /* shared: the bytes mem holds */
-    int fd;        /* the descriptor registered with epoll, -1 none */
-    int8_t result; /* what its wait returns */
-    uint8_t state; /* C_* */
-    uint8_t armed; /* the epoll events registered for fd */
-    uint8_t on_fd; /* its wait is for fd (not a sleep alone) */
+    char *mem;                   /* own stack: its mapping; shared: its stack put aside */
+    uint32_t cap;                /* shared: the bytes mem holds */
+    int fd;                      /* the descriptor registered with epoll, -1 none */
+    int8_t result;               /* what its wait returns */
+    uint8_t state;               /* C_* */
+    uint8_t armed;               /* the epoll events registered for fd */
+    uint8_t on_fd;               /* its wait is for fd (not a sleep alone) */
 #ifdef CORE_ASAN
     void *asan_fake; /* its fake stack (detect_stack_use_after_return) */
 #endif
@@ -251,16 +271,25 @@ static void park(coro_t *c)
 #endif
 }
 
-/* A coroutine's first frame: its function, then away for good. */
-static void coro_main(void *arg)
+/* coro_boot, before a coroutine's function (NULL: a bare context). */
+void coro_enter(void *co)
 {
-    coro_t *c = arg;
 #ifdef CORE_ASAN
-    __sanitizer_finish_switch_fiber(NULL, &S.main_bottom, &S.main_size);
+    if (co) /* the switch that started it, seen from its side */
+        __sanitizer_finish_switch_fiber(NULL, &S.main_bottom, &S.main_size);
 #endif
-    c->fn(c->arg);
+    (void)co;
+}
+
+/* coro_boot, once a coroutine's function has returned: away for good. */
+void coro_exit(void *co)
+{
+    coro_t *c = co;
+    if (!c)
+        abort(); /* a bare context's entry returned: there is nowhere to go */
     c->state = C_DONE;
     park(c);
+    abort(); /* the loop destroys an ended coroutine, never resumes it */
 }
 
 /* On the loop: run c until it waits or ends. On the shared stack, the
@@ -364,8 +393,6 @@ int coro_spawn(coro_fn fn, void *arg)
     coro_t *c = calloc(1, sizeof *c);
     if (!c)
         return -ENOMEM;
-    c->fn = fn;
-    c->arg = arg;
     c->fd = -1;
     if (S.own) {
         coro_stack_t st;
@@ -374,7 +401,7 @@ int coro_spawn(coro_fn fn, void *arg)
             return -ENOMEM;
         }
         c->mem = st.map;
-        coro_ctx_make(&c->ctx, st.lo + st.size, coro_main, c);
+        make_frame(&c->ctx, st.lo + st.size, fn, arg, c);
     } else {
         /* Its first frame waits aside like any other, copied in when it
          * first runs: made in its buffer as if that were the stack's top. */
@@ -384,7 +411,7 @@ int coro_spawn(coro_fn fn, void *arg)
             return -ENOMEM;
         }
         c->cap = CORO_FRAME_SIZE;
-        coro_ctx_make(&c->ctx, c->mem + CORO_FRAME_SIZE, coro_main, c);
+        make_frame(&c->ctx, c->mem + CORO_FRAME_SIZE, fn, arg, c);
         c->ctx.sp = S.shared.lo + S.shared.size - CORO_FRAME_SIZE;
     }
     c->next_all = S.all;
@@ -504,11 +531,12 @@ int coro_sched_run(void)
     return rc;
 }
 
-int coro_wait(int fd, int events, int64_t deadline)
+/* coro_wait's work before the switch: register fd for events (or check it)
+ * and file the deadline. Returns 0 or -errno. Out of line so that none of
+ * its locals is in coro_wait's frame while c waits: on the shared stack that
+ * frame is copied at every switch and kept for as long as c waits. */
+static __attribute__((noinline)) int prepare_wait(coro_t *c, int fd, int events, int64_t deadline)
 {
-    coro_t *c = S.current;
-    if (!c)
-        return -EPERM;
     if (fd >= 0) {
         if (c->fd >= 0 && c->fd != fd)
             return -EINVAL;
@@ -532,6 +560,17 @@ int coro_wait(int fd, int events, int64_t deadline)
     c->on_fd = fd >= 0;
     /* Cannot fail: coro_spawn reserved its place. */
     (void)timers_set(&S.timers, &c->timer, deadline);
+    return 0;
+}
+
+int coro_wait(int fd, int events, int64_t deadline)
+{
+    coro_t *c = S.current;
+    if (!c)
+        return -EPERM;
+    int rc = prepare_wait(c, fd, events, deadline);
+    if (rc < 0)
+        return rc;
     c->state = C_WAITING;
     park(c);
     return c->result;

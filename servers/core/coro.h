@@ -51,9 +51,9 @@ typedef struct coro_ctx {
 } coro_ctx_t;
 
 /* Bytes coro_ctx_make writes below the top of a stack: the registers a
- * switch pops, the entry's return address, alignment. */
+ * switch pops and its return address. */
 #if defined(__x86_64__)
-#define CORO_FRAME_SIZE 72
+#define CORO_FRAME_SIZE 56
 #elif defined(__aarch64__)
 #define CORO_FRAME_SIZE 160
 #else
@@ -62,8 +62,8 @@ typedef struct coro_ctx {
 
 /* Prepare ctx so that the first switch to it calls entry(arg) on the stack
  * whose top (highest address, 16-byte aligned) is top; entry must never
- * return (it switches away for good at its end). Writes CORO_FRAME_SIZE
- * bytes below top. */
+ * return (it switches away for good at its end; a return aborts). Writes
+ * CORO_FRAME_SIZE bytes below top. */
 void coro_ctx_make(coro_ctx_t *ctx, char *top, void (*entry)(void *), void *arg);
 
 /* Save the running context into from and run to: returns when something

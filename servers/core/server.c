@@ -472,24 +472,49 @@ int server_wait_one(session_t *s, int wants, int64_t drain_end)
     return SERVER_EV_NONE;
 }
 
-int server_wait_coro(session_t *s, int wants, int64_t drain_end)
+/* What server_wait_coro decides before it waits. 16 bytes of integers: on
+ * x86-64 and aarch64 it comes back in two registers. */
+typedef struct wait_plan {
+    int64_t until;  /* the wait's deadline (0: none) */
+    int32_t ev;     /* a SERVER_EV_* to return at once, or -1: wait */
+    int32_t events; /* the CORO_* events to wait for */
+} wait_plan_t;
+
+/* server_wait_coro's checks, out of line: while the coroutine waits, its
+ * frames below the session are kept and, on the shared stack, copied at every
+ * switch, so server_wait_coro's frame must hold nothing but s. */
+static __attribute__((noinline)) wait_plan_t plan_wait(session_t *s, int wants, int64_t drain_end)
 {
+    wait_plan_t p = {.ev = -1};
     int64_t now = time_now_ms(); /* the scheduler's wake-up brought it up to date */
-    if (drain_end && now >= drain_end)
-        return SERVER_EV_DRAINED;
+    if (drain_end && now >= drain_end) {
+        p.ev = SERVER_EV_DRAINED;
+        return p;
+    }
     int64_t deadline = session_deadline(s);
-    if (deadline && now >= deadline)
-        return SERVER_EV_TIMER;
+    if (deadline && now >= deadline) {
+        p.ev = SERVER_EV_TIMER;
+        return p;
+    }
     /* Lines another coroutine's SAY left (core/chat.h, CHAT_TASKS): its
      * wake-up may have come while this one was not waiting. */
-    if (chat_pending(s))
-        return SERVER_EV_CHAT;
-    int64_t until = deadline;
-    if (drain_end && (!until || drain_end < until))
-        until = drain_end;
-    int r = coro_wait(
-        s->fd, ((wants & SESS_READ) ? CORO_READ : 0) | ((wants & SESS_WRITE) ? CORO_WRITE : 0),
-        until);
+    if (chat_pending(s)) {
+        p.ev = SERVER_EV_CHAT;
+        return p;
+    }
+    p.until = deadline;
+    if (drain_end && (!p.until || drain_end < p.until))
+        p.until = drain_end;
+    p.events = ((wants & SESS_READ) ? CORO_READ : 0) | ((wants & SESS_WRITE) ? CORO_WRITE : 0);
+    return p;
+}
+
+int server_wait_coro(session_t *s, int wants, int64_t drain_end)
+{
+    wait_plan_t p = plan_wait(s, wants, drain_end);
+    if (p.ev >= 0)
+        return p.ev;
+    int r = coro_wait(s->fd, p.events, p.until);
     if (r < 0)
         return r == -EINTR ? SERVER_EV_NONE : r;
     if (r & CORO_WAKE)

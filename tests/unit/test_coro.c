@@ -2,8 +2,9 @@
  * callee-saved register and a coroutine's locals; the scheduler wakes
  * coroutines in deadline order, on readiness, on a hang-up, on coro_wake,
  * and all at once on the stop; frames copied aside from the shared stack come back intact
- * among many coroutines of different depths; an overflow faults in the
- * guard page; and what a switch costs against swapcontext(3).
+ * among many coroutines of different depths; a waiting coroutine keeps
+ * little more than its frames; an overflow faults in the guard page; and
+ * what a switch costs against swapcontext(3).
  *
  * `unit-test_coro PATTERN` runs the tests whose name matches PATTERN (a
  * glob, cmocka's filter): `strace -c bin/tests/unit-test_coro
@@ -17,6 +18,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <malloc.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -340,6 +342,53 @@ static void test_frames_kept_own(void **state)
     frames_kept(1);
 }
 
+/* ---- what a waiting coroutine keeps ---- */
+
+#define IDLE_COROS 1000
+
+static size_t idle_heap; /* heap in use while every idler waits */
+
+static void idler(void *arg)
+{
+    (void)arg;
+    /* Until the stop (-EINTR). */
+    (void)coro_sleep(0);
+}
+
+static void heap_meter(void *arg)
+{
+    int stop = (int)(intptr_t)arg;
+    (void)coro_sleep(time_now_ms() + 10); /* every idler is waiting by then */
+    idle_heap = mallinfo2().uordblks;
+    assert_int_equal(eventfd_write(stop, 1), 0);
+}
+
+/* On the shared stack a waiting coroutine keeps its record and its frames,
+ * nothing more: what an idle connection of the coro design costs beyond
+ * its session. An idler's frames are its function's return address and the
+ * scheduler's own (coro_wait's, the switch's registers): 224 bytes at most
+ * all told, with malloc's headers and the deadline heap's slot. */
+static void test_waiting_footprint(void **state)
+{
+    (void)state;
+#ifdef CORE_ASAN
+    skip(); /* the sanitizer's allocator: mallinfo2 does not see it */
+#endif
+    int stop = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    assert_true(stop >= 0);
+    assert_int_equal(coro_sched_init(STACK, 0, stop), 0);
+    size_t before = mallinfo2().uordblks;
+    for (int i = 0; i < IDLE_COROS; i++)
+        assert_int_equal(coro_spawn(idler, NULL), 0);
+    assert_int_equal(coro_spawn(heap_meter, (void *)(intptr_t)stop), 0);
+    assert_int_equal(coro_sched_run(), 0);
+    close(stop);
+    double per = (double)(idle_heap - before) / IDLE_COROS;
+    print_message("a waiting coroutine keeps %.0f bytes of heap\n", per);
+    assert_true(per > 64);
+    assert_true(per <= 224);
+}
+
 /* ---- the guard page ---- */
 
 static char *guard_lo, *guard_hi; /* the low-level test's guard, else NULL */
@@ -516,6 +565,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_wake),
         cmocka_unit_test(test_frames_kept_shared),
         cmocka_unit_test(test_frames_kept_own),
+        cmocka_unit_test(test_waiting_footprint),
         cmocka_unit_test(test_overflow_faults),
         cmocka_unit_test(test_switch_cost),
     };
