@@ -18,6 +18,15 @@ static const unsigned char tchar[256] = {
     ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
 };
 
+/* RFC 9110 field-vchar, SP and HTAB: a header value's bytes (obs-text, 0x80
+ * and up, included). A table, as tchar: every byte of every head goes
+ * through one or the other. */
+static const unsigned char fieldchar[256] = {
+    ['\t'] = 1,
+    [0x20 ... 0x7e] = 1,
+    [0x80 ... 0xff] = 1,
+};
+
 static int hexval(char c)
 {
     if (c >= '0' && c <= '9')
@@ -95,16 +104,13 @@ static int parse_headers(const char *p, http_header_t *h, size_t *num)
         p++;
         while (*p == ' ' || *p == '\t')
             p++;
-        const char *value = p, *last = p;
-        for (;; p++) {
-            unsigned char c = (unsigned char)*p;
-            if (c == '\r' || c == '\n')
-                break;
-            if ((c < 0x20 && c != '\t') || c == 0x7f)
-                return HTTP_BAD;
-            if (c != ' ' && c != '\t')
-                last = p + 1;
-        }
+        const char *value = p, *last;
+        while (fieldchar[(unsigned char)*p])
+            p++;
+        if (*p != '\r' && *p != '\n') /* a control character in the value */
+            return HTTP_BAD;
+        for (last = p; last > value && (last[-1] == ' ' || last[-1] == '\t'); last--)
+            ;
         h[n].value = value;
         h[n].value_len = (size_t)(last - value);
         if (eat_eol(&p) < 0)
@@ -245,10 +251,24 @@ int http_body_framing(const http_header_t *h, size_t n, int64_t *content_length,
 
 /* RFC 3986 unreserved and sub-delims: the characters of a reg-name besides
  * pct-encoded, and (with ':') of an IP-literal between its brackets. */
+/* RFC 3986 reg-name characters but '%' (a percent-encoding, checked apart):
+ * unreserved and sub-delims. A table: every request's Host goes through it. */
+static const unsigned char hostchar[256] = {
+    ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['!'] = 1, ['$'] = 1, ['&'] = 1, ['\''] = 1,
+    ['('] = 1, [')'] = 1, ['*'] = 1, ['+'] = 1, [','] = 1, [';'] = 1, ['='] = 1, ['0'] = 1,
+    ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1,
+    ['9'] = 1, ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1,
+    ['H'] = 1, ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1,
+    ['P'] = 1, ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1,
+    ['X'] = 1, ['Y'] = 1, ['Z'] = 1, ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1,
+    ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1,
+    ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1,
+    ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
+
 static int host_char(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("-._~!$&'()*+,;=", c) != NULL);
+    return hostchar[(unsigned char)c];
 }
 
 /* Is v[0..len) a valid Host value: uri-host [ ":" port ], possibly empty? */
