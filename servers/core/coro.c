@@ -20,10 +20,12 @@
  * scheduler's coroutine, NULL for a bare context (coro_ctx_make). entry is
  * called from here rather than from a wrapper in C so that no wrapper's frame
  * sits under every waiting coroutine's frames (shared stack: they are copied
- * at every switch). The three are not static: the assembly calls them. */
+ * at every switch). coro_enter and coro_exit are not static, and marked
+ * used, because only the assembly calls them: the compiler (and LTO) does
+ * not see those calls. */
 void coro_boot(void) __attribute__((visibility("hidden")));
-void coro_enter(void *co) __attribute__((visibility("hidden")));
-void coro_exit(void *co) __attribute__((visibility("hidden"), noreturn));
+void coro_enter(void *co) __attribute__((visibility("hidden"), used));
+void coro_exit(void *co) __attribute__((visibility("hidden"), used, noreturn));
 #if defined(__x86_64__)
 __asm__(".text\n"
         ".globl coro_ctx_switch\n"

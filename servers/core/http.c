@@ -250,9 +250,8 @@ int http_body_framing(const http_header_t *h, size_t n, int64_t *content_length,
 }
 
 /* RFC 3986 unreserved and sub-delims: the characters of a reg-name besides
- * pct-encoded, and (with ':') of an IP-literal between its brackets. */
-/* RFC 3986 reg-name characters but '%' (a percent-encoding, checked apart):
- * unreserved and sub-delims. A table: every request's Host goes through it. */
+ * pct-encoded, and (with ':') of an IP-literal between its brackets. A
+ * table: every request's Host goes through it. */
 static const unsigned char hostchar[256] = {
     ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1, ['!'] = 1, ['$'] = 1, ['&'] = 1, ['\''] = 1,
     ['('] = 1, [')'] = 1, ['*'] = 1, ['+'] = 1, [','] = 1, [';'] = 1, ['='] = 1, ['0'] = 1,
