@@ -323,8 +323,10 @@ static int transaction(svc_t *svc, consume_t *cs, redisReply **entries, size_t n
         rc = svc_write_sums(svc, &cs->sums, &marks, &rows);
     if (rc >= 0 && cs->prune_ms)
         rc = db_stream_prune(svc->db, cs->prune_ms, cs->prune_seq);
-    if (rc >= 0 && (rc = db_commit(svc->db)) >= 0)
+    if (rc >= 0 && (rc = db_commit(svc->db)) >= 0) {
         __atomic_add_fetch(&svc->rows_written, rows, __ATOMIC_RELAXED);
+        svc_wal_check(svc);
+    }
     if (rc < 0) {
         snprintf(err, errlen, "%s",
                  rc == -ENOMEM     ? "out of memory"

@@ -16,6 +16,7 @@ struct db {
      * thread alone touches these after db_open_writer). */
     int walfd;
     char *wal_path;
+    int wal_frames; /* writer: frames in the WAL after its last commit */
     sqlite3_stmt *begin, *commit, *rollback, *add, *add_rows, *get, *red, *page;
     sqlite3_stmt *idem_get, *idem_put, *idem_expire, *idem_count, *idem_evict;
 };
@@ -279,6 +280,15 @@ static int int64_guard(db_t *d, const char *path, char *err, size_t errlen)
     return checked ? 0 : exec(d, path, int64_triggers, err, errlen);
 }
 
+/* The writer's WAL hook, after each commit: how many frames the WAL holds. */
+static int count_frames(void *arg, sqlite3 *h, const char *name, int frames)
+{
+    (void)h;
+    (void)name;
+    ((db_t *)arg)->wal_frames = frames;
+    return SQLITE_OK;
+}
+
 int db_open_writer(db_t **out, const char *path, int sync, char *err, size_t errlen)
 {
     int durable = sync != DB_BUFFERED;
@@ -319,7 +329,9 @@ int db_open_writer(db_t **out, const char *path, int sync, char *err, size_t err
             goto err;
         }
     }
-    sqlite3_wal_autocheckpoint(d->h, 0); /* the checkpointer's job, see db_checkpoint */
+    /* No automatic checkpoint (a WAL hook replaces it): that is the
+     * checkpointer's job, see db_checkpoint. The hook counts the frames. */
+    sqlite3_wal_hook(d->h, count_frames, d);
     if ((rc = prep(d, &d->begin, "BEGIN IMMEDIATE")) < 0 ||
         (rc = prep(d, &d->commit, "COMMIT")) < 0 || (rc = prep(d, &d->rollback, "ROLLBACK")) < 0 ||
         (rc = prep(d, &d->add,
@@ -374,13 +386,29 @@ int db_open_reader(db_t **out, const char *path, char *err, size_t errlen)
 
 int db_open_checkpointer(db_t **out, const char *path, char *err, size_t errlen)
 {
-    return open_common(out, path, SQLITE_OPEN_READWRITE, err, errlen);
+    int rc = open_common(out, path, SQLITE_OPEN_READWRITE, err, errlen);
+    /* A connection finds the WAL when it first reads: until then a
+     * checkpoint on it does nothing (and says so only by its log size, -1),
+     * and this connection makes no other call. */
+    if (rc == 0 && (rc = exec(*out, path, "SELECT 1 FROM sqlite_master", err, errlen)) < 0) {
+        db_close(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 int db_checkpoint(db_t *d)
 {
-    int rc = sqlite3_wal_checkpoint_v2(d->h, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    int frames = 0;
+    int rc = sqlite3_wal_checkpoint_v2(d->h, NULL, SQLITE_CHECKPOINT_PASSIVE, &frames, NULL);
+    if (rc == SQLITE_OK && frames >= DB_WAL_RESTART)
+        rc = sqlite3_wal_checkpoint_v2(d->h, NULL, SQLITE_CHECKPOINT_RESTART, NULL, NULL);
     return rc == SQLITE_OK ? 0 : map_rc(rc);
+}
+
+int db_wal_frames(db_t *d)
+{
+    return d->wal_frames;
 }
 
 void db_close(db_t *d)

@@ -36,6 +36,7 @@
 #define DB_BUSY_MS     5000  /* busy timeout: then the flush fails and is retried */
 #define DB_WRITERS_MAX 1024  /* processes sharing one database (see flush.c) */
 #define DB_IDEM_SWEEP  10000 /* expired idempotency keys deleted per db_idem_trim */
+#define DB_WAL_RESTART 1000  /* WAL frames past which db_checkpoint restarts it */
 
 typedef struct db db_t;
 
@@ -83,8 +84,20 @@ int db_open_checkpointer(db_t **out, const char *path, char *err, size_t errlen)
  * it never blocks the writer). The writer's own connection never
  * checkpoints: a checkpoint fsyncs the database file, which took up to a
  * second on a busy disk, and every acknowledgement waiting for that commit
- * would wait too. Returns 0 or a negative errno. */
+ * would wait too.
+ * A WAL is written from its start again only when a transaction begins
+ * with all of it copied, which a writer committing back to back never
+ * leaves time for: it grew by 100 MB a second in durable mode, each sync
+ * then growing the file. So past DB_WAL_RESTART frames the PASSIVE
+ * checkpoint is followed by a RESTART one: it holds the write lock while it
+ * copies what the first left (the frames written meanwhile) and syncs, so
+ * the writer's next transaction starts the WAL over. Returns 0 or a
+ * negative errno. */
 int db_checkpoint(db_t *d);
+
+/* Writer: how many frames the WAL held after this connection's last
+ * commit (0 before any). */
+int db_wal_frames(db_t *d);
 
 /* Close; a writer also drops its registration (after its connection is
  * closed). NULL is fine. */

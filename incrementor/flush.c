@@ -481,6 +481,7 @@ static void committed(svc_t *svc, const flush_t *f, const written_t *wr, int64_t
         __atomic_store_n(&svc->idem_keys, (uint64_t)wr->keys_left, __ATOMIC_RELAXED);
         svc->idem_trimmed_ms = f->wall_ms;
     }
+    svc_wal_check(svc);
     __atomic_store_n(&svc->fast_open, !svc->cfg.durable && wr->red == 0, __ATOMIC_RELAXED);
     __atomic_store_n(&svc->pending_items, 0, __ATOMIC_RELAXED); /* all of it committed */
     __atomic_store_n(&svc->pending_keys, 0, __ATOMIC_RELAXED);
@@ -675,17 +676,30 @@ void *svc_writer_main(void *arg)
     }
 }
 
+void svc_wal_check(svc_t *svc)
+{
+    if (db_wal_frames(svc->db) < DB_WAL_RESTART)
+        return;
+    pthread_mutex_lock(&svc->wlock);
+    svc->ckpt_kick = 1;
+    pthread_cond_signal(&svc->ccond);
+    pthread_mutex_unlock(&svc->wlock);
+}
+
 void *svc_checkpointer_main(void *arg)
 {
     svc_t *svc = arg;
     pthread_mutex_lock(&svc->wlock);
     while (!svc->stop) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += SVC_CHECKPOINT_MS / 1000;
-        pthread_cond_timedwait(&svc->ccond, &svc->wlock, &ts);
+        if (!svc->ckpt_kick) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += SVC_CHECKPOINT_MS / 1000;
+            pthread_cond_timedwait(&svc->ccond, &svc->wlock, &ts);
+        }
         if (svc->stop)
             break;
+        svc->ckpt_kick = 0;
         pthread_mutex_unlock(&svc->wlock);
         db_checkpoint(svc->ckpt); /* a failure is retried at the next tick */
         pthread_mutex_lock(&svc->wlock);

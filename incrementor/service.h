@@ -126,6 +126,7 @@ typedef struct svc {
     pthread_mutex_t wlock;
     pthread_cond_t wcond;  /* wakes the writer */
     pthread_cond_t ccond;  /* wakes the checkpointer */
+    int ckpt_kick;         /* under wlock: the WAL is long, checkpoint now */
     int stop;              /* under wlock: flush what is left and exit */
     svc_window_t *spare;   /* writer: empty windows to hand out */
     svc_window_t *pending; /* writer: taken, not yet committed */
@@ -177,9 +178,14 @@ int svc_handle(session_t *s, const http_request_t *req, const char *body, size_t
 /* flush.c: wake the writer for a deferred request (group commit: it
  * commits as soon as it is free rather than at the next --flush-ms). */
 void svc_kick(svc_t *svc);
-/* flush.c: the checkpointer thread's body (arg is the svc_t): a PASSIVE
- * checkpoint every SVC_CHECKPOINT_MS, until svc->stop. */
+/* flush.c: the checkpointer thread's body (arg is the svc_t): a checkpoint
+ * (db_checkpoint) every SVC_CHECKPOINT_MS, and whenever svc_wal_check
+ * finds the WAL long, until svc->stop. */
 void *svc_checkpointer_main(void *arg);
+/* flush.c: the writer, after a commit: wake the checkpointer if the WAL
+ * has passed DB_WAL_RESTART frames, so that it is started over before it
+ * grows further (db_checkpoint). */
+void svc_wal_check(svc_t *svc);
 #define SVC_CHECKPOINT_MS 1000
 /* flush.c: the syncer thread's body (arg is the svc_t; durable mode): sync
  * the WAL for the batches the writer committed, then answer them, while

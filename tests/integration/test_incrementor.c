@@ -4,6 +4,7 @@
  *   1. buffered load then SIGTERM: the database equals the acknowledged sums;
  *   2. durable, SIGKILL during load five times on the same database: every
  *      acknowledged increment is there, nothing beyond what was in flight;
+ *      and under steady load the WAL stays bounded;
  *   3. a table of bad inputs: each gets its status and changes nothing;
  *   4. two processes on one port and one database: exact;
  *   5. a writer in another PID namespace keeps its int64 headroom, and no
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -78,6 +80,22 @@ static pid_t start(const char *db, const char *port, const char *ack, const char
 static void load_start(tincr_load_t *l, int port, int positive, unsigned seed)
 {
     assert_int_equal(tincr_start(l, &port, 1, NKEYS, positive, seed), 0);
+}
+
+/* GET path; the body into body[cap]. Returns the status or a negative errno. */
+static int get(int port, const char *path, char *body, size_t cap)
+{
+    char req[512];
+    thttp_resp_t r = {0};
+    int fd = tconn_open(port);
+    if (fd < 0)
+        return fd;
+    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", path);
+    int rc = thttp_do(fd, req, &r, RESP_MS);
+    close(fd);
+    snprintf(body, cap, "%s", rc == 0 && r.body ? r.body : "");
+    thttp_free(&r);
+    return rc < 0 ? rc : r.status;
 }
 
 static void check_exact(const char *db, const int64_t acked[NKEYS])
@@ -162,6 +180,54 @@ static void test_durable_sigkill(void **state)
                          (long long)got[k], (long long)acked[k], (long long)inflight[k]);
     }
     assert_true(total > 100);
+}
+
+/* ---- 2b. durable under steady load: the WAL stays bounded ---- */
+
+#define WAL_FRAMES 1000 /* DB_WAL_RESTART (incrementor/db.h) */
+#define WAL_FRAME  (4096 + 24)
+
+static long flushes_of(const char *stats)
+{
+    const char *p = strstr(stats, "\"flushes\":");
+    return p ? strtol(p + 10, NULL, 10) : -1;
+}
+
+/* A durable writer commits back to back, every commit at least one WAL
+ * frame. The WAL must be started over once it is long, however busy the
+ * writer: this one grew without bound (the checkpointer's connection had
+ * never read the database, and its checkpoints did nothing). Run until
+ * three times DB_WAL_RESTART commits, then the WAL file (which keeps its
+ * largest size) must be under twice DB_WAL_RESTART frames; and exact. */
+static void test_durable_wal_bounded(void **state)
+{
+    (void)state;
+    const char *db = db_path("wal");
+    char wal[600], stats[4096];
+    snprintf(wal, sizeof wal, "%s-wal", db);
+    int port;
+    pid_t pid = start(db, "0", "durable", "20", "2", &port);
+    assert_true(pid > 0);
+    tincr_load_t l;
+    int64_t acked[NKEYS] = {0};
+    load_start(&l, port, 0, 7);
+    long flushes = 0;
+    off_t most = 0;
+    for (int i = 0; i < 400 && flushes < 3 * WAL_FRAMES; i++) { /* 20 s at most */
+        usleep(50 * 1000);
+        assert_int_equal(get(port, "/stats", stats, sizeof stats), 200);
+        flushes = flushes_of(stats);
+        struct stat st;
+        if (stat(wal, &st) == 0 && st.st_size > most)
+            most = st.st_size;
+    }
+    assert_true(tincr_stop(&l, acked, NULL) > 100);
+    assert_int_equal(tproc_stop(pid, STOP_MS), 0);
+    if (flushes < 3 * WAL_FRAMES)
+        fail_msg("only %ld commits in 20 s: too few to tell", flushes);
+    if (most > 2 * WAL_FRAMES * WAL_FRAME)
+        fail_msg("the WAL reached %lld bytes after %ld commits", (long long)most, flushes);
+    check_exact(db, acked);
 }
 
 /* ---- 3. bad inputs ---- */
@@ -691,22 +757,6 @@ static void test_writer_in_other_pid_namespace(void **state)
 
 /* ---- 6. Idempotency-Key ---- */
 
-/* GET path; the body into body[cap]. Returns the status or a negative errno. */
-static int get(int port, const char *path, char *body, size_t cap)
-{
-    char req[512];
-    thttp_resp_t r = {0};
-    int fd = tconn_open(port);
-    if (fd < 0)
-        return fd;
-    snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: t\r\n\r\n", path);
-    int rc = thttp_do(fd, req, &r, RESP_MS);
-    close(fd);
-    snprintf(body, cap, "%s", rc == 0 && r.body ? r.body : "");
-    thttp_free(&r);
-    return rc < 0 ? rc : r.status;
-}
-
 static int64_t counter(const char *db, const char *key)
 {
     char type[16];
@@ -985,6 +1035,7 @@ int main(void)
         cmocka_unit_test_setup(test_sigterm_exact, skip_unless_built),
         cmocka_unit_test_setup(test_sigterm_during_load, skip_unless_built),
         cmocka_unit_test_setup(test_durable_sigkill, skip_unless_built),
+        cmocka_unit_test_setup(test_durable_wal_bounded, skip_unless_built),
         cmocka_unit_test_setup(test_bad_inputs_buffered, skip_unless_built),
         cmocka_unit_test_setup(test_bad_inputs_durable, skip_unless_built),
         cmocka_unit_test_setup(test_read_back, skip_unless_built),

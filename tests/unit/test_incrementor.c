@@ -706,6 +706,38 @@ static void test_db_add_rows(void **state)
     db_close(d);
 }
 
+/* db_checkpoint on its own connection copies the WAL, and once the WAL is
+ * past DB_WAL_RESTART frames the writer's next commit starts it over (the
+ * checkpointer's connection used to do nothing: it had never read). */
+static void test_db_checkpoint_restarts_wal(void **state)
+{
+    (void)state;
+    const char *path = db_file("ckpt");
+    char err[512], key[16];
+    db_t *d = NULL, *ck = NULL;
+    assert_int_equal(db_open_writer(&d, path, DB_BUFFERED, err, sizeof err), 0);
+    assert_int_equal(db_open_checkpointer(&ck, path, err, sizeof err), 0);
+    int i = 0, last = 0;
+    while (db_wal_frames(d) < DB_WAL_RESTART) {
+        assert_true(db_wal_frames(d) >= last); /* nothing restarts it meanwhile */
+        last = db_wal_frames(d);
+        int len = snprintf(key, sizeof key, "k%d", i);
+        assert_int_equal(db_begin(d), 0);
+        assert_int_equal(db_add(d, key, (size_t)len, ++i), 0);
+        assert_int_equal(db_commit(d), 0);
+    }
+    assert_int_equal(db_checkpoint(ck), 0);
+    assert_int_equal(db_begin(d), 0);
+    assert_int_equal(db_add(d, "k0", 2, 1), 0);
+    assert_int_equal(db_commit(d), 0);
+    assert_in_range(db_wal_frames(d), 1, 10);
+    int64_t v = 0;
+    assert_int_equal(db_value(d, "k0", 2, &v), 1);
+    assert_true(v == 2);
+    db_close(ck);
+    db_close(d);
+}
+
 /* Keys are found while recorded after the given time, expire, and are
  * trimmed to the bound oldest first; the count the triggers keep stays
  * exact through replacements. */
@@ -776,6 +808,7 @@ int main(void)
         cmocka_unit_test_teardown(test_db_add_never_real, db_teardown),
         cmocka_unit_test_teardown(test_db_red, db_teardown),
         cmocka_unit_test_teardown(test_db_add_rows, db_teardown),
+        cmocka_unit_test_teardown(test_db_checkpoint_restarts_wal, db_teardown),
         cmocka_unit_test(test_idem_key),
         cmocka_unit_test(test_fingerprint),
         cmocka_unit_test_teardown(test_db_idempotency, db_teardown),
