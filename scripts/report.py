@@ -52,7 +52,10 @@ def rows_for(summary, scenario):
         elif r.get("loadgen_bound"):
             notes.append(f"{label} {r['point']}: loadgen was the limit (its CPUs were busy), not the server")
         elif r.get("link_bound"):
-            notes.append(f"{label} {r['point']}: the link emulator was the limit (its CPU was busy), "
+            drops = r["figures"].get("link_tun_drops")
+            why = (f"{drops} packets dropped before it could read them" if drops
+                   else "its CPU was busy")
+            notes.append(f"{label} {r['point']}: the link emulator was the limit ({why}), "
                          "not the server")
         bp = r["figures"].get("breaking_point")
         if bp:

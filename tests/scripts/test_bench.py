@@ -73,6 +73,11 @@ class Figures(unittest.TestCase):
         self.assertTrue(any("link emulator was the limit" in n for n in notes), notes)
         notes = report.rows_for({"runs": [dict(run, link_bound=False)]}, "wan")[3]
         self.assertFalse(any("link emulator" in n for n in notes), notes)
+        # Packets its TUN devices dropped (it could not read them in time)
+        # make the run link-bound too, and the note says how many.
+        run["figures"] = {"rps": 1.0, "link_cpu": 0.3, "link_tun_drops": 812}
+        notes = report.rows_for({"runs": [run]}, "wan")[3]
+        self.assertTrue(any("812 packets dropped" in n for n in notes), notes)
 
     def test_loadgen_bound_when_its_cpu_is_saturated(self):
         run = {"requests": 1000, "duration_s": 2.0, "loadgen_cpu": {"user_s": 1.2, "system_s": 0.7}}
@@ -441,6 +446,7 @@ class Proxy(unittest.TestCase):
                     # every variant crosses the 20 ms link once per request at least
                     self.assertGreaterEqual(f["p50_us"], 19000, (v, point))
                     self.assertIn("link_cpu", f)
+                    self.assertGreaterEqual(f["link_tun_drops"], 0)
             if v.startswith("proxy"):
                 self.assertIn("cpu_to_best_anchor", runs[(v, "0ms-hello-c64")]["figures"])
         configs = summary["anchor_configs"]
