@@ -663,7 +663,8 @@ def probe_udp_count(port, seconds):
 
 
 def probe_udp_send(host, port, n, burst=50, gap=0.002):
-    """n datagrams of 64 bytes, in bursts (the TUN's queue holds 500)."""
+    """n datagrams of 64 bytes, in bursts of `burst` `gap` seconds apart
+    (the TUN's queue holds TUN_QUEUE)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.connect((host, int(port)))
     burst, gap = int(burst), float(gap)
