@@ -686,13 +686,19 @@ void svc_wal_check(svc_t *svc)
     pthread_mutex_unlock(&svc->wlock);
 }
 
+/* The checkpointer's next tick: SVC_CHECKPOINT_MS from now (whole seconds). */
+static void next_tick(struct timespec *tick)
+{
+    clock_gettime(CLOCK_MONOTONIC, tick);
+    tick->tv_sec += SVC_CHECKPOINT_MS / 1000;
+}
+
 void *svc_checkpointer_main(void *arg)
 {
     svc_t *svc = arg;
     struct timespec tick;
     int calm = 0; /* the last checkpoint failed: until the next tick, kicks wait */
-    clock_gettime(CLOCK_MONOTONIC, &tick);
-    tick.tv_sec += SVC_CHECKPOINT_MS / 1000;
+    next_tick(&tick);
     pthread_mutex_lock(&svc->wlock);
     while (!svc->stop) {
         /* A kick after every commit past the limit: were a reader holding
@@ -707,8 +713,7 @@ void *svc_checkpointer_main(void *arg)
         pthread_mutex_unlock(&svc->wlock);
         calm = db_checkpoint(svc->ckpt) < 0;
         pthread_mutex_lock(&svc->wlock);
-        clock_gettime(CLOCK_MONOTONIC, &tick);
-        tick.tv_sec += SVC_CHECKPOINT_MS / 1000;
+        next_tick(&tick);
     }
     pthread_mutex_unlock(&svc->wlock);
     return NULL;
