@@ -1,7 +1,7 @@
 """scripts/world.py and bin/world-link end to end: the round trip, the
 bandwidth and the loss of emulated links, and the TUN devices' queue and its
-drops; the CPU quota and the memory limit
-of hosts; nothing left behind, also after the runner is SIGKILLed; bad flags.
+drops; the CPU quota and the memory limit of hosts; nothing left behind, also
+after the runner is SIGKILLed; bad flags.
 Run by scripts/test (python3 -m unittest). Skipped, with the reason, where
 the machine has no network namespaces or TUN, or we are not root.
 
