@@ -34,6 +34,7 @@
 #include <sqlite3.h>
 
 #include "../lib/tlib.h"
+#include "../../incrementor/db.h"
 
 #define NKEYS   50
 #define STOP_MS 15000
@@ -184,8 +185,7 @@ static void test_durable_sigkill(void **state)
 
 /* ---- 2b. durable under steady load: the WAL stays bounded ---- */
 
-#define WAL_FRAMES 1000 /* DB_WAL_RESTART (incrementor/db.h) */
-#define WAL_FRAME  (4096 + 24)
+#define WAL_FRAME (4096 + 24) /* a frame of SQLite's default page size, with its header */
 
 static long flushes_of(const char *stats)
 {
@@ -213,7 +213,7 @@ static void test_durable_wal_bounded(void **state)
     load_start(&l, port, 0, 7);
     long flushes = 0;
     off_t most = 0;
-    for (int i = 0; i < 400 && flushes < 3 * WAL_FRAMES; i++) { /* 20 s at most */
+    for (int i = 0; i < 400 && flushes < 3 * DB_WAL_RESTART; i++) { /* 20 s at most */
         usleep(50 * 1000);
         assert_int_equal(get(port, "/stats", stats, sizeof stats), 200);
         flushes = flushes_of(stats);
@@ -223,11 +223,11 @@ static void test_durable_wal_bounded(void **state)
     }
     assert_true(tincr_stop(&l, acked, NULL) > 100);
     assert_int_equal(tproc_stop(pid, STOP_MS), 0);
-    if (flushes < 3 * WAL_FRAMES) { /* a slow disk: a bound can't be told from no bound */
+    if (flushes < 3 * DB_WAL_RESTART) { /* a slow disk: a bound can't be told from no bound */
         fprintf(stderr, "only %ld commits in 20 s: too few to tell, skipped\n", flushes);
         skip();
     }
-    if (most > 2 * WAL_FRAMES * WAL_FRAME)
+    if (most > 2 * DB_WAL_RESTART * WAL_FRAME)
         fail_msg("the WAL reached %lld bytes after %ld commits", (long long)most, flushes);
     check_exact(db, acked);
 }
