@@ -83,6 +83,8 @@ static void server_sample(procstat_t *p, int *ok)
 /* The CPU and the server's figures when the measured window opens. */
 typedef struct baseline {
     struct rusage ru;
+    int cpus;           /* procstat_cpus: 0 when /proc/stat could not be read */
+    double cpus_busy_s; /* the busy time of those CPUs since boot */
     double user_s, system_s;
     uint64_t vcsw, nvcsw;
     long rss_kb;
@@ -194,6 +196,8 @@ static void open_window(app_t *a)
 {
     baseline_t *b = &a->base;
     getrusage(RUSAGE_SELF, &b->ru);
+    if (procstat_cpus(&b->cpus, &b->cpus_busy_s) < 0)
+        b->cpus = 0; /* no /proc/stat: the figure is left out */
     server_sample(&a->ps, &a->server_ok);
     /* ps is zero without --server-pid: the copy is harmless then. */
     b->user_s = a->ps.user_s, b->system_s = a->ps.system_s;
@@ -506,16 +510,22 @@ static int collect(app_t *a)
     return 0;
 }
 
-/* The window's length and the CPU figures into the report, ru1 being the
- * process's usage at the end. */
-static void measure(app_t *a, const struct rusage *ru1)
+/* The window's length and the CPU figures into the report, end being the
+ * counters when it closed. */
+static void measure(app_t *a, const baseline_t *end)
 {
+    const struct rusage *ru1 = &end->ru;
     lg_report_t *rep = &a->rep;
     const baseline_t *b = &a->base;
     int64_t finish = rep->st.finish_us < run.end_us ? rep->st.finish_us : run.end_us;
     rep->duration_s = finish > run.window_us ? (double)(finish - run.window_us) / 1e6 : 0;
     rep->user_s = tv_s(ru1->ru_utime) - tv_s(b->ru.ru_utime);
     rep->system_s = tv_s(ru1->ru_stime) - tv_s(b->ru.ru_stime);
+    if (b->cpus > 0 && end->cpus == b->cpus) { /* the same CPUs at both ends */
+        rep->cpus = b->cpus;
+        rep->cpus_busy_s =
+            end->cpus_busy_s > b->cpus_busy_s ? end->cpus_busy_s - b->cpus_busy_s : 0;
+    }
     if (!a->o.server_pid)
         return;
     rep->have_server = 1;
@@ -615,14 +625,16 @@ int main(int argc, char **argv)
         return rc;
     progress(&a);
 
-    struct rusage ru1;
-    if (!a.base.taken) /* every thread ended within the warm-up */
+    baseline_t end = {0};
+    if (!a.base.taken) /* every thread ended within the warm-up: no CPUs' figure */
         getrusage(RUSAGE_SELF, &a.base.ru);
-    getrusage(RUSAGE_SELF, &ru1);
+    getrusage(RUSAGE_SELF, &end.ru);
+    if (procstat_cpus(&end.cpus, &end.cpus_busy_s) < 0)
+        end.cpus = 0;
     server_sample(&a.ps, &a.server_ok);
     if ((rc = collect(&a)) != 0)
         return rc;
-    measure(&a, &ru1);
+    measure(&a, &end);
     rc = report(&a);
     if (run.publish)
         publish_end(&a);

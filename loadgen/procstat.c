@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,6 +183,38 @@ int procstat_conns(procstat_t *p)
     }
     closedir(d);
     p->conns = n;
+    return 0;
+}
+
+int procstat_cpus(int *ncpus, double *busy_s)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) < 0)
+        return -errno;
+    long hz = sysconf(_SC_CLK_TCK);
+    FILE *f = fopen("/proc/stat", "r");
+    if (!f)
+        return -errno;
+    char line[512];
+    unsigned long long busy = 0;
+    int n = 0;
+    /* "cpu" (the sum) first, then "cpuN user nice system idle iowait irq
+     * softirq steal ..." per CPU; the lines after them are of no interest. */
+    while (fgets(line, sizeof line, f) && strncmp(line, "cpu", 3) == 0) {
+        unsigned cpu;
+        unsigned long long t[8];
+        if (sscanf(line, "cpu%u %llu %llu %llu %llu %llu %llu %llu %llu", &cpu, &t[0], &t[1], &t[2],
+                   &t[3], &t[4], &t[5], &t[6], &t[7]) != 9 ||
+            cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &set))
+            continue;
+        busy += t[0] + t[1] + t[2] + t[5] + t[6] + t[7];
+        n++;
+    }
+    fclose(f);
+    if (n == 0 || hz <= 0)
+        return -ENOENT;
+    *ncpus = n;
+    *busy_s = (double)busy / (double)hz;
     return 0;
 }
 

@@ -47,6 +47,13 @@ int procstat_sample(procstat_t *p);
  * process is gone: the last count stays). */
 int procstat_conns(procstat_t *p);
 
+/* The CPUs this process may run on (its affinity mask) into *ncpus, and the
+ * time they have been busy since boot into *busy_s, from /proc/stat: user,
+ * nice, system, irq, softirq and steal (time the hypervisor gave to someone
+ * else was not ours either). Whoever kept them busy counts, the load
+ * generator or what shares its CPUs. Returns 0 or -errno. */
+int procstat_cpus(int *ncpus, double *busy_s);
+
 /* Free the thread table. */
 void procstat_close(procstat_t *p);
 

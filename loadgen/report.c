@@ -212,6 +212,10 @@ static json_t *loadgen_cpu_json(const lg_report_t *r)
     json_object_set_new(lc, "system_s", json_real(r->system_s));
     json_object_set_new(lc, "cpu_per_request_us",
                         json_real(per_request(r->user_s + r->system_s, r->st.requests, 1e6)));
+    if (r->cpus > 0) {
+        json_object_set_new(lc, "cpus", json_integer(r->cpus));
+        json_object_set_new(lc, "cpus_busy_s", json_real(r->cpus_busy_s));
+    }
     return lc;
 }
 

@@ -24,6 +24,8 @@ typedef struct lg_report {
     double duration_s;       /* the measured window */
     double window_start_s;   /* when it opened, seconds since the epoch */
     double user_s, system_s; /* the load generator's own CPU over the window */
+    int cpus;                /* the CPUs it may run on (0: unknown) */
+    double cpus_busy_s;      /* their busy time over the window, whoever used it */
     int have_server;
     lg_server_usage_t server;
     const scen_stats_t *scen; /* SCEN_N entries */

@@ -34,10 +34,11 @@ The statistic (the noise a change must exceed):
     2-core machine (see FLOORS_ROUNDS); --noise PCT sets every floor.
 A change is better or worse when its size exceeds the noise, else within
 noise; its direction says which (req/s up is better, CPU and latency down).
-A point where loadgen or an emulated link was the limit, an open-loop point
-whose target rate differs between the runs (the rate scenario aims at 90%
-of each run's own throughput), or a run of fewer than MIN_REQUESTS answers
-is shown but not judged.
+A point where an emulated link was the limit, an open-loop point whose
+target rate differs between the runs (the rate scenario aims at 90% of each
+run's own throughput), or a run of fewer than MIN_REQUESTS answers is shown
+but not judged; where loadgen was the limit, its req/s, latency and success
+rate (CLIENT_DECIDED) are not judged, the server's own figures are.
 """
 
 import argparse
@@ -66,6 +67,9 @@ FIGURES = {
     "loadgen_cpu_per_req_us": (-1, "loadgen CPU us/req"),
 }
 DEFAULT_FIGURES = ["rps", "server_cpu_per_req_us", "server_user_per_req_us", "p50_us", "p99_us"]
+# What the client's limit decides when loadgen was the limit: the rest (the
+# server's CPU, memory and switches per request) are still the server's.
+CLIENT_DECIDED = {"rps", "p50_us", "p90_us", "p99_us", "p999_us", "success_rate"}
 # How far two runs of one commit drift apart, per figure: for a figure
 # measured in rounds, beyond the larger of its two rounds' spreads
 # (FLOORS_ROUNDS); for one measured once, in all (FLOORS_ONE). Measured on
@@ -192,8 +196,8 @@ def compare(old_s, new_s, figures, floors, threshold, gate="rounds"):
             continue
         other_load = offered_load_differs(o, n, RATE_TOLERANCE)
         few = min(o["figures"].get("requests") or 0, n["figures"].get("requests") or 0)
-        bound = bool(o.get("loadgen_bound") or n.get("loadgen_bound") or o.get("link_bound")
-                     or n.get("link_bound"))
+        link = bool(o.get("link_bound") or n.get("link_bound"))
+        client = bool(o.get("loadgen_bound") or n.get("loadgen_bound"))
         for fig in figures:
             ov, nv = values(o, fig), values(n, fig)
             if not ov or not nv:
@@ -203,8 +207,10 @@ def compare(old_s, new_s, figures, floors, threshold, gate="rounds"):
             if other_load:
                 j.update(verdict="not judged", why=f"the target rate differs: {H.fmt(o['figures']['rate'])} -> "
                                                    f"{H.fmt(n['figures']['rate'])}")
-            elif bound:
-                j.update(verdict="not judged", why="loadgen or the link was the limit")
+            elif link:
+                j.update(verdict="not judged", why="the link was the limit")
+            elif client and fig in CLIENT_DECIDED:
+                j.update(verdict="not judged", why="loadgen was the limit")
             elif few < MIN_REQUESTS:
                 j.update(verdict="not judged", why=f"{few} requests: too few to judge")
             j.update(scenario=key[0], design=key[1], point=key[2], figure=fig)

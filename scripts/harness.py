@@ -408,6 +408,7 @@ def figures(run, duration=None):
         "p999_us": None if none else lat.get("p999"),
         "max_us": None if none else lat.get("max"),
         "loadgen_cpu_per_req_us": gen.get("cpu_per_request_us"),
+        "loadgen_cpus_busy": cpus_busy(run),
     }
     if srv:
         user, system = srv.get("user_s"), srv.get("system_s")
@@ -470,15 +471,30 @@ def exactness(db, run):
             "acked_requests": inc.get("acked_requests")}
 
 
+def cpus_busy(run):
+    """The share of loadgen's CPUs that was busy over the run's window,
+    whoever kept them busy (loadgen, or what shares its CPUs: the proxy
+    scenario's upstream on two cores); None when loadgen did not say."""
+    gen = run.get("loadgen_cpu") or {}
+    dur = run.get("duration_s")
+    if not dur or not gen.get("cpus") or gen.get("cpus_busy_s") is None:
+        return None
+    # /proc/stat counts in ticks: a full CPU may read a tick over the window
+    return min(1.0, gen["cpus_busy_s"] / (dur * gen["cpus"]))
+
+
 def loadgen_bound(run, gen_cpus):
-    """Was the load generator, not the server, the limit? True when it used
-    over 90% of the CPUs it had."""
+    """Was the client side, not the server, the limit? True when loadgen
+    used over 90% of the CPUs it had, or, when it has CPUs of its own
+    (gen_cpus), when something else sharing them kept them over 90% busy:
+    the answers then come as fast as the client's CPUs take them."""
     gen = run.get("loadgen_cpu") or {}
     dur = run.get("duration_s") or (run.get("config") or {}).get("duration_s")
     if not dur or gen.get("user_s") is None or not run.get("requests"):
         return False  # a run with no answers was limited by the server
     used = (gen.get("user_s", 0) + gen.get("system_s", 0)) / dur
-    return used > 0.9 * ncpus(gen_cpus)
+    busy = cpus_busy(run) if gen_cpus else None  # unpinned, the server's CPUs count too
+    return used > 0.9 * ncpus(gen_cpus) or (busy is not None and busy > 0.9)
 
 
 def env_info(cflags=None):

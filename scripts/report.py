@@ -50,7 +50,9 @@ def rows_for(summary, scenario):
         if not r["ok"]:
             notes.append(f"{label} {r['point']}: {r['reason']}")
         elif r.get("loadgen_bound"):
-            notes.append(f"{label} {r['point']}: loadgen was the limit (its CPUs were busy), not the server")
+            busy = r["figures"].get("loadgen_cpus_busy")
+            notes.append(f"{label} {r['point']}: the client was the limit (loadgen's CPUs were "
+                         f"{f'{busy:.0%} ' if busy is not None else ''}busy), not the server")
         elif r.get("link_bound"):
             drops = r["figures"].get("link_tun_drops")
             why = (f"{drops} packets dropped before it could read them" if drops

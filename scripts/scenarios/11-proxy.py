@@ -8,7 +8,9 @@ Every proxy is pinned to the same CPU, the first of the server CPUs, and
 runs one loop (server-proxy --threads 1); the upstream runs on the other
 server CPUs, or on loadgen's when there are none (a 2-core machine: then
 the upstream and loadgen share a core, which may cap req/s for all of the
-variants alike; the proxies' CPU per request is still each one's own).
+variants alike: such a run is marked loadgen-bound, its client's CPUs over
+90% busy, and its req/s ranks the clients' cost of each proxy's answers,
+not the proxies; the proxies' CPU per request is still each one's own).
 A part's servers are all up at once, each point runs through them in turn,
 --repeat rounds (3, 1 with --quick) in alternating order, of --duration
 (1.5 s, 1 s with --quick) after 0.2 s of warm-up, and keeps each one's

@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <poll.h>
+#include <sched.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1057,6 +1058,60 @@ static void test_chat(void **state)
         fail_msg("loadgen said: %s", err);
 }
 
+/* loadgen says how busy its CPUs were over the window, whoever kept them
+ * busy: pinned beside a process that spins, a light load still finds its
+ * one CPU full (the bench then calls the run client-bound), while its own
+ * CPU stays low. */
+static void test_cpus_busy(void **state)
+{
+    (void)state;
+    int port;
+    pid_t srv = spawn_server("epoll", &port); /* before the pinning: the server keeps every CPU */
+    cpu_set_t all, one;
+    assert_int_equal(sched_getaffinity(0, sizeof all, &all), 0);
+    int cpu = 0;
+    while (!CPU_ISSET(cpu, &all))
+        cpu++;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    assert_int_equal(sched_setaffinity(0, sizeof one, &one), 0);
+    pid_t spin = tproc_fork(); /* pinned with this process */
+    if (spin == 0) {
+        alarm(30); /* bounded even if nobody stops it */
+        for (volatile unsigned long i = 0;; i++)
+            ;
+    }
+    char args[512], err[1024];
+    snprintf(args, sizeof args, "-c1 -R 200 -d1s -q --json %s http://127.0.0.1:%d/", json_path,
+             port);
+    int rc = spin > 0 ? run_loadgen(args, 10000, err, sizeof err, NULL) : -1;
+    (void)sched_setaffinity(0, sizeof all, &all); /* back, whatever happened: checked below */
+    if (spin > 0)
+        tproc_stop(spin, 2000);
+    assert_true(spin > 0);
+    assert_int_equal(rc, 0);
+    json_t *j = load_json(json_path);
+    double dur = json_real_value(jget(j, "duration_s"));
+    double own = json_real_value(jget(j, "loadgen_cpu.user_s")) +
+                 json_real_value(jget(j, "loadgen_cpu.system_s"));
+    double busy = json_real_value(jget(j, "loadgen_cpu.cpus_busy_s"));
+    assert_int_equal(jint(j, "loadgen_cpu.cpus"), 1);
+    if (!(busy >= 0.9 * dur && busy <= 1.05 * dur + 0.02 && own < 0.5 * dur))
+        fail_msg("pinned beside a spinner: its CPU busy %.2f s, loadgen's own %.2f s, of %.2f s",
+                 busy, own, dur);
+    json_decref(j);
+
+    /* Unpinned: every CPU it may use, never busier than all of them. */
+    assert_int_equal(run_loadgen(args, 10000, err, sizeof err, NULL), 0);
+    j = load_json(json_path);
+    dur = json_real_value(jget(j, "duration_s"));
+    busy = json_real_value(jget(j, "loadgen_cpu.cpus_busy_s"));
+    assert_int_equal(jint(j, "loadgen_cpu.cpus"), CPU_COUNT(&all));
+    assert_true(busy >= 0 && busy <= CPU_COUNT(&all) * (1.05 * dur + 0.02));
+    json_decref(j);
+    stop_server(srv);
+}
+
 /* A test run once with each engine, its state the engine's name. */
 #define BOTH_ENGINES(f)                                                                            \
     {#f " epoll", f, NULL, stop_children, (void *)"epoll"},                                        \
@@ -1081,6 +1136,7 @@ int main(void)
         cmocka_unit_test_teardown(test_uring_refused, stop_children),
         cmocka_unit_test_teardown(test_merge_bad_input, stop_children),
         cmocka_unit_test_teardown(test_chat, stop_children),
+        cmocka_unit_test_teardown(test_cpus_busy, stop_children),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -87,6 +87,29 @@ class Figures(unittest.TestCase):
         run.update(requests=0, loadgen_cpu={"user_s": 2.0, "system_s": 0.0})
         self.assertFalse(H.loadgen_bound(run, "1"))
 
+    def test_loadgen_bound_when_what_shares_its_cpus_saturates_them(self):
+        # loadgen used half its CPU, and the upstream beside it the rest
+        # (the proxy scenario on two cores): the client side was the limit.
+        run = {"requests": 1000, "duration_s": 2.0,
+               "loadgen_cpu": {"user_s": 0.2, "system_s": 0.8, "cpus": 1, "cpus_busy_s": 1.96}}
+        self.assertTrue(H.loadgen_bound(run, "1"))
+        self.assertAlmostEqual(H.figures(run)["loadgen_cpus_busy"], 0.98)
+        rec = {"design": "proxy", "scenario": "proxy", "point": "0ms-1m-c64", "ok": True, "reason": None,
+               "loadgen_bound": True, "link_bound": False, "figures": H.figures(run), "file": None}
+        notes = report.rows_for({"runs": [rec]}, "proxy")[3]
+        self.assertTrue(any("the client was the limit (loadgen's CPUs were 98% busy)" in n for n in notes),
+                        notes)
+        run["loadgen_cpu"]["cpus_busy_s"] = 1.5
+        self.assertFalse(H.loadgen_bound(run, "1"))
+        # Unpinned, loadgen's CPUs are the server's too: their being busy
+        # says nothing of the client.
+        run["loadgen_cpu"]["cpus_busy_s"] = 1.96
+        self.assertFalse(H.loadgen_bound(run, None))
+        # An older loadgen's JSON has no such figure.
+        del run["loadgen_cpu"]["cpus"]
+        self.assertFalse(H.loadgen_bound(run, "1"))
+        self.assertIsNone(H.figures(run)["loadgen_cpus_busy"])
+
 
 class TenantMetrics(unittest.TestCase):
     def test_counters_of_one_tenant_with_their_second_label(self):
