@@ -262,15 +262,15 @@ class AnchorServer(Server):
     """A server that doesn't print `listening on`: ready once its port
     accepts a connection."""
 
-    def __init__(self, argv, port, cpus):
-        super().__init__(argv, cpus)
+    def __init__(self, argv, port, cpus, host=None):
+        super().__init__(argv, cpus, host=host)
         self.fixed_port = port
 
     def start(self):
         import socket
         self.log_path = Path(tempfile.gettempdir()) / f"anchor.{os.getpid()}.log"
-        self.proc = subprocess.Popen(pinned(self.argv, self.cpus), stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log_path, "wb"), preexec_fn=_raise_nofile)
+        with open(self.log_path, "wb") as log:
+            self.proc = spawn(pinned(self.argv, self.cpus), self.host, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -279,20 +279,26 @@ def _attach(files, die_with_parent=True):
 
 
 class Host:
-    def __init__(self, world, name, index, cpus=None, cpu_quota=None, mem_limit=None):
+    """A namespace and its cgroups; or, local, the cgroups alone: its
+    processes share the runner's network (loopback, 127.0.0.1) and have no
+    links, for limits where the packets need no emulator (which would take
+    a core of its own at tens of thousands of requests a second)."""
+
+    def __init__(self, world, name, index, cpus=None, cpu_quota=None, mem_limit=None, local=False):
         self.world = world
         self.name = name
-        self.ns = f"{world.prefix}{name}"
-        self.addr = f"10.77.0.{index}"
+        self.ns = None if local else f"{world.prefix}{name}"
+        self.addr = "127.0.0.1" if local else f"10.77.0.{index}"
         self.limits = {"cpus": cpus, "cpu_quota": cpu_quota, "mem_limit": mem_limit}
         self.procs = []
-        _sh("ip", "netns", "add", self.ns)
-        self.cg = Cgroups(self.ns, world.cgv, cpuset=cpus is not None)
-        # IPv6 would send its own packets (router and neighbour solicitations)
-        # over the links and into the counts.
-        _sh("ip", "netns", "exec", self.ns, "sysctl", "-q", "-w",
-            "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-        _sh("ip", "-n", self.ns, "link", "set", "lo", "up")
+        self.cg = Cgroups(f"{world.prefix}{name}", world.cgv, cpuset=cpus is not None)
+        if not local:
+            _sh("ip", "netns", "add", self.ns)
+            # IPv6 would send its own packets (router and neighbour
+            # solicitations) over the links and into the counts.
+            _sh("ip", "netns", "exec", self.ns, "sysctl", "-q", "-w",
+                "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+            _sh("ip", "-n", self.ns, "link", "set", "lo", "up")
         if cpus is not None:
             self.cg.set_cpus(str(cpus))
         if cpu_quota is not None:
@@ -305,8 +311,8 @@ class Host:
     def popen(self, argv, **kw):
         """Start argv in this host (its namespace and cgroups); the Popen's
         pid is the command's. It is killed when the world closes."""
-        p = subprocess.Popen(["ip", "netns", "exec", self.ns, *map(str, argv)],
-                             preexec_fn=_attach(self.cg.procs_files()), **kw)
+        netns = ["ip", "netns", "exec", self.ns] if self.ns else []
+        p = subprocess.Popen([*netns, *map(str, argv)], preexec_fn=_attach(self.cg.procs_files()), **kw)
         self.procs.append(p)
         return p
 
@@ -454,10 +460,11 @@ class World:
         # rt_runtime_us is 0), and the links run so (--realtime).
         self.links_cg = Cgroups(f"{self.prefix}links", self.cgv, ctl=["cpuacct", "memory"])
 
-    def host(self, name, cpus=None, cpu_quota=None, mem_limit=None):
+    def host(self, name, cpus=None, cpu_quota=None, mem_limit=None, local=False):
+        """A host (Host: local, limits without a namespace)."""
         if not HOST_RE.match(name) or name == "links" or name in self.hosts:
             raise WorldError(f"bad or repeated host name {name!r} ([a-z][a-z0-9]*)")
-        h = Host(self, name, len(self.hosts) + 1, cpus, cpu_quota, mem_limit)
+        h = Host(self, name, len(self.hosts) + 1, cpus, cpu_quota, mem_limit, local)
         self.hosts[name] = h
         return h
 
@@ -465,6 +472,8 @@ class World:
              rate=None, queue=None, queue_bytes=None, seed=0, reorder=False, cpu=None):
         """Join hosts a and b. rtt ('20ms') sets the one-way delay to half
         of it each way; the others are world-link's flags (X or 'a->b/b->a')."""
+        if not (a.ns and b.ns):
+            raise WorldError(f"{(b if a.ns else a).name} is a local host: it has no links")
         if rtt is not None:
             if delay is not None:
                 raise WorldError("rtt and delay: one or the other")
@@ -500,7 +509,8 @@ class World:
                     p.kill()
                 p.wait()
             problems += h.cg.destroy()
-            problems += _kill_netns(h.ns)
+            if h.ns:
+                problems += _kill_netns(h.ns)
         problems += self.links_cg.destroy()
         shutil.rmtree(self.dir, ignore_errors=True)
         if problems:

@@ -484,5 +484,41 @@ class Proxy(unittest.TestCase):
             self.assertIn("10.77.0.", configs["haproxy 20ms"])
 
 
+@unittest.skipUnless(BUILT and (H.BIN / "incrementor").exists(), "loadgen or the incrementor is not built")
+@unittest.skipIf(WORLD_WHY, WORLD_WHY)
+@unittest.skipUnless(shutil.which("redis-server"), "no redis-server (scripts/deps.sh installs it)")
+class IncrementorNodes(unittest.TestCase):
+    """The scaled-out incrementor (scripts/scenarios/12-incrementor-nodes.py)."""
+
+    def test_one_node_and_two_exact_within_their_quota(self):
+        out = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, out)
+        p = subprocess.run([str(BENCH), "--scenarios", "incrementor-nodes", "--duration", "1",
+                            "--repeat", "1", "--out", str(out)], capture_output=True, text=True, timeout=240)
+        self.assertEqual(p.returncode, 0, p.stderr[-2000:])
+        summary = json.loads((out / "summary.json").read_text())
+        validate(summary)
+        runs = {r["design"]: r for r in summary["runs"] if r["scenario"] == "incrementor-nodes"}
+        self.assertEqual(set(runs), {"1 node", "2 nodes"})
+        for name, n in (("1 node", 1), ("2 nodes", 2)):
+            r = runs[name]
+            self.assertTrue(r["ok"], r)
+            f = r["figures"]
+            self.assertTrue(f["exact"], f)
+            self.assertEqual(f["nodes"], n)
+            self.assertGreater(f["rps"], 0)
+            self.assertEqual(f["errors"], 0)
+            self.assertGreater(f["keys"], 0)
+            # the quota held the nodes (a period's rounding over a 1 s window)
+            self.assertLess(f["node_cpu"], n * 0.4 * 1.15 + 0.05, f)
+            self.assertIsNotNone(f["lag_p99_ms"])
+            self.assertLessEqual(f["lag_p99_ms"], f["max_lag_ms"])
+        self.assertAlmostEqual(runs["2 nodes"]["figures"]["to_one_node"],
+                               runs["2 nodes"]["figures"]["rps"] / runs["1 node"]["figures"]["rps"])
+        quotas = [h["cpu_quota"] for h in summary["topology"]["hosts"] if h["name"].startswith("in")]
+        self.assertEqual(sorted(q for q in quotas if q), [0.4, 0.4, 0.4])  # 1 + 2 nodes
+        self.assertIn("incrementor-nodes: POST /increment", p.stdout)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -13,6 +13,7 @@ above the floor a link with no delay shows (the probes are Python: about
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -222,6 +223,32 @@ class Limits(unittest.TestCase):
             self.assertGreater(h.throttled(), 0, used)
             print(f"\nquota 0.5: {used:.3f} CPU, {h.throttled()} periods throttled",
                   file=sys.stderr)
+
+    def test_local_host_is_limits_on_loopback(self):
+        # A local host: the quota holds, its processes reach loopback (the
+        # runner's network: a server here answers them), it takes no link,
+        # and closing removes its cgroups.
+        with socket.socket() as srv:
+            srv.bind(("127.0.0.1", 0))
+            srv.listen()
+            with W.World() as w:
+                h = w.host("node", cpu_quota=0.3, local=True)
+                self.assertEqual(h.addr, "127.0.0.1")
+                self.assertIsNone(h.ns)
+                with self.assertRaises(W.WorldError):
+                    w.link(h, w.host("far"))
+                run_id = w.run_id
+                c0, t0 = h.cpu_seconds(), time.monotonic()
+                code = ("import socket, sys, time\n"
+                        "socket.create_connection(('127.0.0.1', int(sys.argv[1])), 5).close()\n"
+                        "e = time.monotonic() + 1.5\nwhile time.monotonic() < e: pass")
+                r = h.run(["python3", "-c", code, str(srv.getsockname()[1])], timeout=20)
+                used = (h.cpu_seconds() - c0) / (time.monotonic() - t0)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertLess(used, 0.35, used)
+                self.assertGreater(h.throttled(), 0, used)
+                self.assertTrue(any("node" in n for n in W.leftovers(run_id)))
+            self.assertEqual(W.leftovers(run_id), [])
 
     def test_memory_limit_kill_is_reported(self):
         with W.World() as w:

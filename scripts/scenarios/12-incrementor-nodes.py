@@ -1,0 +1,207 @@
+"""The incrementor scaled out (issue 15): web nodes (bin/incrementor
+--queue) behind one Redis and one writer (--consume), one node against two,
+each node limited to 0.4 CPU. Buffered mode, POST /increment over 10,000
+keys, 64 connections in all (one loadgen per node, merged exactly by
+`loadgen merge`), --flush-ms 100.
+
+Where things run: the nodes are local hosts of scripts/world.py (cgroups
+alone: a quota and the server CPUs, on loopback, since links would need an
+emulator busier than the nodes), Redis (AOF, appendfsync always) and the
+writer in one more on the server CPUs, unlimited: the nodes' quotas leave
+them the rest of those CPUs, and loadgen keeps its own, so that a
+client-bound run means the client. On two cores the rest is 0.2 of a core
+while two nodes take their 0.8: when Redis and the writer need more, the
+nodes get less than their quota, and `node_cpu` and `store_cpu` (Redis's
+and the writer's CPU) show it.
+
+Each round starts everything afresh (so the writer's lag histogram is the
+run's), runs the load, reads the writer's lag, stops the nodes (they hand
+over their last window), waits for the writer to apply what Redis holds,
+and checks the database against the acknowledged sums (H.exactness). Rounds
+alternate one and two nodes, --repeat of them; the median run of each is
+kept. Figures: req/s, `to_one_node` (two nodes' req/s over one's, the
+issue's goal at least 1.8), `node_cpu` (the nodes' CPU over the window, in
+cores: at their quota when they are the limit), `lag_p99_ms` and
+`max_lag_ms` (acknowledgement to commit, per increment, from the writer's
+/stats: the goal keeps the p99 under the flush interval plus 50 ms),
+`store_cpu`, `exact`.
+
+Needs root and cgroups (scripts/world.py), redis-server and an
+incrementor with --queue; without them the points are results with the
+reason."""
+
+import contextlib
+import json
+import shutil
+import subprocess
+import threading
+import time
+
+import harness as H
+import world as W
+
+NAME = "incrementor-nodes"
+ABOUT = "incrementor web nodes (0.4 CPU each) behind Redis and one writer: one node against two, lag"
+QUICK = False
+TITLE = "incrementor-nodes: POST /increment through web nodes of 0.4 CPU, Redis and one writer"
+COLUMNS = [
+    ("req/s", "*", "rps"), ("to one node", "*", "to_one_node"), ("node CPU", "*", "node_cpu"),
+    ("Redis+writer CPU", "*", "store_cpu"),
+    ("p99 us", "*", "p99_us"), ("lag p99 ms", "*", "lag_p99_ms"), ("lag max ms", "*", "max_lag_ms"),
+    ("exact", "*", "exact"),
+]
+BEST = (1, "max")
+NODES = (1, 2)
+QUOTA = 0.4
+KEYS = 10000
+FLUSH_MS = 100
+CONNS = 64
+SETTLE_S = 10.0  # the writer's time to apply what Redis holds after the load
+
+
+def row(run):
+    return run["design"]
+
+
+def why_not():
+    """Why this scenario cannot run here, or None."""
+    exe = H.BIN / "incrementor"
+    if not exe.exists():
+        return "bin/incrementor is not built"
+    if not shutil.which("redis-server"):
+        return "skipped: no redis-server (scripts/deps.sh installs it)"
+    why = W.why_not()
+    if why:
+        return f"skipped: {why}"
+    return None
+
+
+def run(bench, designs):
+    why = why_not()
+    if not why and bench.wants_world:
+        why = "runs without the world flags (this scenario makes its own limits)"
+    if why:
+        for n in NODES:
+            bench.record(design(n), NAME, "buffered", reason=why)
+        return
+    got = bench.alternate({design(n): (lambda rnd, n=n: (one_round(bench, n, rnd), None)) for n in NODES})
+    recs = {}
+    for name, tries in got.items():
+        # A round whose database lost or doubled an increment fails the
+        # point, whatever the other rounds did.
+        wrong = [t[0] for t in tries if isinstance(t[0], dict) and not t[0]["scenario_figures"]["exact"]]
+        if wrong:
+            bench.record(name, NAME, "buffered", reason="database differs from acknowledged sums: "
+                         f"{wrong[0]['scenario_figures']['mismatch']}")
+        else:
+            recs[name] = bench.keep_median(name, NAME, "buffered", tries)
+    one, two = recs.get(design(1)), recs.get(design(2))
+    if one and two and one["figures"].get("rps") and two["figures"].get("rps"):
+        two["figures"]["to_one_node"] = two["figures"]["rps"] / one["figures"]["rps"]
+
+
+def design(n):
+    return f"{n} node" + ("s" if n > 1 else "")
+
+
+def one_round(bench, nodes, rnd):
+    """One run through `nodes` web nodes: the merged loadgen JSON with this
+    scenario's figures under "scenario_figures" (keep_median records them).
+    Raises HarnessError."""
+    exe = str(H.BIN / "incrementor")
+    work = bench.tmp / f"{NAME}-{nodes}-{rnd}"
+    work.mkdir()
+    db = work / "counters.db"
+    with contextlib.ExitStack() as stack:
+        w = bench.make_world()
+        tag = f"in{nodes}r{rnd}"
+        store = w.host(tag + "s", cpus=bench.scpu, local=True)
+        hosts = [w.host(f"{tag}n{i}", cpus=bench.scpu, cpu_quota=QUOTA, local=True) for i in range(nodes)]
+        rport = H.free_port()
+        (work / "redis").mkdir()
+        redis = H.AnchorServer([shutil.which("redis-server"), "--port", str(rport), "--bind", "127.0.0.1",
+                                "--dir", str(work / "redis"), "--appendonly", "yes", "--appendfsync", "always",
+                                "--save", "", "--daemonize", "no"], rport, None, host=store)
+        stack.enter_context(redis)
+        url = f"redis://127.0.0.1:{rport}"
+        writer = stack.enter_context(H.Server([exe, "--consume", url, "--db", str(db), "--port", "0", "--threads", "1"],
+                                              log_dir=work, host=store))
+        webs = [stack.enter_context(H.Server([exe, "--queue", url, "--port", "0", "--threads", "1",
+                                              "--ack", "buffered", "--flush-ms", str(FLUSH_MS)],
+                                             log_dir=work, host=h)) for h in hosts]
+        cpu0 = [h.cpu_seconds() for h in hosts + [store]]
+        run = load(bench, webs, work)
+        used = [h.cpu_seconds() - c for h, c in zip(hosts + [store], cpu0)]
+        lag = (stats(bench, writer).get("lag_ms") or {})
+        for web in webs:  # each hands its last window to Redis
+            web.stop()
+        settle(bench, writer)
+        writer.stop()
+    dur = run.get("duration_s")
+    extra = {"mode": "buffered", "nodes": nodes, "node_cpu": sum(used[:-1]) / dur if dur else None,
+             "store_cpu": used[-1] / dur if dur else None, "lag_p99_ms": lag.get("p99"),
+             "max_lag_ms": lag.get("max")}
+    extra.update(H.exactness(db, run))
+    run["scenario_figures"] = extra
+    return run
+
+
+def load(bench, webs, work):
+    """A loadgen per node at once, CONNS connections split among them;
+    their JSONs merged (exact: histograms added, sums of increments too)."""
+    outs, errs = [None] * len(webs), [None] * len(webs)
+    conns = CONNS // len(webs)
+
+    def one(i):
+        try:
+            outs[i] = bench.loadgen(bench.base(conns, ["--increment", str(KEYS)]) + [bench.url(webs[i], "/increment")],
+                                    webs[i], client=None)
+        except H.HarnessError as e:
+            errs[i] = e
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(webs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for e in errs:
+        if e:
+            raise e
+    if len(outs) == 1:
+        return outs[0]
+    files = []
+    for i, o in enumerate(outs):
+        files.append(work / f"node{i}.json")
+        files[-1].write_text(json.dumps(o))
+    merged = work / "merged.json"
+    r = subprocess.run([str(H.BIN / "loadgen"), "merge", str(merged), *map(str, files)], capture_output=True,
+                       text=True, timeout=60)
+    if r.returncode != 0:
+        raise H.HarnessError(f"loadgen merge: {r.stderr.strip()}")
+    run = json.loads(merged.read_text())
+    # The nodes' CPU, summed (merge keeps no server figures: they are per process).
+    run["server"] = {k: sum((o.get("server") or {}).get(k) or 0 for o in outs) for k in ("user_s", "system_s")}
+    req = run.get("requests") or 0
+    run["server"]["cpu_per_request_us"] = (run["server"]["user_s"] + run["server"]["system_s"]) * 1e6 / req \
+        if req else None
+    return run
+
+
+def stats(bench, srv):
+    try:
+        return json.loads(bench.http_get(srv, "/stats"))
+    except (OSError, ValueError):
+        return {}
+
+
+def settle(bench, writer):
+    """Until the writer's count of entries applied stays put for half a
+    second (Redis holds no more), or SETTLE_S."""
+    deadline = time.monotonic() + SETTLE_S
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        n = (stats(bench, writer).get("consume") or {}).get("entries")
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= 0.5:
+            return
+        time.sleep(0.1)
