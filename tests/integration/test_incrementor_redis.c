@@ -16,6 +16,7 @@
  *      holds exactly (durable nodes only) and each role refuses the other's
  *      requests; with a buffered node, values beyond 2^61 close its fast
  *      path and results within its headroom (2^51) of a limit are refused;
+ *      its fast sums stay exact past 2^53 and in a batch of 2,500 keys;
  *   5. Idempotency-Key across two web nodes, a SIGKILL of one, and a
  *      restart of Redis: applied once; the bound --idempotency-keys holds
  *      in Redis (the oldest keys forgotten, counted);
@@ -752,6 +753,71 @@ static long long redis_num(const redis_t *r, const char *cmd)
     return v;
 }
 
+/* A buffered node's fast sums stay exact where Lua's doubles would not:
+ * across 2^52 and 2^53 (the script adds with HINCRBY, never in Lua; a
+ * script that added small values itself must keep this), below zero and
+ * through it; and a batch of 2,500 keys, Redis stopped while they were
+ * acknowledged so that one batch carries them all, arrives whole. */
+static void test_fast_sums_exact(void **state)
+{
+    (void)state;
+    redis_t r;
+    redis_new(&r, "fastsums");
+    const char *db = db_path("fastsums");
+    int p1, pw;
+    pid_t w1 = web(&r, "buffered", &p1);
+    pid_t wr = writer(&r, db, "writer", &pw);
+    static const struct {
+        const char *key, *value;
+    } steps[] = {
+        {"a", "4503599627370495"}, /* 2^52 - 1 */
+        {"a", "1"},
+        {"a", "1"},
+        {"b", "-4503599627370495"}, /* the same below zero */
+        {"b", "-2"},
+        {"c", "9007199254740991"}, /* 2^53 - 1: a double could not add 1 and 1 */
+        {"c", "1"},
+        {"c", "1"},
+        {"d", "5"}, /* to 0 and below */
+        {"d", "-5"},
+        {"d", "-7"},
+    };
+    char body[128];
+    for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+        snprintf(body, sizeof body, "key=%s&value=%s", steps[i].key, steps[i].value);
+        assert_int_equal(post(p1, body, NULL), 200);
+        wait_drained(&r, db); /* one step a batch */
+    }
+    assert_int_equal(kill(r.pid, SIGSTOP), 0);
+    int bad = 0;
+    for (int i = 0; i < 2500 && !bad; i++) {
+        snprintf(body, sizeof body, "key=m%d&value=%d", i, i % 7 == 0 ? -i : i + 1);
+        bad = post(p1, body, NULL) != 200;
+    }
+    assert_int_equal(kill(r.pid, SIGCONT), 0);
+    assert_false(bad);
+    wait_drained(&r, db); /* the database holds exactly Redis's values */
+    char got[512];
+    assert_int_equal(get(pw, "/counters?limit=4", got, sizeof got), 200);
+    assert_string_equal(got, "{\"counters\":[{\"key\":\"a\",\"value\":4503599627370497},"
+                             "{\"key\":\"b\",\"value\":-4503599627370497},"
+                             "{\"key\":\"c\",\"value\":9007199254740993},"
+                             "{\"key\":\"d\",\"value\":-7}],\"next\":\"d\"}");
+    long long sum = 0;
+    for (int i = 0; i < 2500; i++) {
+        char cmd[64];
+        snprintf(cmd, sizeof cmd, "HGET incrementor:values m%d", i);
+        long long v = redis_num(&r, cmd);
+        if (v != (i % 7 == 0 ? -i : i + 1))
+            fail_msg("m%d is %lld in Redis", i, v);
+        sum += v;
+    }
+    assert_true(sum != 0);
+    assert_int_equal(tproc_stop(w1, STOP_MS), 0);
+    assert_int_equal(tproc_stop(wr, STOP_MS), 0);
+    assert_int_equal(tproc_stop(r.pid, STOP_MS), 0);
+}
+
 /* --idempotency-keys 3 on a node: past three keys the oldest are forgotten,
  * record and all, so Redis holds three; a retry with a forgotten key is a
  * new request (applied again), one with a kept key is still a replay. */
@@ -1134,6 +1200,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_takeover_out_of_order, skip_unless_ready, teardown),
         cmocka_unit_test_setup_teardown(test_bad_inputs, skip_unless_ready, teardown),
         cmocka_unit_test_setup_teardown(test_int64_buffered, skip_unless_ready, teardown),
+        cmocka_unit_test_setup_teardown(test_fast_sums_exact, skip_unless_ready, teardown),
         cmocka_unit_test_setup_teardown(test_idempotency_across_nodes, skip_unless_ready, teardown),
         cmocka_unit_test_setup_teardown(test_idempotency_bound, skip_unless_ready, teardown),
         cmocka_unit_test_setup_teardown(test_lease_expired, skip_unless_ready, teardown),
