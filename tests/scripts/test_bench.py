@@ -428,6 +428,21 @@ class Proxy(unittest.TestCase):
                 self.assertFalse(os.path.exists(f"/proc/{px.pid}"), kind)
         self.assertEqual(list(work.iterdir()), [])  # its directory removed
 
+    def test_p99_to_best_anchor_is_the_median_of_rounds(self):
+        sc = next(sc for sc in H.scenarios() if sc.NAME == "proxy")
+
+        def rec(p99s, kept):
+            return {"figures": {"rps": 1.0, "server_cpu_per_req_us": 1.0, "p99_us": kept},
+                    "rounds": {"p99_us": p99s}}
+        # The kept runs' p99s would say 3 against 2: the rounds' medians
+        # say 20 against 25 (nginx) and 30 (HAProxy).
+        recs = {"proxy": rec([40, 20, 3, 10, 21], 3), "proxy-nopool": rec([50], 50),
+                "nginx": rec([25, 2, 26, 24, 90], 2), "haproxy": rec([30, 30, 31], 30)}
+        sc.to_anchors(recs)
+        self.assertAlmostEqual(recs["proxy"]["figures"]["p99_to_best_anchor"], 20 / 25)
+        self.assertAlmostEqual(recs["proxy-nopool"]["figures"]["p99_to_best_anchor"], 50 / 25)
+        self.assertEqual(sc.median_p99(rec([4, 1, 3, 2], 9)), 2.5)
+
     def test_quick_run_side_by_side(self):
         out = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, out)
