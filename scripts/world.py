@@ -7,7 +7,9 @@ memory (a limit; OOM kills counted) and, when asked, cpuset (its CPUs). A link
 joins two hosts: a TUN device in each namespace, addresses point to point,
 and bin/world-link between them (delay, jitter, loss, rate, queue; see
 world/README.md). Processes run in a host through `ip netns exec`, attached
-to its cgroups before they exec.
+to its cgroups before they exec. A local host (`w.host(name, local=True)`)
+is the cgroups alone: its processes stay on this machine's loopback, with
+limits and no links.
 
     with World() as w:
         a, b = w.host("client"), w.host("server", cpu_quota=0.5, mem_limit="64M")
@@ -291,9 +293,10 @@ class Host:
         self.addr = "127.0.0.1" if local else f"10.77.0.{index}"
         self.limits = {"cpus": cpus, "cpu_quota": cpu_quota, "mem_limit": mem_limit}
         self.procs = []
-        self.cg = Cgroups(f"{world.prefix}{name}", world.cgv, cpuset=cpus is not None)
         if not local:
             _sh("ip", "netns", "add", self.ns)
+        self.cg = Cgroups(f"{world.prefix}{name}", world.cgv, cpuset=cpus is not None)
+        if not local:
             # IPv6 would send its own packets (router and neighbour
             # solicitations) over the links and into the counts.
             _sh("ip", "netns", "exec", self.ns, "sysctl", "-q", "-w",
