@@ -80,7 +80,7 @@ static void server_sample(procstat_t *p, int *ok)
         *ok = 0;
 }
 
-/* The CPU and the server's figures when the measured window opens. */
+/* The CPU and the server's figures at one end of the measured window. */
 typedef struct baseline {
     struct rusage ru;
     int cpus;           /* procstat_cpus: 0 when /proc/stat could not be read */
@@ -105,6 +105,7 @@ typedef struct app {
     lg_thread_t *th;
     unsigned nt;
     baseline_t base;
+    baseline_t end;         /* when the window closed: its CPUs' busy time */
     uint64_t last_req;      /* the progress line's previous count */
     live_t live;            /* --live's dashboard (off: fd -1) */
     int stream_ok;          /* --stream's descriptor takes lines (a failed write stops it) */
@@ -191,13 +192,21 @@ static int setup(app_t *a)
     return 0;
 }
 
+/* Where the busy time of loadgen's CPUs stands, into b (cpus 0 when
+ * /proc/stat cannot say: the figure is left out). */
+static void sample_cpus(baseline_t *b)
+{
+    if (procstat_cpus(&b->cpus, &b->cpus_busy_s) < 0)
+        b->cpus = 0;
+    b->taken = 1;
+}
+
 /* The measured window opens: note where the CPU counters stand. */
 static void open_window(app_t *a)
 {
     baseline_t *b = &a->base;
     getrusage(RUSAGE_SELF, &b->ru);
-    if (procstat_cpus(&b->cpus, &b->cpus_busy_s) < 0)
-        b->cpus = 0; /* no /proc/stat: the figure is left out */
+    sample_cpus(b);
     server_sample(&a->ps, &a->server_ok);
     /* ps is zero without --server-pid: the copy is harmless then. */
     b->user_s = a->ps.user_s, b->system_s = a->ps.system_s;
@@ -450,6 +459,11 @@ static void progress(app_t *a)
         int64_t now = time_now_us();
         if (!a->base.taken && now >= run.window_us)
             open_window(a);
+        /* Within a poll of the window's end: the threads may go on for a
+         * while with the answers still in flight, and that is not the
+         * window the figure is over. */
+        if (a->base.taken && !a->end.taken && now >= run.end_us)
+            sample_cpus(&a->end);
         /* Connections in the middle of each second: at its end, the last
          * one's are closed already. */
         if (run.publish && a->server_ok && now >= next_conns && now < run.end_us) {
@@ -625,16 +639,15 @@ int main(int argc, char **argv)
         return rc;
     progress(&a);
 
-    baseline_t end = {0};
     if (!a.base.taken) /* every thread ended within the warm-up: no CPUs' figure */
         getrusage(RUSAGE_SELF, &a.base.ru);
-    getrusage(RUSAGE_SELF, &end.ru);
-    if (procstat_cpus(&end.cpus, &end.cpus_busy_s) < 0)
-        end.cpus = 0;
+    getrusage(RUSAGE_SELF, &a.end.ru);
+    if (!a.end.taken) /* -n: the window ends with the last answer */
+        sample_cpus(&a.end);
     server_sample(&a.ps, &a.server_ok);
     if ((rc = collect(&a)) != 0)
         return rc;
-    measure(&a, &end);
+    measure(&a, &a.end);
     rc = report(&a);
     if (run.publish)
         publish_end(&a);
