@@ -52,6 +52,16 @@ def template_argv(template, host, cmd):
     return [w.replace("{host}", host).replace("{cmd}", line) for w in words]
 
 
+def merge(files, out):
+    """`loadgen merge` of the agents' JSON files into out: the merged JSON.
+    Raises HarnessError with its error line."""
+    r = subprocess.run([str(H.BIN / "loadgen"), "merge", str(out), *map(str, files)],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise H.HarnessError(f"loadgen merge: {r.stderr.strip()}")
+    return json.loads(Path(out).read_text())
+
+
 def run_agents(target, places, args=(), rate=None, connections=None, agent_cmd=None,
                start_in_s=None, budget_s=120.0, loadgen=None, workdir=None):
     """Run one loadgen agent per place against target, all starting at one
@@ -113,13 +123,7 @@ def run_agents(target, places, args=(), rate=None, connections=None, agent_cmd=N
                 runs.append(json.loads((tmp / f"agent{i}.json").read_text()))
             except ValueError as e:
                 raise H.HarnessError(f"agent {i} ({places[i]}): its output is not JSON: {e}")
-        merged = tmp / "merged.json"
-        r = subprocess.run([str(H.BIN / "loadgen"), "merge", str(merged),
-                            *(str(tmp / f"agent{i}.json") for i in range(n))],
-                           capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            raise H.HarnessError(f"loadgen merge: {r.stderr.strip()}")
-        return json.loads(merged.read_text()), runs
+        return merge([tmp / f"agent{i}.json" for i in range(n)], tmp / "merged.json"), runs
     finally:
         for p in procs:
             if p.poll() is None:

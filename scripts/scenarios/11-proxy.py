@@ -45,6 +45,7 @@ configuration of every anchor (and server-proxy's command line) by part.
 """
 
 import contextlib
+import statistics
 
 import anchors
 import harness as H
@@ -232,8 +233,5 @@ def to_anchors(recs):
 
 def median_p99(rec):
     """The median of a record's rounds' p99s (its own with one round)."""
-    got = sorted(p for p in (rec.get("rounds") or {}).get("p99_us") or [] if p)
-    if not got:
-        return rec["figures"].get("p99_us")
-    mid = len(got) // 2
-    return got[mid] if len(got) % 2 else (got[mid - 1] + got[mid]) / 2
+    got = [p for p in (rec.get("rounds") or {}).get("p99_us") or [] if p]
+    return statistics.median(got) if got else rec["figures"].get("p99_us")

@@ -34,10 +34,10 @@ reason."""
 import contextlib
 import json
 import shutil
-import subprocess
 import threading
 import time
 
+import agents
 import harness as H
 import world as W
 
@@ -169,16 +169,10 @@ def load(bench, webs, work):
             raise e
     if len(outs) == 1:
         return outs[0]
-    files = []
-    for i, o in enumerate(outs):
-        files.append(work / f"node{i}.json")
-        files[-1].write_text(json.dumps(o))
-    merged = work / "merged.json"
-    r = subprocess.run([str(H.BIN / "loadgen"), "merge", str(merged), *map(str, files)], capture_output=True,
-                       text=True, timeout=60)
-    if r.returncode != 0:
-        raise H.HarnessError(f"loadgen merge: {r.stderr.strip()}")
-    run = json.loads(merged.read_text())
+    files = [work / f"node{i}.json" for i in range(len(outs))]
+    for f, o in zip(files, outs):
+        f.write_text(json.dumps(o))
+    run = agents.merge(files, work / "merged.json")
     # The nodes' CPU, summed (merge keeps no server figures: they are per process).
     run["server"] = {k: sum((o.get("server") or {}).get(k) or 0 for o in outs) for k in ("user_s", "system_s")}
     req = run.get("requests") or 0
