@@ -40,7 +40,8 @@ does not run (a result with the reason). --designs does not apply.
 The rows of proxy and proxy-nopool add their req/s over the best anchor's
 and their CPU per request over the best anchor's at the same point (the
 issue's goals: at least 1 and at most 0.8), and their p99 over the best
-anchor's, each the median of its rounds' p99s (the goal: at most 1). summary.json's anchor_configs holds the exact
+anchor's (the goal: at most 1); CPU per request and p99 are each the
+median of the variant's rounds. summary.json's anchor_configs holds the exact
 configuration of every anchor (and server-proxy's command line) by part.
 """
 
@@ -211,27 +212,35 @@ def side_by_side(bench, servers, point, path, shape, client, hgrm):
 
 
 def to_anchors(recs):
-    """server-proxy's req/s over the best anchor's (the higher) and CPU per
-    request over the best anchor's (the lower), from the kept runs; and its
-    p99 over the best anchor's (the lower), each the median of its rounds'
-    p99s: the kept run is the median by req/s, and its p99 is one round's,
-    which on a shared machine swings by half from round to round."""
+    """server-proxy's req/s over the best anchor's (the higher), from the
+    kept runs (each the median by req/s); its CPU per request and its p99
+    over the best anchor's (the lower), each the median of its rounds': the
+    kept run's CPU per request and p99 are one round's, which on a shared
+    machine swing by half from round to round."""
     kept = [recs[k]["figures"] for k in anchors.KINDS if recs.get(k)]
     rates = [f["rps"] for f in kept if f.get("rps")]
-    costs = [f["server_cpu_per_req_us"] for f in kept if f.get("server_cpu_per_req_us")]
+    costs = [c for c in (median_of_rounds(recs[k], "server_cpu_per_req_us") for k in anchors.KINDS
+                         if recs.get(k)) if c]
     tails = [p for p in (median_p99(recs[k]) for k in anchors.KINDS if recs.get(k)) if p]
     for v in ("proxy", "proxy-nopool"):
         f = recs[v]["figures"] if recs.get(v) else {}
         if rates and f.get("rps"):
             f["rps_to_best_anchor"] = f["rps"] / max(rates)
-        if costs and f.get("server_cpu_per_req_us"):
-            f["cpu_to_best_anchor"] = f["server_cpu_per_req_us"] / min(costs)
+        cost = median_of_rounds(recs[v], "server_cpu_per_req_us") if recs.get(v) else None
+        if costs and cost:
+            f["cpu_to_best_anchor"] = cost / min(costs)
         mine = median_p99(recs[v]) if recs.get(v) else None
         if tails and mine:
             f["p99_to_best_anchor"] = mine / min(tails)
 
 
+def median_of_rounds(rec, figure):
+    """The median of a record's rounds' values of figure (its own with one
+    round)."""
+    got = [x for x in (rec.get("rounds") or {}).get(figure) or [] if x]
+    return statistics.median(got) if got else rec["figures"].get(figure)
+
+
 def median_p99(rec):
-    """The median of a record's rounds' p99s (its own with one round)."""
-    got = [p for p in (rec.get("rounds") or {}).get("p99_us") or [] if p]
-    return statistics.median(got) if got else rec["figures"].get("p99_us")
+    """The median of a record's rounds' p99s."""
+    return median_of_rounds(rec, "p99_us")

@@ -428,19 +428,23 @@ class Proxy(unittest.TestCase):
                 self.assertFalse(os.path.exists(f"/proc/{px.pid}"), kind)
         self.assertEqual(list(work.iterdir()), [])  # its directory removed
 
-    def test_p99_to_best_anchor_is_the_median_of_rounds(self):
+    def test_cpu_and_p99_to_best_anchor_are_medians_of_rounds(self):
         sc = next(sc for sc in H.scenarios() if sc.NAME == "proxy")
 
-        def rec(p99s, kept):
-            return {"figures": {"rps": 1.0, "server_cpu_per_req_us": 1.0, "p99_us": kept},
-                    "rounds": {"p99_us": p99s}}
-        # The kept runs' p99s would say 3 against 2: the rounds' medians
-        # say 20 against 25 (nginx) and 30 (HAProxy).
-        recs = {"proxy": rec([40, 20, 3, 10, 21], 3), "proxy-nopool": rec([50], 50),
-                "nginx": rec([25, 2, 26, 24, 90], 2), "haproxy": rec([30, 30, 31], 30)}
+        def rec(p99s, kept, cpus=(), kept_cpu=1.0):
+            return {"figures": {"rps": 1.0, "server_cpu_per_req_us": kept_cpu, "p99_us": kept},
+                    "rounds": {"p99_us": p99s, "server_cpu_per_req_us": list(cpus)}}
+        # The kept runs' p99s would say 3 against 2, and their CPU 18
+        # against 21 (0.86): the rounds' medians say 20 against 25 (nginx)
+        # and 30 (HAProxy), and 16 against 24 (nginx) and 25 (HAProxy).
+        recs = {"proxy": rec([40, 20, 3, 10, 21], 3, [18, 16, 15, 17, 9], 18), "proxy-nopool": rec([50], 50),
+                "nginx": rec([25, 2, 26, 24, 90], 2, [24, 30, 23, 25, 21], 30),
+                "haproxy": rec([30, 30, 31], 30, [21, 25, 26], 21)}
         sc.to_anchors(recs)
         self.assertAlmostEqual(recs["proxy"]["figures"]["p99_to_best_anchor"], 20 / 25)
         self.assertAlmostEqual(recs["proxy-nopool"]["figures"]["p99_to_best_anchor"], 50 / 25)
+        self.assertAlmostEqual(recs["proxy"]["figures"]["cpu_to_best_anchor"], 16 / 24)
+        self.assertAlmostEqual(recs["proxy-nopool"]["figures"]["cpu_to_best_anchor"], 1 / 24)  # one round: its own
         self.assertEqual(sc.median_p99(rec([4, 1, 3, 2], 9)), 2.5)
 
     def test_quick_run_side_by_side(self):
