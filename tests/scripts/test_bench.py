@@ -532,10 +532,21 @@ class IncrementorNodes(unittest.TestCase):
             self.assertLess(f["node_cpu"], n * 0.4 * 1.15 + 0.05, f)
             self.assertIsNotNone(f["lag_p99_ms"])
             self.assertLessEqual(f["lag_p99_ms"], f["max_lag_ms"])
+            self.assertGreater(f["machine_busy"], 0)
+            self.assertLessEqual(f["machine_busy"], 1)
+            run = json.loads((out / r["file"]).read_text())
+            # loadgen on any CPU: the merged JSON sums each loadgen's CPUs
+            self.assertEqual(run["loadgen_cpu"]["cpus"], n * len(os.sched_getaffinity(0)))
         self.assertAlmostEqual(runs["2 nodes"]["figures"]["to_one_node"],
                                runs["2 nodes"]["figures"]["rps"] / runs["1 node"]["figures"]["rps"])
-        quotas = [h["cpu_quota"] for h in summary["topology"]["hosts"] if h["name"].startswith("in")]
+        hosts = {h["name"]: h for h in summary["topology"]["hosts"] if h["name"].startswith("in")}
+        quotas = [h["cpu_quota"] for h in hosts.values()]
         self.assertEqual(sorted(q for q in quotas if q), [0.4, 0.4, 0.4])  # 1 + 2 nodes
+        # Two nodes on two CPUs (where there are two), the store on any.
+        cpus = sorted(os.sched_getaffinity(0))
+        two = sorted(h["cpus"] for name, h in hosts.items() if name.startswith("in2") and h["cpu_quota"])
+        self.assertEqual(two, sorted(str(cpus[i % len(cpus)]) for i in range(2)))
+        self.assertEqual([h["cpus"] for name, h in hosts.items() if not h["cpu_quota"]], [None, None])
         self.assertIn("incrementor-nodes: POST /increment", p.stdout)
 
 
