@@ -140,12 +140,12 @@ $(BIN)/tests/integration-%: $(BUILD)/tests/integration/%.o $(TLIB) $(CORE_LIB)
 # The live dashboard's page is built into loadgen (.incbin in loadgen/live.c).
 $(BUILD)/loadgen/live.o: loadgen/live.html
 
-# test_incrementor's LD_PRELOAD library: slow WAL syncs (see its head).
-$(BIN)/tests/slow-sync.so: tests/integration/slow_sync.c
+# test_incrementor's LD_PRELOAD library: slow WAL syncs, epoll_ctl counted (see its head).
+$(BIN)/tests/preload.so: tests/integration/preload.c
 	$(call say,LINK,$@)
 	$(Q)mkdir -p $(@D)
 	$(Q)$(CC) -std=gnu11 -O2 -D_GNU_SOURCE -shared -fPIC -o $@ $< -ldl
-$(BIN)/tests/integration-test_incrementor: | $(BIN)/tests/slow-sync.so
+$(BIN)/tests/integration-test_incrementor: | $(BIN)/tests/preload.so
 
 # The loadgen's test reads the histograms loadgen writes.
 $(BIN)/tests/integration-test_loadgen: $(call obj,loadgen/hist.c loadgen/hlog.c)

@@ -153,6 +153,13 @@ static void apply(server_loop_t *base, session_t *s, int wants)
         return;
     }
     unsigned ev = ((wants & SESS_READ) ? EPOLLIN : 0) | ((wants & SESS_WRITE) ? EPOLLOUT : 0);
+    /* A session waiting for its answer (a deferred request, a BURN at a
+     * worker) stays armed for input: its client sends nothing meanwhile, so
+     * no event comes, and the two epoll_ctl calls that disarming and
+     * re-arming would cost each such request are saved. Input that does
+     * come (a pipelining client) disarms it then (input_while_held). */
+    if (session_held(s))
+        ev |= s->armed & EPOLLIN;
     if (ev != s->armed) {
         struct epoll_event e = {.events = ev, .data.ptr = s};
         /* Cannot fail: the descriptor is open and registered. */
@@ -161,6 +168,24 @@ static void apply(server_loop_t *base, session_t *s, int wants)
     }
     /* Cannot fail: server_accept_session reserved the session's place. */
     (void)timers_set(&base->timers, &s->timer, session_deadline(s));
+}
+
+/* An event on a session that does not want input: armed for input while
+ * held (apply), its client sent more, or went away. Stop watching its
+ * input until its answer is back; an error or hang-up kills it as it
+ * would have without input armed; and output still flows. */
+static void input_while_held(loop_t *L, session_t *s, unsigned ev)
+{
+    if (ev & (EPOLLERR | EPOLLHUP)) {
+        apply(&L->base, s, session_on_error(s));
+        return;
+    }
+    struct epoll_event e = {.events = s->armed & ~(unsigned)EPOLLIN, .data.ptr = s};
+    /* Cannot fail: the descriptor is open and registered. */
+    (void)epoll_ctl(L->ep, EPOLL_CTL_MOD, s->fd, &e);
+    s->armed = e.events;
+    if (ev & EPOLLOUT)
+        apply(&L->base, s, session_on_writable(s));
 }
 
 /* The chat's delivery on this loop (core/chat.h, CHAT_LOOPS): member s got
@@ -264,6 +289,8 @@ static void *loop_main(void *arg)
                 posted = 1; /* after the batch: see below */
             else if (p == &chatter)
                 chatted = 1; /* lines of other loops' SAYs, after the batch too */
+            else if ((ev & EPOLLIN) && !(session_wants(p) & SESS_READ))
+                input_while_held(L, p, ev);
             else if (ev & EPOLLIN)
                 apply(&L->base, p, session_on_readable(p));
             else if (ev & EPOLLOUT)

@@ -427,7 +427,7 @@ static int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Is there a WAL sync in the log of slow_sync.c that started at or after
+/* Is there a WAL sync in the log of preload.c that started at or after
  * `from` and ended at or before `to`? */
 static int sync_within(const char *log, int64_t from, int64_t to)
 {
@@ -441,50 +441,77 @@ static int sync_within(const char *log, int64_t from, int64_t to)
     return found;
 }
 
-#define SLOW_SYNC_MS 250
-
-/* Every WAL sync made SLOW_SYNC_MS slower (tests/integration/slow_sync.c,
- * preloaded): each durable POST must come back no sooner, after a sync
- * that began once it was sent: the one that made its commit durable. An
- * answer sent at the commit, before the sync (what a pipelined group
- * commit risks), comes back early and fails this. */
-static void test_durable_answer_after_sync(void **state)
+/* Lines in a file (0 if there is none). */
+static int count_lines(const char *path)
 {
-    (void)state;
-    char lib[PATH_MAX], log[512], asan[512];
-    if (!realpath(tproc_bin("tests/slow-sync.so"), lib))
+    FILE *f = fopen(path, "r");
+    int n = 0, c;
+    while (f && (c = fgetc(f)) != EOF)
+        n += c == '\n';
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* A durable incrementor (flush 10 ms, one thread) on database `name`, with
+ * tests/integration/preload.c preloaded: WAL syncs slow_ms slower and
+ * logged in DIR/NAME-sync.log, epoll_ctl MODs in DIR/NAME-ctl.log (paths
+ * in sync_log and ctl_log, 512 bytes each). Skips if the library is not
+ * built. */
+static pid_t start_preloaded(const char *name, const char *slow_ms, char *sync_log, char *ctl_log,
+                             int *port)
+{
+    char lib[PATH_MAX], asan[512];
+    if (!realpath(tproc_bin("tests/preload.so"), lib))
         skip();
-    snprintf(log, sizeof log, "%s/slow-sync.log", dir);
+    snprintf(sync_log, 512, "%s/%s-sync.log", dir, name);
+    snprintf(ctl_log, 512, "%s/%s-ctl.log", dir, name);
     const char *old_asan = getenv("ASAN_OPTIONS");
     snprintf(asan, sizeof asan, "%s%sverify_asan_link_order=0", old_asan ? old_asan : "",
              old_asan ? ":" : "");
     char *saved_asan = old_asan ? strdup(old_asan) : NULL;
     setenv("LD_PRELOAD", lib, 1);
     setenv("ASAN_OPTIONS", asan, 1);
-    setenv("SLOW_SYNC_LOG", log, 1);
-    setenv("SLOW_SYNC_MS", "250", 1);
-    int port;
-    pid_t pid = start(db_path("slow-sync"), "0", "durable", "10", "1", &port);
+    setenv("SLOW_SYNC_LOG", sync_log, 1);
+    setenv("SLOW_SYNC_MS", slow_ms, 1);
+    setenv("EPOLL_CTL_LOG", ctl_log, 1);
+    pid_t pid = start(db_path(name), "0", "durable", "10", "1", port);
     unsetenv("LD_PRELOAD");
     unsetenv("SLOW_SYNC_LOG");
     unsetenv("SLOW_SYNC_MS");
+    unsetenv("EPOLL_CTL_LOG");
     if (saved_asan)
         setenv("ASAN_OPTIONS", saved_asan, 1);
     else
         unsetenv("ASAN_OPTIONS");
     free(saved_asan);
+    return pid;
+}
+
+static const char post_k0[] = "POST /increment HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                              "application/x-www-form-urlencoded\r\n"
+                              "Content-Length: 14\r\n\r\nkey=k0&value=1";
+
+#define SLOW_SYNC_MS 250
+
+/* Every WAL sync made SLOW_SYNC_MS slower (tests/integration/preload.c):
+ * each durable POST must come back no sooner, after a sync that began once
+ * it was sent: the one that made its commit durable. An answer sent at the
+ * commit, before the sync (what a pipelined group commit risks), comes
+ * back early and fails this. */
+static void test_durable_answer_after_sync(void **state)
+{
+    (void)state;
+    char log[512], ctl[512];
+    int port;
+    pid_t pid = start_preloaded("slow-sync", "250", log, ctl, &port);
     assert_true(pid > 0);
     int fd = tconn_open(port);
     assert_true(fd >= 0);
     for (int i = 0; i < 3; i++) {
         thttp_resp_t r = {0};
         int64_t t0 = mono_ns();
-        assert_int_equal(thttp_do(fd,
-                                  "POST /increment HTTP/1.1\r\nHost: t\r\nContent-Type: "
-                                  "application/x-www-form-urlencoded\r\n"
-                                  "Content-Length: 14\r\n\r\nkey=k0&value=1",
-                                  &r, RESP_MS),
-                         0);
+        assert_int_equal(thttp_do(fd, post_k0, &r, RESP_MS), 0);
         int64_t t1 = mono_ns();
         assert_int_equal(r.status, 200);
         thttp_free(&r);
@@ -496,6 +523,53 @@ static void test_durable_answer_after_sync(void **state)
     int64_t got[NKEYS];
     assert_true(db_read(db_path("slow-sync"), got) >= 0);
     assert_int_equal(got[0], 3);
+}
+
+/* A connection waiting for its durable answer stays armed for input, so a
+ * request costs no epoll_ctl (core/reactor.c: disarming and re-arming it
+ * cost two per request). And input that comes while the answer waits (the
+ * second request, sent during the first one's slow sync) is still answered,
+ * after the first, and applied once. */
+static void test_waiting_connection_not_rearmed(void **state)
+{
+    (void)state;
+    enum { SEQ = 40 };
+    char log[512], ctl[512];
+    int port;
+    pid_t pid = start_preloaded("armed", "0", log, ctl, &port);
+    assert_true(pid > 0);
+    int fd = tconn_open(port);
+    assert_true(fd >= 0);
+    for (int i = 0; i < SEQ; i++) {
+        thttp_resp_t r = {0};
+        assert_int_equal(thttp_do(fd, post_k0, &r, RESP_MS), 0);
+        assert_int_equal(r.status, 200);
+        thttp_free(&r);
+    }
+    int mods = count_lines(ctl);
+    print_message("epoll_ctl MODs for %d sequential durable POSTs: %d\n", SEQ, mods);
+    assert_true(mods < 4);
+    assert_int_equal(tproc_stop(pid, STOP_MS), 0);
+
+    /* Input while the answer waits: the first POST's sync takes 300 ms. */
+    pid = start_preloaded("armed2", "300", log, ctl, &port);
+    assert_true(pid > 0);
+    assert_true((fd = tconn_open(port)) >= 0);
+    assert_int_equal(tconn_sends(fd, post_k0), 0);
+    usleep(100 * 1000);
+    assert_int_equal(tconn_sends(fd, post_k0), 0);
+    for (int i = 0; i < 2; i++) {
+        thttp_resp_t r = {0};
+        assert_int_equal(thttp_read(fd, &r, 0, RESP_MS), 0);
+        assert_int_equal(r.status, 200);
+        thttp_free(&r);
+    }
+    assert_true(count_lines(ctl) >= 1); /* the input while held disarmed it */
+    close(fd);
+    assert_int_equal(tproc_stop(pid, STOP_MS), 0);
+    int64_t got[NKEYS];
+    assert_true(db_read(db_path("armed2"), got) >= 0);
+    assert_int_equal(got[0], 2);
 }
 
 /* A durable POST waits for its commit behind answers still queued in the
@@ -1042,6 +1116,7 @@ int main(void)
         cmocka_unit_test_setup(test_bad_inputs_durable, skip_unless_built),
         cmocka_unit_test_setup(test_read_back, skip_unless_built),
         cmocka_unit_test_setup(test_durable_answer_after_sync, skip_unless_built),
+        cmocka_unit_test_setup(test_waiting_connection_not_rearmed, skip_unless_built),
         cmocka_unit_test_setup(test_reset_while_commit_waits, skip_unless_built),
         cmocka_unit_test_setup(test_startup_errors, skip_unless_built),
         cmocka_unit_test_setup(test_two_processes, skip_unless_built),
