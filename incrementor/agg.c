@@ -14,14 +14,16 @@ void agg_init(agg_t *m)
 void agg_free(agg_t *m)
 {
     free(m->slots);
+    free(m->order);
     free(m->arena);
     agg_init(m);
 }
 
 void agg_clear(agg_t *m)
 {
-    if (m->len)
-        memset(m->slots, 0, m->cap * sizeof *m->slots);
+    /* A slot is empty by its hash alone (probe); agg_get zeroes the rest. */
+    for (size_t k = 0; k < m->len; k++)
+        m->slots[m->order[k]].hash = 0;
     m->len = 0;
     m->arena_len = 0;
 }
@@ -56,22 +58,29 @@ static agg_entry_t *probe(const agg_t *m, uint64_t h, const char *key, size_t le
 static int grow(agg_t *m)
 {
     size_t cap = m->cap ? m->cap * 2 : AGG_MIN_CAP;
+    if (cap / 2 > UINT32_MAX)
+        return -ENOMEM; /* slot indexes are 32-bit */
     agg_entry_t *slots = calloc(cap, sizeof *slots);
-    if (!slots)
+    uint32_t *order = malloc(cap / 2 * sizeof *order);
+    if (!slots || !order) {
+        free(slots);
+        free(order);
         return -ENOMEM;
-    agg_t old = *m;
-    m->slots = slots;
-    m->cap = cap;
-    for (size_t i = 0; i < old.cap; i++) {
-        agg_entry_t *e = &old.slots[i];
-        if (e->hash) {
-            size_t j = e->hash & (cap - 1);
-            while (slots[j].hash)
-                j = (j + 1) & (cap - 1);
-            slots[j] = *e;
-        }
     }
-    free(old.slots);
+    /* Rehash in insertion order, which the new order keeps. */
+    for (size_t k = 0; k < m->len; k++) {
+        agg_entry_t *e = &m->slots[m->order[k]];
+        size_t j = e->hash & (cap - 1);
+        while (slots[j].hash)
+            j = (j + 1) & (cap - 1);
+        slots[j] = *e;
+        order[k] = (uint32_t)j;
+    }
+    free(m->slots);
+    free(m->order);
+    m->slots = slots;
+    m->order = order;
+    m->cap = cap;
     return 0;
 }
 
@@ -113,14 +122,11 @@ agg_entry_t *agg_get(agg_t *m, const char *key, size_t len)
     e->key_len = (uint32_t)len;
     memcpy(m->arena + m->arena_len, key, len);
     m->arena_len += len;
-    m->len++;
+    m->order[m->len++] = (uint32_t)(e - m->slots);
     return e;
 }
 
 agg_entry_t *agg_next(const agg_t *m, size_t *i)
 {
-    for (; *i < m->cap; (*i)++)
-        if (m->slots[*i].hash)
-            return &m->slots[(*i)++];
-    return NULL;
+    return *i < m->len ? &m->slots[m->order[(*i)++]] : NULL;
 }

@@ -373,24 +373,42 @@ static void test_agg_sums(void **state)
     assert_null(agg_find(&m, "key-5000", 8));
     assert_null(agg_find(&m, "key-1", 4)); /* a prefix is another key */
 
-    /* Iteration visits every entry once. */
+    /* Iteration visits every entry once, in the order they were made,
+     * across the table's growths. */
     size_t seen = 0;
-    int64_t total = 0;
     agg_entry_t *e;
     for (size_t i = 0; (e = agg_next(&m, &i));) {
+        int n = snprintf(key, sizeof key, "key-%zu", seen);
+        assert_int_equal(e->key_len, n);
+        assert_memory_equal(agg_key(&m, e), key, (size_t)n);
+        assert_true(e->sum == 3 * (int64_t)seen);
         seen++;
-        total += e->sum;
     }
     assert_int_equal(seen, 5000);
-    assert_true(total == 3LL * 4999 * 5000 / 2);
 
-    /* Cleared: empty, and reusable. */
+    /* Cleared: empty, and reusable at its size; the next window's entries
+     * alone are visited, zeroed when made. */
+    size_t cap = m.cap;
     agg_clear(&m);
     assert_int_equal(m.len, 0);
     assert_null(agg_find(&m, "key-1", 5));
-    e = agg_get(&m, "key-1", 5);
-    assert_non_null(e);
-    assert_true(e->sum == 0 && e->count == 0);
+    assert_null(agg_next(&m, &(size_t){0}));
+    static const char *const next[] = {"key-4999", "new", "key-1"};
+    for (int k = 0; k < 3; k++) {
+        e = agg_get(&m, next[k], strlen(next[k]));
+        assert_non_null(e);
+        assert_true(e->sum == 0 && e->count == 0);
+        e->sum = k + 1;
+    }
+    assert_int_equal(m.cap, cap);
+    seen = 0;
+    for (size_t i = 0; (e = agg_next(&m, &i)); seen++) {
+        assert_memory_equal(agg_key(&m, e), next[seen], strlen(next[seen]));
+        assert_true(e->sum == (int64_t)seen + 1);
+    }
+    assert_int_equal(seen, 3);
+    assert_null(agg_find(&m, "key-2", 5));
+    assert_true(agg_find(&m, "key-1", 5)->sum == 3);
     agg_free(&m);
 }
 
