@@ -503,6 +503,83 @@ class Proxy(unittest.TestCase):
             self.assertIn("10.77.0.", configs["haproxy 20ms"])
 
 
+class Incrementor(unittest.TestCase):
+    """The incrementor scenario (scripts/scenarios/08-incrementor.py)."""
+
+    SC = next(sc for sc in H.scenarios() if sc.NAME == "incrementor")
+
+    @staticmethod
+    def run_of(rps, cpu, exact=True):
+        return {"rps": rps, "server": {"cpu_per_request_us": cpu},
+                "scenario_figures": {"exact": exact, "mismatch": None if exact else "1 keys, e.g. k7"}}
+
+    def test_ratios_pair_the_runs_of_each_round(self):
+        r = self.run_of
+        # Round by round durable/buffered is 0.5, 0.6, 0.3 (median 0.5);
+        # the medians of the req/s would say 45/100 = 0.45. A failed round
+        # pairs with nothing.
+        got = {"buffered": [(r(100, 8), None), (r(50, 9), None), (r(200, 7), None), (r(90, 8), None)],
+               "durable": [(r(50, 16), None), (r(30, 18), None), (r(60, 20), None),
+                           (H.HarnessError("x"), None)],
+               "GET /": [(r(120, 8), None), (r(120, 6), None), (r(120, 7), None), (r(120, 4), None)]}
+        self.assertAlmostEqual(self.SC.round_ratio(got, "durable", "buffered", "rps"), 0.5)
+        # 8/8, 9/6, 7/7, 8/4: median of 1, 1.5, 1, 2
+        self.assertAlmostEqual(self.SC.round_ratio(got, "buffered", "GET /", "server_cpu_per_req_us"), 1.25)
+        self.assertIsNone(self.SC.round_ratio({"a": [(H.HarnessError("x"), None)], "b": [(r(1, 1), None)]},
+                                              "a", "b", "rps"))
+
+    @unittest.skipUnless((H.BIN / "incrementor").exists(), "the incrementor is not built")
+    def test_an_inexact_round_fails_its_mode(self):
+        r = self.run_of
+        recorded = {}
+
+        class Bench:
+            def alternate(self, jobs):
+                self.jobs = list(jobs)
+                return {"buffered": [(r(100, 8), None), (r(90, 8, exact=False), None)],
+                        "durable": [(r(50, 16), None), (r(40, 16), None)],
+                        "GET /": [(r(120, 8), None), (r(120, 8), None)]}
+
+            def record(self, design, scenario, point, run=None, reason=None, extra=None):
+                recorded[point] = {"ok": reason is None, "reason": reason, "figures": {}}
+                return recorded[point]
+
+            def keep_median(self, design, scenario, point, got):
+                return self.record(design, scenario, point)
+
+        bench = Bench()
+        self.SC.run(bench, [])
+        self.assertEqual(bench.jobs, ["buffered", "durable", "GET /"])
+        self.assertFalse(recorded["buffered"]["ok"])
+        self.assertIn("round 2: 1 keys, e.g. k7", recorded["buffered"]["reason"])
+        self.assertTrue(recorded["durable"]["ok"])
+        self.assertAlmostEqual(recorded["durable"]["figures"]["to_buffered"], (50 / 100 + 40 / 90) / 2)
+        self.assertAlmostEqual(recorded["durable"]["figures"]["cpu_to_get"], 2.0)
+
+    @unittest.skipUnless(BUILT and (H.BIN / "incrementor").exists(), "loadgen or the incrementor is not built")
+    def test_rounds_side_by_side_exact(self):
+        out = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, out)
+        p = subprocess.run([str(BENCH), "--scenarios", "incrementor", "--duration", "0.5", "--repeat", "2",
+                            "--out", str(out)], capture_output=True, text=True, timeout=120)
+        self.assertEqual(p.returncode, 0, p.stderr[-2000:])
+        summary = json.loads((out / "summary.json").read_text())
+        validate(summary)
+        runs = {(r["design"], r["point"]): r for r in summary["runs"] if r["scenario"] == "incrementor"}
+        self.assertEqual(set(runs), {("incrementor", "buffered"), ("incrementor", "durable"), ("epoll", "GET /")})
+        for (design, point), rec in runs.items():
+            self.assertTrue(rec["ok"], rec)
+            f = rec["figures"]
+            self.assertEqual(f["repeats"], 2)
+            self.assertGreater(f["server_cpu_per_req_us"], 0)
+            if design == "incrementor":
+                self.assertTrue(f["exact"], f)
+                self.assertGreater(f["keys"], 0)
+                self.assertGreater(f["cpu_to_get"], 0)
+        self.assertGreater(runs[("incrementor", "durable")]["figures"]["to_buffered"], 0)
+        self.assertIn("CPU to GET", p.stdout)
+
+
 @unittest.skipUnless(BUILT and (H.BIN / "incrementor").exists(), "loadgen or the incrementor is not built")
 @unittest.skipIf(WORLD_WHY, WORLD_WHY)
 @unittest.skipUnless(shutil.which("redis-server"), "no redis-server (scripts/deps.sh installs it)")
