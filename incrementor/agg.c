@@ -58,8 +58,8 @@ static agg_entry_t *probe(const agg_t *m, uint64_t h, const char *key, size_t le
 static int grow(agg_t *m)
 {
     size_t cap = m->cap ? m->cap * 2 : AGG_MIN_CAP;
-    if (cap / 2 > UINT32_MAX)
-        return -ENOMEM; /* slot indexes are 32-bit */
+    if (cap - 1 > UINT32_MAX)
+        return -ENOMEM; /* slot indexes are 32-bit (order) */
     agg_entry_t *slots = calloc(cap, sizeof *slots);
     uint32_t *order = malloc(cap / 2 * sizeof *order);
     if (!slots || !order) {

@@ -29,7 +29,7 @@ typedef struct agg_entry {
 
 typedef struct agg {
     agg_entry_t *slots;
-    uint32_t *order; /* the used slots' indexes in insertion order: len of cap / 2 */
+    uint32_t *order; /* the used slots' indexes, in insertion order (room for cap / 2) */
     size_t cap, len; /* cap is a power of two, len the used slots */
     char *arena;
     size_t arena_len, arena_cap;
