@@ -456,11 +456,12 @@ static int count_lines(const char *path)
 /* A durable incrementor (flush 10 ms, one thread) on database `name`, with
  * tests/integration/preload.c preloaded: WAL syncs slow_ms slower and
  * logged in DIR/NAME-sync.log, epoll_ctl MODs in DIR/NAME-ctl.log (paths
- * in sync_log and ctl_log, 512 bytes each). Skips if the library is not
- * built. */
+ * in sync_log and ctl_log, 512 bytes each); and a connection to it in *fd.
+ * Skips if the library is not built. */
 static pid_t start_preloaded(const char *name, const char *slow_ms, char *sync_log, char *ctl_log,
-                             int *port)
+                             int *fd)
 {
+    int port;
     char lib[PATH_MAX], asan[512];
     if (!realpath(tproc_bin("tests/preload.so"), lib))
         skip();
@@ -475,7 +476,7 @@ static pid_t start_preloaded(const char *name, const char *slow_ms, char *sync_l
     setenv("SLOW_SYNC_LOG", sync_log, 1);
     setenv("SLOW_SYNC_MS", slow_ms, 1);
     setenv("EPOLL_CTL_LOG", ctl_log, 1);
-    pid_t pid = start(db_path(name), "0", "durable", "10", "1", port);
+    pid_t pid = start(db_path(name), "0", "durable", "10", "1", &port);
     unsetenv("LD_PRELOAD");
     unsetenv("SLOW_SYNC_LOG");
     unsetenv("SLOW_SYNC_MS");
@@ -485,6 +486,8 @@ static pid_t start_preloaded(const char *name, const char *slow_ms, char *sync_l
     else
         unsetenv("ASAN_OPTIONS");
     free(saved_asan);
+    assert_true(pid > 0);
+    assert_true((*fd = tconn_open(port)) >= 0);
     return pid;
 }
 
@@ -503,11 +506,8 @@ static void test_durable_answer_after_sync(void **state)
 {
     (void)state;
     char log[512], ctl[512];
-    int port;
-    pid_t pid = start_preloaded("slow-sync", "250", log, ctl, &port);
-    assert_true(pid > 0);
-    int fd = tconn_open(port);
-    assert_true(fd >= 0);
+    int fd;
+    pid_t pid = start_preloaded("slow-sync", "250", log, ctl, &fd);
     for (int i = 0; i < 3; i++) {
         thttp_resp_t r = {0};
         int64_t t0 = mono_ns();
@@ -535,11 +535,8 @@ static void test_waiting_connection_not_rearmed(void **state)
     (void)state;
     enum { SEQ = 40 };
     char log[512], ctl[512];
-    int port;
-    pid_t pid = start_preloaded("armed", "0", log, ctl, &port);
-    assert_true(pid > 0);
-    int fd = tconn_open(port);
-    assert_true(fd >= 0);
+    int fd;
+    pid_t pid = start_preloaded("armed", "0", log, ctl, &fd);
     for (int i = 0; i < SEQ; i++) {
         thttp_resp_t r = {0};
         assert_int_equal(thttp_do(fd, post_k0, &r, RESP_MS), 0);
@@ -551,10 +548,9 @@ static void test_waiting_connection_not_rearmed(void **state)
     assert_true(mods < 4);
     assert_int_equal(tproc_stop(pid, STOP_MS), 0);
 
-    /* Input while the answer waits: the first POST's sync takes 300 ms. */
-    pid = start_preloaded("armed2", "300", log, ctl, &port);
-    assert_true(pid > 0);
-    assert_true((fd = tconn_open(port)) >= 0);
+    /* Input while the answer waits: the first POST's sync takes 500 ms. */
+    close(fd);
+    pid = start_preloaded("armed2", "500", log, ctl, &fd);
     assert_int_equal(tconn_sends(fd, post_k0), 0);
     usleep(100 * 1000);
     assert_int_equal(tconn_sends(fd, post_k0), 0);
