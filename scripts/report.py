@@ -30,6 +30,13 @@ def lookup(runs, design, scenario, point, key):
     return None
 
 
+def subject(label, run):
+    """What a note is about: the row's label, and the run's point unless the
+    label already names it (scenarios whose rows are points)."""
+    point = str(run["point"])
+    return label if point in label else f"{label} {point}"
+
+
 def rows_for(summary, scenario):
     """Rows (design first, then one value per column) of a scenario's table,
     the notes on failed or loadgen-bound runs, and the rows' run records."""
@@ -48,16 +55,16 @@ def rows_for(summary, scenario):
             seen.append(label)
         keyed.setdefault(label, []).append(r)
         if not r["ok"]:
-            notes.append(f"{label} {r['point']}: {r['reason']}")
+            notes.append(f"{subject(label, r)}: {r['reason']}")
         elif r.get("loadgen_bound"):
             busy = r["figures"].get("loadgen_cpus_busy")
-            notes.append(f"{label} {r['point']}: the client was the limit (loadgen's CPUs were "
+            notes.append(f"{subject(label, r)}: the client was the limit (loadgen's CPUs were "
                          f"{f'{busy:.0%} ' if busy is not None else ''}busy), not the server")
         elif r.get("link_bound"):
             drops = r["figures"].get("link_tun_drops")
             why = (f"{drops} packets dropped before it could read them" if drops
                    else "its CPU was busy")
-            notes.append(f"{label} {r['point']}: the link emulator was the limit ({why}), "
+            notes.append(f"{subject(label, r)}: the link emulator was the limit ({why}), "
                          "not the server")
         bp = r["figures"].get("breaking_point")
         if bp:

@@ -97,8 +97,11 @@ class Figures(unittest.TestCase):
         rec = {"design": "proxy", "scenario": "proxy", "point": "0ms-1m-c64", "ok": True, "reason": None,
                "loadgen_bound": True, "link_bound": False, "figures": H.figures(run), "file": None}
         notes = report.rows_for({"runs": [rec]}, "proxy")[3]
-        self.assertTrue(any("the client was the limit (loadgen's CPUs were 98% busy)" in n for n in notes),
-                        notes)
+        # the row's label names the point: the note does not repeat it
+        self.assertIn("0ms-1m-c64 proxy: the client was the limit (loadgen's CPUs were 98% busy), not the server",
+                      notes)
+        notes = report.rows_for({"runs": [dict(rec, scenario="throughput", point="c64")]}, "throughput")[3]
+        self.assertTrue(any(n.startswith("proxy c64: the client was the limit") for n in notes), notes)
         run["loadgen_cpu"]["cpus_busy_s"] = 1.5
         self.assertFalse(H.loadgen_bound(run, "1"))
         # Unpinned, loadgen's CPUs are the server's too: their being busy
