@@ -95,13 +95,8 @@ def run(bench, designs):
         got = bench.alternate({design(n): (lambda rnd, n=n: (one_round(bench, n, rnd), None)) for n in NODES})
         for name, tries in got.items():
             # A round whose database lost or doubled an increment fails the
-            # point, whatever the other rounds did.
-            wrong = [t[0] for t in tries if isinstance(t[0], dict) and not t[0]["scenario_figures"]["exact"]]
-            if wrong:
-                bench.record(name, NAME, "buffered", reason="database differs from acknowledged sums: "
-                             f"{wrong[0]['scenario_figures']['mismatch']}")
-            else:
-                recs[name] = bench.keep_median(name, NAME, "buffered", tries)
+            # point (bench.keep_median).
+            recs[name] = bench.keep_median(name, NAME, "buffered", tries)
     one, two = recs.get(design(1)), recs.get(design(2))
     if one and two and one["figures"].get("rps") and two["figures"].get("rps"):
         two["figures"]["to_one_node"] = two["figures"]["rps"] / one["figures"]["rps"]
