@@ -597,6 +597,7 @@ void svc_free(svc_t *svc)
     svc_window_free_list(svc->pending);
     svc_window_free_list(svc->synced);
     agg_free(&svc->w);
+    free(svc->rows);
     db_close(svc->db);
     db_close(svc->ckpt);
     queue_free(svc);

@@ -131,6 +131,8 @@ typedef struct svc {
     svc_window_t *spare;   /* writer: empty windows to hand out */
     svc_window_t *pending; /* writer: taken, not yet committed */
     agg_t w;               /* writer: the batch of one transaction */
+    db_row_t *rows;        /* writer: its rows in key order (svc_write_sums) */
+    size_t rows_cap;
     int exit_status;
 
     /* Durable: the syncer makes committed batches durable (flush.c). */
@@ -202,7 +204,7 @@ void *svc_writer_main(void *arg);
 int svc_wait_work(svc_t *svc, int64_t until);
 
 /* In the open transaction: write each key of m that has increments (its
- * sum + slow), DB_ROWS to a statement (db_add_rows), adding their
+ * sum + slow), in key order, DB_ROWS to a statement (db_add_rows), adding their
  * increments to *applied and the rows to *rows. Returns 0 or a negative
  * errno (the caller rolls back; the counts then mean nothing). */
 int svc_write_sums(svc_t *svc, const agg_t *m, uint64_t *applied, uint64_t *rows);

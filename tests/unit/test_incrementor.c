@@ -23,6 +23,7 @@
 #include "../../incrementor/db.h"
 #include "../../incrementor/lag.h"
 #include "../../incrementor/parse.h"
+#include "../../incrementor/service.h"
 
 /* ---- form bodies ---- */
 
@@ -725,6 +726,60 @@ static void test_db_add_rows(void **state)
     db_close(d);
 }
 
+/* svc_write_sums writes a batch's rows in the table's key order (SQLite's
+ * BINARY: bytes, then the shorter first), whatever order the map holds
+ * them in: a statement's rows then share their pages. A trigger logs the
+ * order of the writes. */
+static void test_write_sums_in_key_order(void **state)
+{
+    (void)state;
+    const char *path = db_file("order");
+    char err[512];
+    svc_t svc = {0};
+    assert_int_equal(db_open_writer(&svc.db, path, DB_BUFFERED, err, sizeof err), 0);
+    assert_int_equal(tincr_db_exec(path, "CREATE TABLE log(k TEXT);"
+                                         "CREATE TRIGGER log_ins AFTER INSERT ON counters"
+                                         " BEGIN INSERT INTO log VALUES(new.key); END;"
+                                         "CREATE TRIGGER log_upd AFTER UPDATE ON counters"
+                                         " BEGIN INSERT INTO log VALUES(new.key); END;"),
+                     0);
+    agg_t m;
+    agg_init(&m);
+    enum { N = 3 * DB_ROWS + 7 };
+    char key[16];
+    for (int i = 0; i < N; i++) {
+        /* Scrambled, with keys that prefix others ("k1", "k10") and a byte
+         * past ASCII. */
+        int n = snprintf(key, sizeof key, i % 5 ? "k%d" : "k%d\xe9", (i * 37) % N);
+        agg_entry_t *e = agg_get(&m, key, (size_t)n);
+        assert_non_null(e);
+        e->sum = i + 1;
+        e->count = 1;
+    }
+    agg_get(&m, "deferred, then refused", 22); /* no increments: no row */
+    for (int pass = 0; pass < 2; pass++) {     /* inserts, then updates */
+        uint64_t applied = 0, rows = 0;
+        assert_int_equal(db_begin(svc.db), 0);
+        assert_int_equal(svc_write_sums(&svc, &m, &applied, &rows), 0);
+        assert_int_equal(db_commit(svc.db), 0);
+        assert_true(applied == N && rows == N);
+    }
+    char got[64], want[64], sql[256];
+    assert_int_equal(tincr_db_text(path, "SELECT count(*) FROM log", got, sizeof got), 0);
+    snprintf(want, sizeof want, "%d", 2 * N);
+    assert_string_equal(got, want);
+    /* Each pass in key order: every row's key is greater than the last. */
+    snprintf(sql, sizeof sql,
+             "SELECT count(*) FROM log a JOIN log b ON b.rowid = a.rowid + 1"
+             " WHERE b.k <= a.k AND a.rowid <> %d",
+             N);
+    assert_int_equal(tincr_db_text(path, sql, got, sizeof got), 0);
+    assert_string_equal(got, "0");
+    agg_free(&m);
+    free(svc.rows);
+    db_close(svc.db);
+}
+
 /* db_checkpoint on its own connection copies the WAL, and once the WAL is
  * past DB_WAL_RESTART frames the writer's next commit starts it over (the
  * checkpointer's connection used to do nothing: it had never read). */
@@ -858,6 +913,7 @@ int main(void)
         cmocka_unit_test_teardown(test_db_add_never_real, db_teardown),
         cmocka_unit_test_teardown(test_db_red, db_teardown),
         cmocka_unit_test_teardown(test_db_add_rows, db_teardown),
+        cmocka_unit_test_teardown(test_write_sums_in_key_order, db_teardown),
         cmocka_unit_test_teardown(test_db_checkpoint_restarts_wal, db_teardown),
         cmocka_unit_test(test_idem_key),
         cmocka_unit_test(test_fingerprint),
