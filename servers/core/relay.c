@@ -38,7 +38,7 @@
 #define PIPE_MAX   64         /* requests in flight per client connection */
 #define SPLICE_MSS (16 << 10) /* an upstream's segments smaller than this: no splice */
 #define SPLICE_MIN (16 << 10) /* a body left this long goes by the pipe (cheaper than 2 copies) */
-#define NOTSENT    (16 << 10) /* unsent bytes a client's socket may hold (TCP_NOTSENT_LOWAT) */
+#define NOTSENT    (32 << 10) /* unsent bytes a client's socket may hold (TCP_NOTSENT_LOWAT) */
 #define VIA        "server-proxy"
 
 enum { K_CLIENT, K_PEER, K_DEAD };
@@ -1299,8 +1299,9 @@ void relay_accept(relay_loop_t *L, int fd)
      * one host, loadgen's). At 64 connections x 16 pipelined 64 KiB
      * answers that was 3.8 MiB queued per socket, loadgen paying 64-85
      * us a request against 17-19 behind HAProxy, and 8-10k req/s against
-     * its 20-24k; with 16 KiB, 17-22k. Refused (a kernel before 3.12):
-     * the proxy works as before. */
+     * its 20-25k. With 32 KiB: 23.6-24.3k, loadgen 22-23 us, p99 48-54
+     * ms against HAProxy's 66-96 (16 KiB: more wake-ups and a worse p99;
+     * 64 KiB: 13-15k). Refused (a kernel before 3.12): as before. */
     int notsent = NOTSENT;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &notsent, sizeof notsent);
     c->pipe[0] = c->pipe[1] = -1;
