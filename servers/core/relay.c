@@ -1299,9 +1299,9 @@ void relay_accept(relay_loop_t *L, int fd)
      * one host, loadgen's). At 64 connections x 16 pipelined 64 KiB
      * answers that was 3.8 MiB queued per socket, loadgen paying 64-85
      * us a request against 17-19 behind HAProxy, and 8-10k req/s against
-     * its 20-25k. With 32 KiB: 23.6-24.3k, loadgen 22-23 us, p99 48-54
-     * ms against HAProxy's 66-96 (16 KiB: more wake-ups and a worse p99;
-     * 64 KiB: 13-15k). Refused (a kernel before 3.12): as before. */
+     * its 20-27k. With 8, 16 or 32 KiB alike: 20-27k, loadgen 22-23 us
+     * (what is unsent still goes out on its window updates); 64 KiB:
+     * 13-15k. Refused (a kernel before 3.12): as before. */
     int notsent = NOTSENT;
     (void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &notsent, sizeof notsent);
     c->pipe[0] = c->pipe[1] = -1;
