@@ -707,8 +707,9 @@ static long rss_kb(pid_t pid)
     return kb;
 }
 
-/* The bytes queued in pid's socket from local port lport to remote port
- * rport (IPv4; sent and not yet acknowledged), or -1 without that socket. */
+/* The bytes queued in pid's IPv4 socket from local port lport to remote
+ * port rport (not yet acknowledged: in flight or unsent), or -1 without
+ * that socket. */
 static long send_queue(pid_t pid, int lport, int rport)
 {
     char path[64], line[512];
@@ -718,16 +719,17 @@ static long send_queue(pid_t pid, int lport, int rport)
     if (!f)
         return -1;
     while (q < 0 && fgets(line, sizeof line, f)) {
-        unsigned la, lp, ra, rp, st;
+        unsigned lp, rp;
         unsigned long tx;
-        if (sscanf(line, " %*d: %x:%x %x:%x %x %lx:", &la, &lp, &ra, &rp, &st, &tx) == 6 &&
-            (int)lp == lport && (int)rp == rport)
+        if (sscanf(line, " %*d: %*x:%x %*x:%x %*x %lx:", &lp, &rp, &tx) == 3 && (int)lp == lport &&
+            (int)rp == rport)
             q = (long)tx;
     }
     fclose(f);
     return q;
 }
 
+/* The local port of the connected IPv4 socket fd. */
 static int local_port(int fd)
 {
     struct sockaddr_in a;
