@@ -11,8 +11,8 @@ bytes spliced.
 
 The thresholds have room for this machine's noise: here splice took the
 proxy's CPU per request to 0.55-0.59 of the copy's for 1 MiB, checked at
-0.7, and to 0.73-0.75 for 64 KiB, checked at 0.8. What loadgen and the upstream pay more on
-loopback is a figure, not a check (see docs/LAB.md).
+0.7, and to 0.73-0.75 for 64 KiB, checked at 0.8. What loadgen and the
+upstream pay more on loopback is a figure, not a check (see docs/LAB.md).
 """
 
 import re
