@@ -11,6 +11,8 @@
 #define NET_REUSEPORT 1 /* several sockets (threads, processes) share the port */
 #define NET_NONBLOCK  2 /* the returned socket is non-blocking */
 
+#define NET_NOTSENT (32 << 10) /* unsent bytes a socket may hold (net_set_notsent) */
+
 /* Listen on host:port (port 0 picks a free one) with the given backlog.
  * Returns the listening descriptor, or a negative errno with `err` filled. */
 int net_listen(const char *host, int port, int backlog, int flags, char *err, size_t errlen);
@@ -39,6 +41,13 @@ int net_set_nonblock(int fd);
 /* Disable Nagle's algorithm: responses are written whole, so waiting for more
  * only adds latency. Returns 0 or a negative errno. */
 int net_set_nodelay(int fd);
+
+/* Keep at most NET_NOTSENT bytes unsent in fd's send queue
+ * (TCP_NOTSENT_LOWAT): a write stops there, and the socket is writable again
+ * once less than half of it waits. Every accepted connection gets it
+ * (server_admit). Returns 0 or a negative errno (-ENOPROTOOPT before Linux
+ * 3.12: the socket then works as before). */
+int net_set_notsent(int fd);
 
 /* Send all n bytes on a blocking socket, retrying short writes and EINTR;
  * a peer that is gone is -EPIPE, never a SIGPIPE. Returns 0 or a negative errno. */

@@ -38,7 +38,6 @@
 #define PIPE_MAX   64         /* requests in flight per client connection */
 #define SPLICE_MSS (16 << 10) /* an upstream's segments smaller than this: no splice */
 #define SPLICE_MIN (16 << 10) /* a body left this long goes by the pipe (cheaper than 2 copies) */
-#define NOTSENT    (32 << 10) /* unsent bytes a client's socket may hold (TCP_NOTSENT_LOWAT) */
 #define VIA        "server-proxy"
 
 enum { K_CLIENT, K_PEER, K_DEAD };
@@ -1293,17 +1292,6 @@ void relay_accept(relay_loop_t *L, int fd)
     }
     c->e.kind = K_CLIENT;
     c->e.fd = fd;
-    /* Keep a client's unsent bytes few. Else the proxy hands its socket
-     * megabytes, and the client's window updates send them: the kernel's
-     * work of sending runs on the client's CPU, in the client's time (on
-     * one host, loadgen's). At 64 connections x 16 pipelined 64 KiB
-     * answers that was 3.8 MiB queued per socket, loadgen paying 64-85
-     * us a request against 17-19 behind HAProxy, and 8-10k req/s against
-     * its 20-27k. With 8, 16 or 32 KiB alike: 20-27k, loadgen 22-23 us
-     * (what is unsent still goes out on its window updates); 64 KiB:
-     * 13-15k. Refused (a kernel before 3.12): as before. */
-    int notsent = NOTSENT;
-    (void)setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &notsent, sizeof notsent);
     c->pipe[0] = c->pipe[1] = -1;
     c->L = L;
     c->last = time_now_ms();

@@ -260,8 +260,10 @@ int server_admit(int fd, const server_cfg_t *cfg)
         server_refuse(fd, "too many connections");
         return -ECONNREFUSED;
     }
-    /* Best effort: Nagle only adds latency, never breaks the connection. */
+    /* Best effort, both: Nagle only adds latency, and a kernel without
+     * TCP_NOTSENT_LOWAT only lets the client pay for the sending (net.c). */
     (void)net_set_nodelay(fd);
+    (void)net_set_notsent(fd);
     return fd;
 }
 

@@ -39,6 +39,7 @@
 #include <cmocka.h>
 
 #include "core/http.h"
+#include "core/net.h"
 #include "../lib/tlib.h"
 
 #define T       10000 /* ms: the bound of an ordinary wait (sanitizers, a busy machine) */
@@ -705,37 +706,6 @@ static long rss_kb(pid_t pid)
             break;
     fclose(f);
     return kb;
-}
-
-/* The bytes queued in pid's IPv4 socket from local port lport to remote
- * port rport (not yet acknowledged: in flight or unsent), or -1 without
- * that socket. */
-static long send_queue(pid_t pid, int lport, int rport)
-{
-    char path[64], line[512];
-    long q = -1;
-    snprintf(path, sizeof path, "/proc/%d/net/tcp", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    while (q < 0 && fgets(line, sizeof line, f)) {
-        unsigned lp, rp;
-        unsigned long tx;
-        if (sscanf(line, " %*d: %*x:%x %*x:%x %*x %lx:", &lp, &rp, &tx) == 3 && (int)lp == lport &&
-            (int)rp == rport)
-            q = (long)tx;
-    }
-    fclose(f);
-    return q;
-}
-
-/* The local port of the connected IPv4 socket fd. */
-static int local_port(int fd)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof a;
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    return ntohs(a.sin_port);
 }
 
 /* ---- through the proxy to server-epoll ---- */
@@ -1579,7 +1549,7 @@ static void test_backpressure(void **state)
     tsleep_ms(1000);
     long held = rss_kb(s->pid);
     size_t queued = tconn_pending(fd);
-    long sendq = send_queue(s->pid, s->port, local_port(fd));
+    long sendq = tproc_send_queue(s->pid, s->port, net_local_port(fd));
     print_message("a client that does not read a %d MiB answer: proxy RSS %ld kB -> %ld kB after "
                   "1 s, %ld bytes in the proxy's socket, %zu waiting at the client\n",
                   BIG >> 20, base, held, sendq, queued);
@@ -1588,7 +1558,7 @@ static void test_backpressure(void **state)
         fail_msg("the proxy's RSS grew by %ld kB behind a client that does not read (bound %d kB)",
                  held - base, BOUND_KB);
     /* Nor the kernel's memory: the socket holds the client's window in
-     * flight and a few unsent bytes (relay.c's NOTSENT), not megabytes
+     * flight and a few unsent bytes (net.c's NET_NOTSENT), not megabytes
      * that the client's window updates would send on its own CPU. */
     if (sendq < 0)
         fail_msg("the proxy's socket to the client is not in /proc/%d/net/tcp", (int)s->pid);

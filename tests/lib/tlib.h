@@ -64,6 +64,11 @@ void tproc_stop_all(int timeout_ms);
  * not end in time and was killed). */
 int tproc_run(const char *const argv[], int timeout_ms, char *errbuf, size_t errlen);
 
+/* The bytes queued in pid's IPv4 TCP socket from local port lport to
+ * remote port rport (not yet acknowledged: in flight or unsent), from
+ * /proc/PID/net/tcp; -1 without that socket. */
+long tproc_send_queue(pid_t pid, int lport, int rport);
+
 /* ---- client connections ---- */
 
 /* Connect to 127.0.0.1:port (blocking, TCP_NODELAY, close-on-exec).

@@ -318,3 +318,22 @@ int tproc_run(const char *const argv[], int timeout_ms, char *errbuf, size_t err
     close(efd);
     return rc;
 }
+
+long tproc_send_queue(pid_t pid, int lport, int rport)
+{
+    char path[64], line[512];
+    long q = -1;
+    snprintf(path, sizeof path, "/proc/%d/net/tcp", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return -1;
+    while (q < 0 && fgets(line, sizeof line, f)) {
+        unsigned lp, rp;
+        unsigned long tx;
+        if (sscanf(line, " %*d: %*x:%x %*x:%x %*x %lx:", &lp, &rp, &tx) == 3 && (int)lp == lport &&
+            (int)rp == rport)
+            q = (long)tx;
+    }
+    fclose(f);
+    return q;
+}
