@@ -128,10 +128,11 @@ int net_set_nodelay(int fd)
  * autotunes to megabytes and the client pays for the server's answers:
  * server-epoll, 64 connections of 1 MiB answers, loadgen 400-420 us of CPU
  * an answer and 2.4k answers/s; with 32 KiB 171-181 us and 5.0-5.6k (the
- * server's own CPU fell too, 195-206 to 178-199 us: probably as the bytes
- * go out while they are still in its cache). 16 KiB did as well; 64 KiB cost the
- * server 250 us, 128 KiB 300-430. The proxy's client sockets showed it
- * first (loadgen 64-85 us a pipelined 64 KiB answer, 17-19 behind HAProxy). */
+ * server's own CPU fell too, 195-206 to 178-199 us: probably as the bytes go
+ * out while they are still in its cache). 16 KiB did as well; 64 KiB cost
+ * the server 250 us, 128 KiB 300-430. The proxy's client sockets showed it
+ * first (loadgen 64-85 us a pipelined 64 KiB answer, 17-19 behind HAProxy).
+ */
 int net_set_notsent(int fd)
 {
     int notsent = NET_NOTSENT;
