@@ -9,8 +9,12 @@ runs one loop (server-proxy --threads 1); the upstream runs on the other
 server CPUs, or on loadgen's when there are none (a 2-core machine: then
 the upstream and loadgen share a core, which may cap req/s for all of the
 variants alike: such a run is marked loadgen-bound, its client's CPUs over
-90% busy, and its req/s ranks the clients' cost of each proxy's answers,
-not the proxies; the proxies' CPU per request is still each one's own).
+90% busy, and its req/s ranks what each proxy leaves to that core, not the
+proxies). What a proxy leaves there is the clients' cost of its answers
+and the upstream's sending: a proxy slower than the upstream takes that
+sending onto its own core, in its own CPU per request, as its reads open
+the upstream's window (at 1 MiB, the upstream's sockets were window-limited
+42-91% of the time behind HAProxy, 1-2% behind server-proxy).
 A part's servers are all up at once, each point runs through them in turn,
 --repeat rounds (3, 1 with --quick) in alternating order, of --duration
 (1.5 s, 1 s with --quick) after 0.2 s of warm-up, and keeps each one's
