@@ -15,6 +15,7 @@ build+=(libhiredis-dev redis-server) # the incrementor's web nodes and writer (-
 anchors=(nginx-light haproxy)
 bench=(wrk "${anchors[@]}" sqlite3)
 test_extra=(valgrind clang libclang-rt-14-dev clang-format "${anchors[@]}")
+test_extra+=(iproute2) # ss: the proxy's receive buffers (tests/integration/test_proxy.c)
 test_extra+=(prometheus) # promtool: every server's /metrics checked (tests/scripts/test_live.py)
 # chromium loads the bench's and the lab's pages in tests/scripts/test_report.py.
 test_extra+=(chromium)

@@ -1530,6 +1530,55 @@ static size_t drain_stream(int fd, int timeout_ms)
     return got;
 }
 
+/* The receive buffers (ss's rb, bytes) of the proxy's connections to
+ * port up_port, at most max of them; their count, or -1 without ss. */
+static int upstream_rcvbufs(int up_port, long *rb, int max)
+{
+    char cmd[128], line[1024];
+    snprintf(cmd, sizeof cmd, "ss -tnmH state established '( dport = :%d )' 2>/dev/null", up_port);
+    FILE *f = popen(cmd, "r");
+    int n = 0;
+    if (!f)
+        return -1;
+    while (fgets(line, sizeof line, f)) {
+        const char *m = strstr(line, ",rb");
+        if (m && n < max)
+            rb[n++] = strtol(m + 3, NULL, 10);
+    }
+    return pclose(f) == 0 ? n : -1;
+}
+
+/* A pooled connection to a near upstream that carries long answers back
+ * to back keeps a fixed receive buffer (relay.c's NEAR_RCVBUF, which the
+ * kernel doubles for its bookkeeping), where autotuning grew it to
+ * megabytes and the answers came at half the rate. */
+static void test_near_upstream_rcvbuf(void **state)
+{
+    struct px *s = px(state);
+    enum { ANSWERS = 32, RCVBUF_MAX = 512 << 10 };
+    start_real(s, "1");
+    int fd = tconn_must(s->port);
+    for (int i = 0; i < ANSWERS; i++)
+        send_str(fd, "GET /stream?n=1048576 HTTP/1.1\r\nHost: t\r\n\r\n");
+    for (int i = 0; i < ANSWERS; i++)
+        assert_int_equal(drain_stream(fd, 6 * T), 1 << 20);
+    long rb[8];
+    int n = upstream_rcvbufs(s->up_port, rb, 8);
+    if (n < 0)
+        fail_msg("ss (iproute2, scripts/deps.sh) could not list the proxy's connections");
+    if (n == 0)
+        fail_msg("no connection from the proxy to its upstream after %d answers", ANSWERS);
+    for (int i = 0; i < n; i++) {
+        print_message("the proxy's connection to its upstream: a receive buffer of %ld bytes\n",
+                      rb[i]);
+        if (rb[i] > RCVBUF_MAX)
+            fail_msg("the proxy's connection to a near upstream grew its receive buffer to %ld "
+                     "bytes (bound %d)",
+                     rb[i], RCVBUF_MAX);
+    }
+    close(fd);
+}
+
 static void test_backpressure(void **state)
 {
     struct px *s = px(state);
@@ -1759,6 +1808,7 @@ int main(void)
         TEST(test_pool_retry_get_not_post),
         TEST(test_client_abort),
         TEST(test_backpressure),
+        TEST(test_near_upstream_rcvbuf),
         TEST(test_idle_gives_back_pipe),
         TEST(test_descriptor_budget),
         TEST(test_no_splice),
