@@ -893,11 +893,13 @@ static int relay(conn_t *c)
  * NEAR_RTT_US: loopback, a LAN) gets a fixed receive buffer. Autotuned, a
  * pooled connection that carries long answers back to back grew to
  * tcp_rmem's maximum (32 MiB here): 64 clients x 16 pipelined 1 MiB
- * answers went at 1.2k a second, loadgen paying 363-367 us an answer;
- * with 256 KiB, 2.6-2.9k and 161-176 us (1 MiB: as autotuned). 256 KiB
- * still lets one connection carry 2 Gbit/s at 1 ms. A far upstream keeps
- * the autotuning: its window must cover the round trip (256 KiB at 20 ms
- * would cap an answer at 13 MB/s). Best effort: left autotuned, the
+ * answers went at 1.2k a second, loadgen paying 353-367 us an answer;
+ * with this, 1.7-2.4k and 196-308 us (2 rounds). Set once connected: set
+ * before, it would also shrink the window scale of the handshake, and no
+ * far upstream could get a large window (set before, on loopback: 2.6-2.9k).
+ * 256 KiB still lets one connection carry 2 Gbit/s at 1 ms. A far upstream
+ * keeps the autotuning: its window must cover the round trip (256 KiB at
+ * 20 ms would cap an answer at 13 MB/s). Best effort: left autotuned, the
  * connection works as before. */
 static void near_rcvbuf(peer_t *p)
 {
