@@ -9,7 +9,10 @@
  * that thread wakes (a context switch) and moves the lines to its output.
  * Weakness: every client costs a thread (a stack, --stack-kb, and a
  * scheduler entry); thousands of them mean memory, context switches and
- * kernel time growing with the client count, not with the work. */
+ * kernel time growing with the client count, not with the work. And a
+ * thread that never blocks (its client pipelines) keeps the CPU for a whole
+ * slice, then waits for everyone else's: a tail of tens of slices
+ * (docs/LAB.md, threads-tail). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>

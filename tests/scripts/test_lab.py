@@ -158,7 +158,7 @@ class Command(unittest.TestCase):
     def test_list_names_every_experiment(self):
         p = subprocess.run([str(LAB), "--list"], capture_output=True, text=True, timeout=30)
         self.assertEqual(p.returncode, 0)
-        self.assertEqual(len(p.stdout.strip().splitlines()), 22)
+        self.assertEqual(len(p.stdout.strip().splitlines()), 23)
 
     def test_unknown_experiment_exits_2(self):
         p = subprocess.run([str(LAB), "nosuch"], capture_output=True, text=True, timeout=30)
