@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -23,8 +24,9 @@
 #include "../lib/tlib.h"
 #include "core/session.h"
 
-#define KEEP (32 << 10) /* what an idle session may keep per buffer (BUF_KEEP) */
-#define T_MS 5000       /* bound of each exchange */
+#define KEEP   (32 << 10)  /* what an idle session may keep per buffer (BUF_KEEP) */
+#define BUDGET (256 << 10) /* what a session sends per wake-up at most (WRITE_BUDGET) */
+#define T_MS   5000        /* bound of each exchange */
 
 struct pair {
     int cfd; /* the client's end, non-blocking */
@@ -173,12 +175,50 @@ static void test_small_buffers_kept(void **state)
     pair_close(&p);
 }
 
+/* One wake-up sends at most BUDGET, though the socket would take more: a
+ * client whose window is wide does not take a whole long answer in one
+ * turn while the others wait (session.c, WRITE_BUDGET). */
+static void test_write_budget(void **state)
+{
+    (void)state;
+    struct pair p;
+    pair_open(&p);
+    /* Room for more than the budget: as much as the system allows. */
+    int want = 4 << 20, room = 0;
+    socklen_t len = sizeof room;
+    assert_int_equal(setsockopt(p.s.fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want), 0);
+    assert_int_equal(getsockopt(p.s.fd, SOL_SOCKET, SO_SNDBUF, &room, &len), 0);
+    if (room < 3 * BUDGET / 2) {
+        print_message("SO_SNDBUF %d: too small to hold more than the budget\n", room);
+        skip();
+    }
+    const char req[] = "STREAM 8000000\n";
+    assert_int_equal(send(p.cfd, req, sizeof req - 1, 0), (ssize_t)(sizeof req - 1));
+    struct pollfd pf = {p.s.fd, POLLIN, 0};
+    assert_int_equal(poll(&pf, 1, T_MS), 1);
+    p.wants = session_on_readable(&p.s); /* the STREAM starts, and its bytes go */
+    assert_true(p.wants & SESS_WRITE);   /* more to send */
+    int queued = 0;
+    assert_int_equal(ioctl(p.cfd, FIONREAD, &queued), 0);
+    print_message("one wake-up sent %d bytes (socket room %d)\n", queued, room);
+    assert_in_range(queued, BUDGET / 2, BUDGET);
+    /* The next wake-up sends the next share. */
+    pf.events = POLLOUT;
+    assert_int_equal(poll(&pf, 1, T_MS), 1);
+    p.wants = session_on_writable(&p.s);
+    int more = 0;
+    assert_int_equal(ioctl(p.cfd, FIONREAD, &more), 0);
+    assert_in_range(more - queued, 1, BUDGET);
+    pair_close(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_large_body_given_back),
         cmocka_unit_test(test_piled_answers_given_back),
         cmocka_unit_test(test_small_buffers_kept),
+        cmocka_unit_test(test_write_budget),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
