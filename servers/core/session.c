@@ -21,7 +21,8 @@
  * answers (server-epoll on one CPU, loadgen on the other) ended with
  * receive buffers from 128 KiB to 32 MiB (half at 32 MiB), and a p99 of
  * 1.1-1.4 s for a p50 of 0.1 s. With 256 KiB: 1.4 to 7 MB, and a p99 of
- * 0.19-0.21 s for 0.18-0.20 s, at 3% fewer answers a second. A single
+ * 0.19-0.22 s for 0.18-0.21 s. The cost, in wake-ups: 5-7% fewer 1 MiB
+ * answers a second (0.5 MiB gave p99s of 1.2-1.5 times the p50). A single
  * stream moved as many bytes a second with either. */
 #define WRITE_BUDGET (256 << 10)
 /* An idle session keeps buffers up to this size (a read behind a partial
