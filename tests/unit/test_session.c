@@ -2,6 +2,7 @@
  * goes back once the burst is answered, so an idle keep-alive connection
  * costs what a new one does, whatever it went through (the soak saw a
  * server's memory creep up with the bursts of its long-lived connections).
+ * And of its sending: one wake-up sends a share, not all a socket takes.
  *
  * The session is driven the way an event loop drives it, over a socketpair:
  * the client writes and reads without blocking, the session is called when
