@@ -36,12 +36,13 @@ typedef struct lg_conn {
     lg_slot_t *ring; /* in flight, oldest at head */
     unsigned head, count;
     check_state_t ck;
-    timer_node_t tmo;  /* ms: the oldest request's timeout, or the connect timeout */
-    timer_node_t pace; /* us: the next intended send (-R), or a reconnect pause */
-    uint64_t issued;   /* requests this connection has sent */
-    double next_us;    /* -R: intended time of the next request */
-    unsigned io;       /* the backend's: epoll's registered events, io_uring's requests */
-    unsigned gen;      /* bumped by every close: tells a new socket's I/O from the last one's */
+    timer_node_t tmo;   /* ms: the oldest request's timeout, or the connect timeout */
+    timer_node_t pace;  /* us: the next intended send (-R), or a reconnect pause */
+    uint64_t issued;    /* requests this connection has sent */
+    double next_us;     /* -R: intended time of the next request */
+    unsigned io;        /* the backend's: epoll's registered events, io_uring's requests */
+    unsigned read_full; /* epoll: the last read filled its room (the next gets READ_MAX) */
+    unsigned gen;       /* bumped by every close: tells a new socket's I/O from the last one's */
 } lg_conn_t;
 
 typedef struct lg_loop {
