@@ -17,7 +17,9 @@ before every server's was bounded, they were 0.55-0.59 and 0.73-0.75: a
 proxy's reads then also paid for the upstream's sending, and the copying
 one's paid more: for 1 MiB, 437-461 us against 293-317 now, the splicing
 one 255-258 against 191-217.) Since the upstream sends at most 256 KiB
-per wake-up (servers/core/session.c), 3 runs gave 0.65-0.69 and 0.69-0.71.
+per wake-up (servers/core/session.c) and loadgen reads a long answer
+64 KiB at a time (loadgen/engine_epoll.c), 3 runs gave 0.68-0.73 and
+0.71-0.72.
 What loadgen and the upstream pay more on loopback is a figure, not a
 check (see docs/LAB.md).
 """
