@@ -72,7 +72,8 @@ def measure(design, dur, lab):
         return {"error": out.get("error")}
     f = H.figures(out["run"])
     run_us, wait_us = slices(a, b)
-    return {"rps": f["rps"], "p50_us": f["p50_us"], "p99_us": f["p99_us"], "ctxsw_per_req": f.get("ctxsw_per_req"), "run_us_per_slice": run_us, "wait_us_per_slice": wait_us}
+    return {"rps": f["rps"], "p50_us": f["p50_us"], "p99_us": f["p99_us"],
+            "ctxsw_per_req": f.get("ctxsw_per_req"), "run_us_per_slice": run_us, "wait_us_per_slice": wait_us}
 
 
 def run(lab):
