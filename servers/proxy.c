@@ -20,9 +20,11 @@
  *   - sockets are registered once, edge-triggered for both directions: a
  *     request costs four system calls (read, write, read, write) besides
  *     the shared epoll_wait;
- *   - a long answer body of known length is spliced: it goes from the
- *     upstream's socket to a pipe to the client's socket, the kernel moving
- *     its pages, never copied into the proxy's memory and back out.
+ *   - a long answer body of known length is read straight into the
+ *     client's buffer (its head read alone): one copy in, one out. With
+ *     --splice it goes from the upstream's socket to a pipe to the
+ *     client's socket instead, the kernel moving its pages (less for the
+ *     proxy, more for an upstream and a client on the same machine).
  * This file is the loops; the relay (connections, pools, pump, the heads'
  * rewriting) is servers/core/relay.c.
  * Weakness: a connection belongs to one loop; an upstream connection

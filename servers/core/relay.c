@@ -7,10 +7,15 @@
  * request costs four system calls (read, write, read, write) besides the
  * shared epoll_wait.
  *
- * A long body of known length (SPLICE_MIN and more) does not pass through
- * the proxy's memory: splice(2) moves it from the upstream's socket into a
- * pipe of the client's and from there into the client's socket, the kernel
- * handing over its pages instead of copying them out and back in. */
+ * A long body of known length (SPLICE_MIN and more) is read straight into
+ * the client's buffer, its head having been read alone: one copy in, one
+ * out. With --splice it does not pass through the proxy's memory at all:
+ * splice(2) moves it from the upstream's socket into a pipe of the
+ * client's and from there into the client's socket, the kernel handing
+ * over its pages. That is not the default: it saves the proxy 0.7 of its
+ * CPU per answer, but only where splicing pays at all (an upstream of
+ * large segments: on the same machine), and there the pages it hands over
+ * cost the upstream and the client more than it saves (see splice_pays). */
 #include "relay.h"
 
 #include <arpa/inet.h>
@@ -119,7 +124,7 @@ typedef struct conn {
     uint64_t rsp_left;
     http_chunked_t rsp_ch;
     uint8_t rsp_keep;  /* the upstream keeps its connection after this answer */
-    uint8_t big;       /* the last answer's body was for the pipe: read heads alone */
+    uint8_t big;       /* the last answer's body was long: read heads alone */
     int pipe[2];       /* splice's pipe, made when first needed: -1 none */
     uint32_t piped;    /* bytes in it: they go to the client before e.out's */
     uint32_t pipe_cap; /* its capacity (smaller once the user has many pipes) */
@@ -914,13 +919,24 @@ static void near_rcvbuf(peer_t *p)
 
 enum { SPL_UNKNOWN, SPL_PAYS, SPL_NOT }; /* peer_t.splice */
 
-/* Does splicing pay on this upstream connection? Only where its segments
- * are large (loopback's 64 KiB): on a path of 1,500-byte packets every
+/* Does splicing pay on this upstream connection (--splice)? Only where its
+ * segments are large (loopback's 64 KiB): on a path of 1,500-byte packets every
  * segment arrives in a buffer of its own, which splice turns into a pipe
  * slot of its own (16 to a pipe: 23 KiB) after copying its bytes into a
  * page; that costs the proxy more than one read of 64 KiB (the bench's
  * 64 KiB answers over 20 ms links: 0.84 of the anchors' CPU per request
- * spliced, twice; 0.57 and 0.67 copied). */
+ * spliced, twice; 0.57 and 0.67 copied).
+ * And where it does, the upstream is on this machine, and so, often, is
+ * the client: the pages handed over stay referenced until the client has
+ * read them, so the upstream's socket allocates fresh ones for its next
+ * writes, and the client reads pages that were never in its cache. Per
+ * 1 MiB answer, server-epoll behind the proxy paid 243-277 us spliced
+ * against 179-187 copied, loadgen 189-209 against 154-160, the proxy
+ * 169-183 against 244-261: 601-669 us in all against 578-607; and with
+ * loadgen and the upstream on one core, a fifth to a third fewer answers a
+ * second (the bench's proxy scenario, 64 KiB and 1 MiB on loopback: 0.77-1.16
+ * of HAProxy's rate spliced, 1.15-1.55 copied). Hence --splice, off by
+ * default. */
 static int splice_pays(peer_t *p)
 {
     if (p->splice == SPL_UNKNOWN) { /* once, at its first long body: short answers pay no call */
@@ -940,8 +956,6 @@ static int pipe_make(conn_t *c)
 {
     if (c->pipe[0] >= 0)
         return 0;
-    if (cfg.no_splice)
-        return -1;
     if (__atomic_add_fetch(&pipes_open, 1, __ATOMIC_RELAXED) > pipe_budget ||
         pipe2(c->pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
         __atomic_sub_fetch(&pipes_open, 1, __ATOMIC_RELAXED);
@@ -1043,7 +1057,8 @@ static ssize_t read_upstream(conn_t *c)
     if (buf_used(&p->e.in) || !c->qlen || !(c->rsp == R_LENGTH || c->rsp == R_CLOSE))
         return end_recv(&p->e, &p->e.in, BUF_CAP,
                         c->big && c->rsp == R_HEAD && c->qlen ? READ_MIN : SIZE_MAX);
-    if (c->rsp == R_LENGTH && c->rsp_left >= SPLICE_MIN && splice_pays(p) && pipe_make(c) == 0) {
+    if (cfg.splice && c->rsp == R_LENGTH && c->rsp_left >= SPLICE_MIN && splice_pays(p) &&
+        pipe_make(c) == 0) {
         if (buf_used(&c->e.out))
             return 0; /* it goes first: the body waits in the socket meanwhile */
         ssize_t n = splice_in(c);

@@ -47,7 +47,7 @@ typedef struct server_cfg {
     int upstream_keepalive;  /* idle upstream connections kept per loop and upstream (64) */
     int upstream_idle_ms;    /* a pooled connection idle this long is closed (60000) */
     int upstream_timeout_ms; /* connect, and first byte of the answer (30000) */
-    int no_splice;           /* --no-splice: long bodies copied, not spliced */
+    int splice;              /* --splice: long bodies spliced from near upstreams, not copied */
     int no_exclusive;        /* --no-exclusive: every loop wakes for every connection */
     session_cfg_t session;
 } server_cfg_t;

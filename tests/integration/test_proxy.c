@@ -766,12 +766,13 @@ static void test_head(void **state)
     close(fd);
 }
 
-/* GET /stream?n=N from server-epoll directly and through the proxy: the
- * same status and the same bytes, whole. */
-static void test_stream_bodies(void **state)
+/* GET /stream?n=N from server-epoll directly and through the proxy (started
+ * with `flag`, or NULL): the same status and the same bytes, whole. Returns
+ * the body bytes the proxy spliced meanwhile. */
+static double stream_bodies(struct px *s, const char *flag)
 {
-    struct px *s = px(state);
-    start_real(s, "2");
+    start_epoll(s);
+    start_proxy(s, s->up_port, "--threads", "2", flag, NULL);
     static const size_t sizes[] = {0, 1024, 65536, 1 << 20};
     double spliced0 = metric(s, "proxy_upstream_spliced_bytes_total");
     int direct = tconn_must(s->up_port), via = tconn_must(s->port);
@@ -794,9 +795,24 @@ static void test_stream_bodies(void **state)
     }
     close(direct);
     close(via);
-    /* The long bodies went by the pipe (splice), not through the proxy's
-     * buffers: all of them but what came with their heads. */
-    double spliced = metric(s, "proxy_upstream_spliced_bytes_total") - spliced0;
+    return metric(s, "proxy_upstream_spliced_bytes_total") - spliced0;
+}
+
+/* By default long bodies are copied: nothing goes by a pipe (splicing from
+ * a near upstream costs it and the client more than the proxy saves, see
+ * relay.c's splice_pays). */
+static void test_stream_bodies(void **state)
+{
+    double spliced = stream_bodies(px(state), NULL);
+    if (spliced != 0)
+        fail_msg("%.0f body bytes went by splice without --splice, want none", spliced);
+}
+
+/* --splice: the long bodies go by the pipe, not through the proxy's
+ * buffers: all of them but what came with their heads. */
+static void test_stream_bodies_spliced(void **state)
+{
+    double spliced = stream_bodies(px(state), "--splice");
     print_message("spliced: %.0f of %d body bytes\n", spliced, 65536 + (1 << 20));
     if (spliced < (1 << 20) - 65536 || spliced > 65536 + (1 << 20))
         fail_msg("%.0f body bytes went by splice, want most of the 1 MiB and 64 KiB bodies",
@@ -1620,14 +1636,15 @@ static void test_backpressure(void **state)
     assert_int_equal(got, BIG);
 }
 
-/* A client idle after a long body gives its pipe back (the splice's, two
+/* --splice: a client idle after a long body gives its pipe back (two
  * descriptors) when it gives back its buffers, a second later: idle
  * keep-alive clients hold none. Its next long body makes one again. */
 static void test_idle_gives_back_pipe(void **state)
 {
     struct px *s = px(state);
     static const char req[] = "GET /stream?n=1048576 HTTP/1.1\r\nHost: t\r\n\r\n";
-    start_real(s, "1");
+    start_epoll(s);
+    start_proxy(s, s->up_port, "--threads", "1", "--splice", NULL);
     int fd = tconn_must(s->port);
     send_str(fd, req);
     assert_int_equal(drain_stream(fd, T), 1 << 20);
@@ -1647,15 +1664,15 @@ static void test_idle_gives_back_pipe(void **state)
     close(fd);
 }
 
-/* An upstream whose segments are small (an MSS of 1,400 bytes, as across
- * an Ethernet LAN): its long bodies are copied, not spliced (each segment
- * would take a pipe slot of its own, after a copy into a page), and arrive
- * whole. */
+/* --splice, from an upstream whose segments are small (an MSS of 1,400
+ * bytes, as across an Ethernet LAN): its long bodies are copied all the
+ * same (each segment would take a pipe slot of its own, after a copy into
+ * a page), and arrive whole. */
 static void test_small_segments_copied(void **state)
 {
     struct px *s = px(state);
     enum { BODY = 200000 };
-    start_fake(s, F_ECHO, NULL, NULL, NULL, NULL);
+    start_fake(s, F_ECHO, "--splice", NULL, NULL, NULL);
     int mss = 1400; /* announced in the SYN-ACK of every connection accepted from now */
     assert_int_equal(setsockopt(s->fake->lfd, IPPROTO_TCP, TCP_MAXSEG, &mss, sizeof mss), 0);
     char *req = malloc(BODY + 128), *body;
@@ -1678,12 +1695,13 @@ static void test_small_segments_copied(void **state)
         fail_msg("%.0f bytes spliced from an upstream of 1,400-byte segments, want none", spliced);
 }
 
-/* --no-splice: long bodies are copied, whole, and nothing goes by a pipe. */
+/* --no-splice (the default, still accepted) undoes --splice: long bodies
+ * are copied, whole, and nothing goes by a pipe. */
 static void test_no_splice(void **state)
 {
     struct px *s = px(state);
     start_epoll(s);
-    start_proxy(s, s->up_port, "--threads", "1", "--no-splice", NULL);
+    start_proxy(s, s->up_port, "--threads", "1", "--splice", "--no-splice", NULL);
     int fd = tconn_must(s->port);
     for (int i = 0; i < 3; i++) {
         send_str(fd, "GET /stream?n=1048576 HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -1693,7 +1711,7 @@ static void test_no_splice(void **state)
     assert_true(metric(s, "proxy_upstream_spliced_bytes_total") == 0);
 }
 
-/* Clients stalled in long answers hold pipes, but never the descriptors a
+/* --splice: clients stalled in long answers hold pipes, but never the descriptors a
  * client within the cap needs: under 256 descriptors the default cap is 64
  * clients (each with an upstream connection: 128), which leaves 64 for
  * pipes. 62 clients that do not read 10 MB answers, then 2 more: all 64
@@ -1718,6 +1736,7 @@ static void test_descriptor_budget(void **state)
                           up,
                           "--threads",
                           "1",
+                          "--splice",
                           NULL};
     s->pid = tproc_start(argv, &s->port);
     assert_true(s->pid > 0);
@@ -1791,6 +1810,7 @@ int main(void)
         TEST(test_routes_and_keepalive),
         TEST(test_head),
         TEST(test_stream_bodies),
+        TEST(test_stream_bodies_spliced),
         TEST(test_pipelined),
         TEST(test_http10_and_close),
         TEST(test_forwarded_headers),
