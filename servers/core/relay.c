@@ -12,10 +12,11 @@
  * out. With --splice it does not pass through the proxy's memory at all:
  * splice(2) moves it from the upstream's socket into a pipe of the
  * client's and from there into the client's socket, the kernel handing
- * over its pages. That is not the default: it saves the proxy 0.7 of its
- * CPU per answer, but only where splicing pays at all (an upstream of
- * large segments: on the same machine), and there the pages it hands over
- * cost the upstream and the client more than it saves (see splice_pays). */
+ * over its pages. That is not the default: it takes the proxy's CPU per
+ * long answer to 0.65-0.75 of the copy's, but only where splicing pays at
+ * all (an upstream of large segments: on the same machine), and there the
+ * pages it hands over cost the upstream and the client more than it saves
+ * (see splice_pays). */
 #include "relay.h"
 
 #include <arpa/inet.h>
@@ -930,13 +931,13 @@ enum { SPL_UNKNOWN, SPL_PAYS, SPL_NOT }; /* peer_t.splice */
  * the client: the pages handed over stay referenced until the client has
  * read them, so the upstream's socket allocates fresh ones for its next
  * writes, and the client reads pages that were never in its cache. Per
- * 1 MiB answer, server-epoll behind the proxy paid 243-277 us spliced
- * against 179-187 copied, loadgen 189-209 against 154-160, the proxy
- * 169-183 against 244-261: 601-669 us in all against 578-607; and with
- * loadgen and the upstream on one core, a fifth to a third fewer answers a
- * second (the bench's proxy scenario, 64 KiB and 1 MiB on loopback: 0.77-1.16
- * of HAProxy's rate spliced, 1.15-1.55 copied). Hence --splice, off by
- * default. */
+ * 1 MiB answer (3 rounds), server-epoll behind the proxy paid 243-277 us
+ * spliced against 179-187 copied, loadgen 189-209 against 154-160, the
+ * proxy 169-183 against 244-261: 601-669 us in all against 578-607; and
+ * with loadgen and the upstream on one core, a fifth to a third fewer
+ * answers a second (the bench's proxy scenario, 64 KiB and 1 MiB on
+ * loopback: 0.77-1.16 of HAProxy's rate spliced, 1.15-1.55 copied). Hence
+ * --splice, off by default. */
 static int splice_pays(peer_t *p)
 {
     if (p->splice == SPL_UNKNOWN) { /* once, at its first long body: short answers pay no call */
