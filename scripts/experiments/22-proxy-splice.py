@@ -46,6 +46,7 @@ SIZES = {"64k": 65536, "1m": 1 << 20}
 VARIANTS = {"splice": ["--splice"], "copy": []}
 LIMITS = {"64k": 0.9, "1m": 0.8}  # splice's CPU per request over the copy's, at most
 UPSTREAM_MORE = 1.1  # 1 MiB: the upstream's CPU per request behind splice over copy, at least
+DURATION_S, WARMUP_S = 2, 0.3  # each run's, after its warm-up
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -80,17 +81,18 @@ def run(lab):
                     for v in order:
                         p = proxies[v]
                         before, up0 = spliced_bytes(p.port), cpu_s(up.pid)
-                        res = L.loadgen(["-c", "64", "-d", "2s", "--warmup", "300ms",
-                                         f"http://127.0.0.1:{p.port}/stream?n={n}"], p)
+                        res = L.loadgen(["-c", "64", "-d", f"{DURATION_S}s", "--warmup",
+                                         f"{WARMUP_S}s", f"http://127.0.0.1:{p.port}/stream?n={n}"], p)
                         f = H.figures(res)
                         # Over the whole run, warm-up included, at the measured rate.
-                        f["upstream_cpu_us"] = ((cpu_s(up.pid) - up0) * 1e6 / (f["rps"] * 2.3)
+                        f["upstream_cpu_us"] = ((cpu_s(up.pid) - up0) * 1e6
+                                                / (f["rps"] * (DURATION_S + WARMUP_S))
                                                 if f.get("rps") else None)
                         runs[(v, size)].append(f)
                         spliced[v] += spliced_bytes(p.port) - before
                         relayed[v] += (f["requests"] or 0) * n
             for v, p in proxies.items():
-                lab.did(f"loadgen -c 64 -d 2s --warmup 300ms http://.../stream?n=N through "
+                lab.did(f"loadgen -c 64 -d {DURATION_S}s --warmup {WARMUP_S}s http://.../stream?n=N through "
                         f"bin/server-proxy {' '.join(flags[:2] + VARIANTS[v])} (N: "
                         f"{', '.join(str(n) for n in sizes.values())}; {rounds} rounds, alternating)")
 
