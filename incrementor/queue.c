@@ -691,7 +691,7 @@ void *queue_main(void *arg)
             svc_wait_work(svc, next); /* the stop is read below, as the other threads set it */
         int stop = __atomic_load_n(&svc->stop, __ATOMIC_ACQUIRE);
         if (!q->held) {
-            next = time_update() + svc->cfg.flush_ms;
+            next = svc_next_window(next, time_update(), svc->cfg.flush_ms);
             next_batch(svc, q);
         }
         if (q->held && send_batch(svc, q) < 0) {

@@ -203,6 +203,13 @@ void *svc_writer_main(void *arg);
  * node's queue). */
 int svc_wait_work(svc_t *svc, int64_t until);
 
+/* When the window opened at `now` closes, the last one having been due at
+ * `due` (time_update's clock, ms): `due` itself if it is not yet (woken
+ * early, by a kick), else flush_ms after `due`, not after `now`, so that
+ * windows keep to a fixed clock however late their taker wakes (a CPU
+ * quota's stall); now + flush_ms if that is past too. */
+int64_t svc_next_window(int64_t due, int64_t now, int flush_ms);
+
 /* In the open transaction: write each key of m that has increments (its
  * sum + slow), in key order, DB_ROWS to a statement (db_add_rows), adding their
  * increments to *applied and the rows to *rows. Returns 0 or a negative

@@ -316,6 +316,22 @@ static void test_idem_key(void **state)
     assert_non_null(strstr(err, "twice"));
 }
 
+/* Windows keep to a fixed clock: a taker that wakes late (a CPU quota's
+ * stall) does not lengthen the next window by its lateness, one woken early
+ * (a kick) closes the new window when the last was due, and one a whole
+ * window or more behind starts afresh. Counting from the wake-up, as
+ * before, gave 1160 for the late one. */
+static void test_next_window(void **state)
+{
+    (void)state;
+    assert_int_equal(svc_next_window(1000, 1000, 100), 1100); /* on time */
+    assert_int_equal(svc_next_window(1000, 1060, 100), 1100); /* 60 ms late */
+    assert_int_equal(svc_next_window(1000, 1099, 100), 1100);
+    assert_int_equal(svc_next_window(1000, 950, 100), 1000);  /* kicked */
+    assert_int_equal(svc_next_window(1000, 1100, 100), 1200); /* a window behind */
+    assert_int_equal(svc_next_window(1000, 1250, 100), 1350);
+}
+
 static void test_fingerprint(void **state)
 {
     (void)state;
@@ -923,6 +939,7 @@ int main(void)
         cmocka_unit_test_teardown(test_db_checkpoint_restarts_wal, db_teardown),
         cmocka_unit_test(test_idem_key),
         cmocka_unit_test(test_fingerprint),
+        cmocka_unit_test(test_next_window),
         cmocka_unit_test_teardown(test_db_idempotency, db_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
