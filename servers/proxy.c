@@ -117,12 +117,13 @@ int main(int argc, char **argv)
         fprintf(stderr, "server-proxy: --upstream HOST:PORT is required\n");
         return 2;
     }
-    /* Each client may hold an upstream connection, and a pipe for a long
-     * body (two descriptors): the clients get two thirds of the descriptors,
-     * the pipes the rest (relay_init), one client in two at most. */
+    /* Each client may hold an upstream connection: two descriptors. With
+     * --splice, also a pipe for a long body (two more): then the clients
+     * get two thirds of the descriptors and the pipes the rest (relay_init),
+     * one client in two at most. */
     struct rlimit rl;
     if (!cfg.max_conns && getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-        cfg.max_conns = (int)((rl.rlim_cur - SERVER_FD_RESERVE) / 3);
+        cfg.max_conns = (int)((rl.rlim_cur - SERVER_FD_RESERVE) / (cfg.splice ? 3 : 2));
     int n = cfg.threads;
     relay_loop_t *relays = relay_init(&cfg, n);
     if (!relays)

@@ -1761,6 +1761,52 @@ static void test_descriptor_budget(void **state)
         close(fds[i]);
 }
 
+/* Copying (the default), a client holds two descriptors at most (its
+ * socket and an upstream connection), so the default cap under 256 is
+ * (256 - 64) / 2 = 96 clients: 96 clients stalled in 10 MB answers all get
+ * theirs, and the 97th a 503, not a hang or an error of descriptors. (The
+ * cap was a third, as for pipes that only --splice makes: the 65th got a
+ * 503.) */
+static void test_default_cap_copying(void **state)
+{
+    struct px *s = px(state);
+    enum { CAP = (256 - 64) / 2 };
+    if (access("/usr/bin/prlimit", X_OK) != 0)
+        skip();
+    start_epoll(s);
+    char up[32];
+    snprintf(up, sizeof up, "127.0.0.1:%d", s->up_port);
+    snprintf(s->label, sizeof s->label, "upstream=\"%s\"", up);
+    const char *argv[] = {"/usr/bin/prlimit",
+                          "--nofile=256:256",
+                          tproc_bin("server-proxy"),
+                          "--port",
+                          "0",
+                          "--upstream",
+                          up,
+                          "--threads",
+                          "1",
+                          NULL};
+    s->pid = tproc_start(argv, &s->port);
+    assert_true(s->pid > 0);
+    int fds[CAP];
+    char head[4096];
+    for (int i = 0; i < CAP; i++) {
+        fds[i] = tconn_must(s->port);
+        send_str(fds[i], "GET /stream?n=10000000 HTTP/1.1\r\nHost: t\r\n\r\n");
+        ssize_t n = read_head(fds[i], head, sizeof head, T);
+        if (n < 0 || strncmp(head, "HTTP/1.1 200", 12) != 0)
+            fail_msg("stalled client %d: no 200 head (%s)", i, n < 0 ? strerror((int)-n) : head);
+    }
+    int more = tconn_must(s->port); /* refused on arrival, before it asks */
+    ssize_t n = read_head(more, head, sizeof head, T);
+    if (n < 0 || strncmp(head, "HTTP/1.1 503", 12) != 0)
+        fail_msg("client %d: no 503 (%s)", CAP + 1, n < 0 ? strerror((int)-n) : head);
+    close(more);
+    for (int i = 0; i < CAP; i++)
+        close(fds[i]);
+}
+
 /* ---- the line protocol and the flags ---- */
 
 static void test_line_protocol_err(void **state)
@@ -1831,6 +1877,7 @@ int main(void)
         TEST(test_near_upstream_rcvbuf),
         TEST(test_idle_gives_back_pipe),
         TEST(test_descriptor_budget),
+        TEST(test_default_cap_copying),
         TEST(test_no_splice),
         TEST(test_small_segments_copied),
         TEST(test_line_protocol_err),
