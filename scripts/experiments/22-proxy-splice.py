@@ -8,7 +8,8 @@ with --splice (bodies of 16 KiB and more go by splice(2)), one as it is
 once; each point runs through them in turn, ROUNDS times in alternating
 order, and keeps each one's median run. The proxy's /metrics counts the
 bytes spliced; the upstream's CPU per request is read from /proc over each
-run, its warm-up included, at the run's rate.
+run, its warm-up included, at the run's rate; the bytes spliced are
+checked against the answers the proxy began, over each run too.
 
 The thresholds have room for this machine's noise: over 11 runs here
 splice took the proxy's CPU per request to 0.63-0.70 of the copy's for
@@ -57,12 +58,15 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def spliced_bytes(port):
-    """proxy_upstream_spliced_bytes_total summed over upstreams."""
+def counters(port):
+    """(bytes spliced, answers begun) by the proxy at port, over its upstreams:
+    proxy_upstream_spliced_bytes_total and proxy_upstream_responses_total."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as f:
         text = f.read().decode()
-    return sum(float(v) for v in re.findall(r"^proxy_upstream_spliced_bytes_total\{[^}]*\} (\S+)$",
-                                            text, re.M))
+
+    def total(name):
+        return sum(float(v) for v in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M))
+    return total("proxy_upstream_spliced_bytes_total"), total("proxy_upstream_responses_total")
 
 
 def run(lab):
@@ -80,7 +84,7 @@ def run(lab):
                     order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
                     for v in order:
                         p = proxies[v]
-                        before, up0 = spliced_bytes(p.port), cpu_s(up.pid)
+                        before, up0 = counters(p.port), cpu_s(up.pid)
                         res = L.loadgen(["-c", "64", "-d", f"{DURATION_S}s", "--warmup",
                                          f"{WARMUP_S}s", f"http://127.0.0.1:{p.port}/stream?n={n}"], p)
                         f = H.figures(res)
@@ -89,8 +93,10 @@ def run(lab):
                                                 / (f["rps"] * (DURATION_S + WARMUP_S))
                                                 if f.get("rps") else None)
                         runs[(v, size)].append(f)
-                        spliced[v] += spliced_bytes(p.port) - before
-                        relayed[v] += (f["requests"] or 0) * n
+                        # Both from the proxy's counters, over the whole run.
+                        after = counters(p.port)
+                        spliced[v] += after[0] - before[0]
+                        relayed[v] += (after[1] - before[1]) * n
             for v, p in proxies.items():
                 lab.did(f"loadgen -c 64 -d {DURATION_S}s --warmup {WARMUP_S}s http://.../stream?n=N through "
                         f"bin/server-proxy {' '.join(flags[:2] + VARIANTS[v])} (N: "
@@ -121,7 +127,7 @@ def run(lab):
     lab.fig(errors=errors, spliced_bytes=spliced, body_bytes_relayed=relayed)
     lab.check(f"every answer came whole through both ({errors} errors)", errors == 0)
     lab.check("the splicing proxy moved at least 90% of the body bytes by the pipe "
-              f"({spliced['splice']:.0f} of {relayed['splice']}), the copying one none "
+              f"({spliced['splice']:.0f} of {relayed['splice']:.0f}), the copying one none "
               f"({spliced['copy']:.0f})",
               relayed["splice"] > 0 and spliced["splice"] >= 0.9 * relayed["splice"]
               and spliced["copy"] == 0)
