@@ -438,12 +438,21 @@ static void head_end(buf_t *b, const char *w)
     b->len = (size_t)(w - b->data);
 }
 
+/* Is h a framing field (Content-Length, Transfer-Encoding)? */
+static int framing(const http_header_t *h)
+{
+    return is(h->name, h->name_len, "content-length") ||
+           is(h->name, h->name_len, "transfer-encoding");
+}
+
 /* Write the end-to-end fields of a head at w: the hop-by-hop ones left out,
- * and `via` (", 1.1 server-proxy") added to the last Via field or, when
- * there is none, as a Via field of its own; likewise `xff` (", ADDR") to
- * X-Forwarded-For when it is not NULL (requests). Returns the cursor. */
-static char *put_fields(char *w, const http_header_t *h, size_t n, const char *via, size_t via_len,
-                        const char *xff, size_t xff_len)
+ * and the framing ones too when `no_framing` (answers that have no body
+ * whatever they say, see put_answer); `via` (", 1.1 server-proxy") added to
+ * the last Via field or, when there is none, as a Via field of its own;
+ * likewise `xff` (", ADDR") to X-Forwarded-For when it is not NULL
+ * (requests). Returns the cursor. */
+static char *put_fields(char *w, const http_header_t *h, size_t n, int no_framing, const char *via,
+                        size_t via_len, const char *xff, size_t xff_len)
 {
     size_t last_via = n, last_xff = n;
     for (size_t i = 0; i < n; i++) {
@@ -453,7 +462,7 @@ static char *put_fields(char *w, const http_header_t *h, size_t n, const char *v
             last_xff = i;
     }
     for (size_t i = 0; i < n; i++) {
-        if (hop_by_hop(&h[i], h, n))
+        if (hop_by_hop(&h[i], h, n) || (no_framing && framing(&h[i])))
             continue;
         w = put(w, h[i].name, h[i].name_len);
         w = PUT(w, ": ");
@@ -497,7 +506,7 @@ static int put_request(conn_t *c, buf_t *b, const http_request_t *r, size_t len)
      * without chunked coding, which that client could not read. */
     int v10 = r->minor == 0;
     w = v10 ? PUT(w, " HTTP/1.0\r\n") : PUT(w, " HTTP/1.1\r\n");
-    w = put_fields(w, r->headers, r->num_headers, v10 ? via10 : via11, sizeof via11 - 1, c->xff,
+    w = put_fields(w, r->headers, r->num_headers, 0, v10 ? via10 : via11, sizeof via11 - 1, c->xff,
                    c->xff_len);
     if (cfg.upstream_keepalive == 0)
         w = PUT(w, "Connection: close\r\n\r\n");
@@ -747,8 +756,12 @@ static int put_answer(buf_t *b, const char *head, size_t len, const http_respons
     w = PUT(w, "HTTP/1.1");
     w = put(w, head + 8, (size_t)(eol - head - 8));
     w = PUT(w, "\r\n");
-    w = put_fields(w, res->headers, res->num_headers, res->minor == 0 ? via10 : via11,
-                   sizeof via11 - 1, NULL, 0);
+    /* A 1xx or 204 has no body (RFC 9112 6.3), and must not say it has one
+     * (RFC 9110 8.6, 9112 6.1): a Content-Length or Transfer-Encoding an
+     * upstream sent anyway could make a client read the next answer as its
+     * body. What the upstream sent after such a head is not relayed. */
+    w = put_fields(w, res->headers, res->num_headers, res->status < 200 || res->status == 204,
+                   res->minor == 0 ? via10 : via11, sizeof via11 - 1, NULL, 0);
     if (close)
         w = PUT(w, "Connection: close\r\n\r\n");
     else if (f->http10)
@@ -875,10 +888,14 @@ static int relay(conn_t *c)
             end = c->rsp_left == 0;
         } else if (c->rsp == R_CHUNKED) {
             int rc = http_scan_chunked(&c->rsp_ch, buf_head(&p->e.in), n, &used);
-            if (rc < 0) { /* the client gets no answer that looks complete */
+            if (rc < 0) {
+                /* Broken framing mid-answer: as a close there (upstream_failed),
+                 * the client gets what was valid, which lacks the last chunk
+                 * and so cannot look complete, and then the close; the
+                 * answers behind it were asked on the same connection. */
                 STAT_ADD(p->pool->truncated, 1);
                 c->closing = 1;
-                c->e.out.len = c->e.out.off; /* nor the part in hand */
+                c->qlen = 0;
                 peer_close(c->L, p);
                 return 1;
             }

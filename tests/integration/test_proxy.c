@@ -59,6 +59,7 @@ enum fake_mode {
     F_CLOSE_AFTER,   /* answers "ok\n", then closes without saying so (no Connection: close) */
     F_DIE_ON_SECOND, /* answers a connection's first request, closes on reading its second */
     F_BIG_HEAD,      /* answers "ok\n" with a head of PAD_LEN bytes and more */
+    F_RAW,           /* answers each request with the bytes of fake.raw, whatever they are */
 };
 
 #define FAKE_CONNS    256
@@ -83,12 +84,13 @@ struct fake {
     int nconns; /* accepted, each with a thread in conns[] */
     struct fake_conn conns[FAKE_CONNS];
     /* Counters, updated atomically by the threads. */
-    long bytes;   /* received */
-    int requests; /* request heads received */
-    int posts;    /* of them, POSTs */
-    int bodies;   /* requests received whole, head and body */
-    int open;     /* connections open now */
-    int bad;      /* what the proxy sent did not parse, or too many connections */
+    long bytes;      /* received */
+    int requests;    /* request heads received */
+    int posts;       /* of them, POSTs */
+    int bodies;      /* requests received whole, head and body */
+    int open;        /* connections open now */
+    int bad;         /* what the proxy sent did not parse, or too many connections */
+    const char *raw; /* F_RAW's answer, set by the test (atomically) */
 };
 
 static int ld(int *p)
@@ -192,6 +194,10 @@ static int fake_answer(struct fake *f, int fd, const char *buf, size_t hl, size_
     char head[128];
     if (f->mode == F_CHUNKED)
         return send_chunked_answer(f, fd);
+    if (f->mode == F_RAW) {
+        const char *raw = __atomic_load_n(&f->raw, __ATOMIC_ACQUIRE);
+        return fake_send(f, fd, raw, strlen(raw));
+    }
     if (f->mode == F_BIG_HEAD) {
         static char big[PAD_LEN + 128];
         int n = snprintf(big, sizeof big, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Pad: ");
@@ -1293,6 +1299,77 @@ static void test_upstream_truncated(void **state)
     }
 }
 
+/* Answers no upstream should send. A broken head or framing: 502, and the
+ * connection is counted failed. Chunked framing broken after the head: the
+ * client's connection closes at once, and what came cannot look whole (it
+ * used to stay open, with nothing, until its idle timeout). A 204 with a
+ * Content-Length (and a body): relayed without either, so that the next
+ * answer on the client's connection is its own. */
+static void test_upstream_malformed(void **state)
+{
+    struct px *s = px(state);
+    static const char *const bad_head[] = {
+        "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "garbage\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: -2\r\n\r\nok",
+        "HTTP/1.1 999 Odd\r\nContent-Length: 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 2\r\n\r\nok", /* obs-fold */
+        "HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 2\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+        "HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    };
+    static const char *const bad_body[] = {
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nokXX0\r\n\r\n",
+    };
+    enum { NHEAD = sizeof bad_head / sizeof *bad_head, NBODY = sizeof bad_body / sizeof *bad_body };
+    static const char get[] = "GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    start_fake(s, F_RAW, NULL, NULL, NULL, NULL);
+    double failed = metric(s, "proxy_upstream_connections_failed_total");
+    double truncated = metric(s, "proxy_upstream_truncated_total");
+    for (int i = 0; i < NHEAD; i++) {
+        __atomic_store_n(&s->fake->raw, bad_head[i], __ATOMIC_RELEASE);
+        int fd = tconn_must(s->port);
+        http_expect(fd, get, 502, NULL);
+        close(fd);
+    }
+    static char buf[4096];
+    for (int i = 0; i < NBODY; i++) {
+        __atomic_store_n(&s->fake->raw, bad_body[i], __ATOMIC_RELEASE);
+        int fd = tconn_must(s->port);
+        send_str(fd, get);
+        ssize_t n = tconn_recv_eof(fd, buf, sizeof buf, T);
+        close(fd);
+        if (n < 0)
+            fail_msg("%.40s...: the client's connection was not closed within %d ms", bad_body[i],
+                     T);
+        if (whole_response(buf, (size_t)n))
+            fail_msg("%.40s...: a whole answer came: %.200s", bad_body[i], buf);
+    }
+    double f2 = metric(s, "proxy_upstream_connections_failed_total");
+    double t2 = metric(s, "proxy_upstream_truncated_total");
+    if (f2 - failed != NHEAD || t2 - truncated != NBODY)
+        fail_msg("failed +%.0f (want %d), truncated +%.0f (want %d)", f2 - failed, NHEAD,
+                 t2 - truncated, NBODY);
+
+    __atomic_store_n(&s->fake->raw, "HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nok",
+                     __ATOMIC_RELEASE);
+    int fd = tconn_must(s->port);
+    send_str(fd, get);
+    char head[4096];
+    ssize_t n = read_head(fd, head, sizeof head, T);
+    if (n < 0 || strncmp(head, "HTTP/1.1 204", 12) != 0 || strcasestr(head, "content-length"))
+        fail_msg("204 with a Content-Length: got \"%s\", want a 204 head without one",
+                 n < 0 ? strerror((int)-n) : head);
+    __atomic_store_n(&s->fake->raw, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nnext\n",
+                     __ATOMIC_RELEASE);
+    http_expect(fd, get, 200, "next\n");
+    close(fd);
+}
+
 static void test_upstream_timeout(void **state)
 {
     struct px *s = px(state);
@@ -1867,6 +1944,7 @@ int main(void)
         TEST(test_upstream_refused),
         TEST(test_upstream_reset),
         TEST(test_upstream_truncated),
+        TEST(test_upstream_malformed),
         TEST(test_upstream_timeout),
         TEST(test_pool_reuse),
         TEST(test_pool_off),
