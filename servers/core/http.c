@@ -172,9 +172,12 @@ int http_parse_response(const char *buf, size_t len, size_t max_head, http_respo
         return HTTP_BAD;
     res->status = (p[0] - '0') * 100 + (p[1] - '0') * 10 + (p[2] - '0');
     p += 3;
-    if (*p == ' ') /* the reason phrase is optional and ignored */
-        while (*p != '\r' && *p != '\n')
-            p++;
+    /* The reason phrase is optional and ignored, but a proxy passes it on:
+     * text only (RFC 9112 4: HTAB, SP, visible and obs-text bytes). */
+    if (*p == ' ')
+        for (p++; *p != '\r' && *p != '\n'; p++)
+            if (((unsigned char)*p < 0x20 && *p != '\t') || *p == 0x7f)
+                return HTTP_BAD;
     if (eat_eol(&p) < 0)
         return HTTP_BAD;
     int rc = parse_headers(p, res->headers, &res->num_headers);

@@ -311,6 +311,9 @@ static const struct res_case res_cases[] = {
     RE("HTTP/1.1 200OK\r\n\r\n", BAD),
     RE("HTTP/1.1  200 OK\r\n\r\n", BAD),
     RE("HTTP/1.1 200 OK\rX\r\n\r\n", BAD),
+    RE("HTTP/1.1 200 O\001K\r\n\r\n", BAD), /* a control byte in the reason */
+    RE("HTTP/1.1 200 O\177K\r\n\r\n", BAD),
+    {"HTTP/1.1 200 O\tK \200\r\n\r\n", ALL, 200, 1, 0}, /* HTAB, obs-text: text */
     RE("HTTP/1.1 200 OK\r\nX : y\r\n\r\n", BAD),
     RE("HTTP/1.1 200 OK\r\nX: y\r\n z\r\n\r\n", BAD),
     RE("ICY 200 OK\r\n\r\n", BAD),
