@@ -267,7 +267,8 @@ int chat_main(const lg_opts_t *o)
     }
     if (cpu_ok)
         procstat_sample(&ps);
-    double cpu0 = ps.user_s + ps.system_s, csw0 = (double)(ps.vcsw + ps.nvcsw);
+    procstat_cpu_t cpu0 = ps.cpu;
+    double csw0 = (double)(ps.vcsw + ps.nvcsw), user_s = 0, system_s = 0;
     int64_t t0 = now_us();
     R.end_us = o->duration_us ? t0 + o->duration_us : INT64_MAX;
     for (unsigned i = 0; i < o->chat_rooms; i++)
@@ -297,7 +298,8 @@ int chat_main(const lg_opts_t *o)
     double secs = (double)(now_us() - t0) / 1e6;
     if (cpu_ok)
         cpu_ok = procstat_sample(&ps) == 0;
-    report(&R, secs, ps.user_s + ps.system_s - cpu0, (double)(ps.vcsw + ps.nvcsw) - csw0, cpu_ok);
+    procstat_cpu_delta(&cpu0, &ps.cpu, &user_s, &system_s);
+    report(&R, secs, user_s + system_s, (double)(ps.vcsw + ps.nvcsw) - csw0, cpu_ok);
     status = R.rounds > 0 ? 0 : 1;
 out:
     for (unsigned i = 0; R.c && i < total; i++) {

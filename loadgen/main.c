@@ -85,7 +85,7 @@ typedef struct baseline {
     struct rusage ru;
     int cpus;           /* procstat_cpus: 0 when /proc/stat could not be read */
     double cpus_busy_s; /* the busy time of those CPUs since boot */
-    double user_s, system_s;
+    procstat_cpu_t cpu;
     uint64_t vcsw, nvcsw;
     long rss_kb;
     int taken;
@@ -209,7 +209,7 @@ static void open_window(app_t *a)
     sample_cpus(b);
     server_sample(&a->ps, &a->server_ok);
     /* ps is zero without --server-pid: the copy is harmless then. */
-    b->user_s = a->ps.user_s, b->system_s = a->ps.system_s;
+    b->cpu = a->ps.cpu;
     b->vcsw = a->ps.vcsw, b->nvcsw = a->ps.nvcsw, b->rss_kb = a->ps.rss_kb;
     b->taken = 1;
     a->prev = *b; /* the first published second's deltas start here */
@@ -416,13 +416,12 @@ static void publish_second(app_t *a, int64_t now, double span_s, int partial)
     if (a->server_ok) {
         server_sample(&a->ps, &a->server_ok);
         s.server = 1;
-        s.user_s = a->ps.user_s - a->prev.user_s;
-        s.system_s = a->ps.system_s - a->prev.system_s;
+        procstat_cpu_delta(&a->prev.cpu, &a->ps.cpu, &s.user_s, &s.system_s);
         s.vcsw = count_delta(a->ps.vcsw, a->prev.vcsw);
         s.nvcsw = count_delta(a->ps.nvcsw, a->prev.nvcsw);
         s.rss_kb = a->ps.rss_kb;
         s.conns = a->ps.conns; /* as counted in the middle of the second (progress) */
-        a->prev.user_s = a->ps.user_s, a->prev.system_s = a->ps.system_s;
+        a->prev.cpu = a->ps.cpu;
         a->prev.vcsw = a->ps.vcsw, a->prev.nvcsw = a->ps.nvcsw;
     }
     char *line = live_sec_json(&s, a->o.target);
@@ -543,8 +542,7 @@ static void measure(app_t *a, const baseline_t *end)
     if (!a->o.server_pid)
         return;
     rep->have_server = 1;
-    rep->server.user_s = a->ps.user_s - b->user_s;
-    rep->server.system_s = a->ps.system_s - b->system_s;
+    procstat_cpu_delta(&b->cpu, &a->ps.cpu, &rep->server.user_s, &rep->server.system_s);
     rep->server.vcsw = count_delta(a->ps.vcsw, b->vcsw);
     rep->server.nvcsw = count_delta(a->ps.nvcsw, b->nvcsw);
     rep->server.peak_rss_kb = a->ps.hwm_kb;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Read a small /proc file whole into buf. Returns its length or -errno. */
@@ -81,8 +82,13 @@ int procstat_sample(procstat_t *p)
                &ut, &st, &nthreads) != 3)
         return -EINVAL;
     long hz = sysconf(_SC_CLK_TCK);
-    p->user_s = (double)ut / (double)hz;
-    p->system_s = (double)st / (double)hz;
+    p->cpu.user_s = (double)ut / (double)hz;
+    p->cpu.system_s = (double)st / (double)hz;
+    clockid_t clock;
+    struct timespec ts;
+    p->cpu.run_s = clock_getcpuclockid(p->pid, &clock) == 0 && clock_gettime(clock, &ts) == 0
+                       ? (double)ts.tv_sec + (double)ts.tv_nsec / 1e9
+                       : -1;
     p->threads = nthreads;
     if (nthreads > p->threads_max)
         p->threads_max = nthreads;
@@ -128,6 +134,23 @@ int procstat_sample(procstat_t *p)
         p->nvcsw += p->tasks[i].nvcsw;
     }
     return 0;
+}
+
+void procstat_cpu_delta(const procstat_cpu_t *from, const procstat_cpu_t *to, double *user_s,
+                        double *system_s)
+{
+    double u = to->user_s - from->user_s, s = to->system_s - from->system_s;
+    if (from->run_s < 0 || to->run_s < from->run_s) {
+        *user_s = u, *system_s = s;
+        return;
+    }
+    double run = to->run_s - from->run_s, share = 0.5;
+    if (u + s > 0)
+        share = u / (u + s);
+    else if (to->user_s + to->system_s > 0)
+        share = to->user_s / (to->user_s + to->system_s);
+    *user_s = run * share;
+    *system_s = run - *user_s;
 }
 
 /* The inodes of the listening sockets in the process's network namespace

@@ -1,7 +1,11 @@
 /* procstat: what a process (the server under test) costs, read from /proc.
  *
- * CPU time comes from /proc/PID/stat, which counts every thread, exited ones
- * included. Context switches exist only per thread (/proc/PID/task/TID/status),
+ * CPU time: every thread's, exited ones included, from the process's CPU
+ * clock (clock_getcpuclockid), in nanoseconds; split between user and
+ * system as /proc/PID/stat's counts are, which come in clock ticks (10 ms
+ * here: over a run of 0.1 s of CPU, 10% either way, which is why they are
+ * not the total). Without the clock (another PID namespace), the ticks.
+ * Context switches exist only per thread (/proc/PID/task/TID/status),
  * so the sampler remembers the last counts of every thread it has seen: a
  * thread that exits between two samples keeps what it had at the last one,
  * and one whose tid a new thread reuses too (gone_*). What a thread did
@@ -19,9 +23,15 @@ typedef struct procstat_task {
     uint64_t vcsw, nvcsw;
 } procstat_task_t;
 
+/* The CPU counters as of one sample, for procstat_cpu_delta. */
+typedef struct procstat_cpu {
+    double user_s, system_s; /* /proc/PID/stat, in clock ticks */
+    double run_s;            /* the process's CPU clock; < 0: not read */
+} procstat_cpu_t;
+
 typedef struct procstat {
     int pid;
-    double user_s, system_s;        /* as of the last sample */
+    procstat_cpu_t cpu;             /* as of the last sample */
     uint64_t vcsw, nvcsw;           /* summed over every thread seen */
     uint64_t gone_vcsw, gone_nvcsw; /* of the threads whose tid was reused */
     long rss_kb, hwm_kb;            /* VmRSS and VmHWM (peak) */
@@ -39,6 +49,13 @@ int procstat_open(procstat_t *p, int pid);
 /* Take a sample (updates every field). Returns 0 or -errno (the process
  * is gone: the last sample stays). */
 int procstat_sample(procstat_t *p);
+
+/* The CPU time between two samples (from, then to) into *user_s and
+ * *system_s: the clock's, split as the window's ticks are (as the
+ * process's, when the window has none); the ticks when either sample has
+ * no clock reading. */
+void procstat_cpu_delta(const procstat_cpu_t *from, const procstat_cpu_t *to, double *user_s,
+                        double *system_s);
 
 /* Count the process's open connections into p->conns: its socket
  * descriptors less its listening sockets (found on the first call, in
