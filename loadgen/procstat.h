@@ -4,7 +4,7 @@
  * clock (clock_getcpuclockid), in nanoseconds; split between user and
  * system as /proc/PID/stat's counts are, which come in clock ticks (10 ms
  * here: over a run of 0.1 s of CPU, 10% either way, which is why they are
- * not the total). Without the clock (another PID namespace), the ticks.
+ * not the total). Where the clock cannot be read, the ticks.
  * Context switches exist only per thread (/proc/PID/task/TID/status),
  * so the sampler remembers the last counts of every thread it has seen: a
  * thread that exits between two samples keeps what it had at the last one,
