@@ -134,14 +134,19 @@ int http_parse_request(const char *buf, size_t len, size_t max_head, http_reques
     if (p == target || *p != ' ')
         return HTTP_BAD;
     const char *tend = p++;
+    req->authority = NULL;
+    req->authority_len = 0;
     if (*target != '/' && *target != '*') {
-        /* absolute-form (http://host/path): keep the path part. */
+        /* absolute-form (http://host/path): keep the path part, and the
+         * authority, which a proxy must send as Host (RFC 9112 3.2.2). */
         const char *s = memchr(target, ':', (size_t)(tend - target));
         if (!s || tend - s < 3 || s[1] != '/' || s[2] != '/')
             return HTTP_BAD;
         s += 3;
+        req->authority = s;
         while (s < tend && *s != '/' && *s != '?')
             s++;
+        req->authority_len = (size_t)(s - req->authority);
         target = s;
     }
     const char *q = memchr(target, '?', (size_t)(tend - target));
@@ -296,6 +301,11 @@ static int host_valid(const char *v, size_t len)
 
 int http_check_host(const http_request_t *req)
 {
+    /* An absolute-form target names the host: it must be one (not empty,
+     * no userinfo: RFC 9110 4.2.1 and 4.2.4). The Host field is still due. */
+    if (req->authority &&
+        (req->authority_len == 0 || !host_valid(req->authority, req->authority_len)))
+        return 400;
     const http_header_t *host = NULL;
     for (size_t i = 0; i < req->num_headers; i++) {
         const http_header_t *h = &req->headers[i];

@@ -39,6 +39,8 @@ typedef struct http_request {
     size_t path_len;
     const char *query; /* after '?', NULL when there is none */
     size_t query_len;
+    const char *authority; /* absolute-form's host[:port] (maybe empty), else NULL */
+    size_t authority_len;
     int major, minor; /* HTTP/major.minor */
     size_t num_headers;
     http_header_t headers[HTTP_MAX_HEADERS];

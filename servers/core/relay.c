@@ -438,20 +438,25 @@ static void head_end(buf_t *b, const char *w)
     b->len = (size_t)(w - b->data);
 }
 
-/* Is h a framing field (Content-Length, Transfer-Encoding)? */
-static int framing(const http_header_t *h)
+enum { SKIP_FRAMING = 1, SKIP_HOST = 2 }; /* put_fields' `skip` */
+
+/* Is h a field put_fields is to leave out: Content-Length and
+ * Transfer-Encoding with SKIP_FRAMING, Host with SKIP_HOST? */
+static int skipped(const http_header_t *h, unsigned skip)
 {
-    return is(h->name, h->name_len, "content-length") ||
-           is(h->name, h->name_len, "transfer-encoding");
+    return ((skip & SKIP_FRAMING) && (is(h->name, h->name_len, "content-length") ||
+                                      is(h->name, h->name_len, "transfer-encoding"))) ||
+           ((skip & SKIP_HOST) && is(h->name, h->name_len, "host"));
 }
 
 /* Write the end-to-end fields of a head at w: the hop-by-hop ones left out,
- * and the framing ones too when `no_framing` (answers that have no body
- * whatever they say, see put_answer); `via` (", 1.1 server-proxy") added to
- * the last Via field or, when there is none, as a Via field of its own;
- * likewise `xff` (", ADDR") to X-Forwarded-For when it is not NULL
- * (requests). Returns the cursor. */
-static char *put_fields(char *w, const http_header_t *h, size_t n, int no_framing, const char *via,
+ * and those `skip` names (the framing of answers that have no body whatever
+ * they say, see put_answer; the Host of a request whose target names
+ * another, see put_request); `via` (", 1.1 server-proxy") added to the last
+ * Via field or, when there is none, as a Via field of its own; likewise
+ * `xff` (", ADDR") to X-Forwarded-For when it is not NULL (requests).
+ * Returns the cursor. */
+static char *put_fields(char *w, const http_header_t *h, size_t n, unsigned skip, const char *via,
                         size_t via_len, const char *xff, size_t xff_len)
 {
     size_t last_via = n, last_xff = n;
@@ -462,7 +467,7 @@ static char *put_fields(char *w, const http_header_t *h, size_t n, int no_framin
             last_xff = i;
     }
     for (size_t i = 0; i < n; i++) {
-        if (hop_by_hop(&h[i], h, n) || (no_framing && framing(&h[i])))
+        if (hop_by_hop(&h[i], h, n) || skipped(&h[i], skip))
             continue;
         w = put(w, h[i].name, h[i].name_len);
         w = PUT(w, ": ");
@@ -506,8 +511,17 @@ static int put_request(conn_t *c, buf_t *b, const http_request_t *r, size_t len)
      * without chunked coding, which that client could not read. */
     int v10 = r->minor == 0;
     w = v10 ? PUT(w, " HTTP/1.0\r\n") : PUT(w, " HTTP/1.1\r\n");
-    w = put_fields(w, r->headers, r->num_headers, 0, v10 ? via10 : via11, sizeof via11 - 1, c->xff,
-                   c->xff_len);
+    /* An absolute-form target goes as origin-form (the parser kept its
+     * path), and its authority as the Host, whatever Host came with it: a
+     * proxy must (RFC 9112 3.2.2), and the upstream then sees the host the
+     * client named, as an origin server would have. */
+    if (r->authority) {
+        w = PUT(w, "Host: ");
+        w = put(w, r->authority, r->authority_len);
+        w = PUT(w, "\r\n");
+    }
+    w = put_fields(w, r->headers, r->num_headers, r->authority ? SKIP_HOST : 0, v10 ? via10 : via11,
+                   sizeof via11 - 1, c->xff, c->xff_len);
     if (cfg.upstream_keepalive == 0)
         w = PUT(w, "Connection: close\r\n\r\n");
     else if (v10)
@@ -760,7 +774,8 @@ static int put_answer(buf_t *b, const char *head, size_t len, const http_respons
      * (RFC 9110 8.6, 9112 6.1): a Content-Length or Transfer-Encoding an
      * upstream sent anyway could make a client read the next answer as its
      * body. What the upstream sent after such a head is not relayed. */
-    w = put_fields(w, res->headers, res->num_headers, res->status < 200 || res->status == 204,
+    w = put_fields(w, res->headers, res->num_headers,
+                   res->status < 200 || res->status == 204 ? SKIP_FRAMING : 0,
                    res->minor == 0 ? via10 : via11, sizeof via11 - 1, NULL, 0);
     if (close)
         w = PUT(w, "Connection: close\r\n\r\n");

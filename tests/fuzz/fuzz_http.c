@@ -105,6 +105,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!(req.path_len == 1 && req.path[0] == '/'))
             within(buf, (size_t)r, req.path, req.path_len);
         within(buf, (size_t)r, req.query, req.query_len);
+        within(buf, (size_t)r, req.authority, req.authority_len);
         CHECK(req.major >= 0 && req.major <= 9 && req.minor >= 0 && req.minor <= 9);
         check_headers(buf, r, req.headers, req.num_headers);
 

@@ -988,6 +988,21 @@ static void test_forwarded_headers(void **state)
     if (strcmp(joined(&q, "X-Forwarded-For", v, sizeof v), "10.1.2.3, 127.0.0.1") != 0)
         fail_msg("X-Forwarded-For \"%s\", want \"10.1.2.3, 127.0.0.1\": %.600s", v, got);
     free(got);
+
+    /* An absolute-form target goes as origin-form, and its authority as
+     * the one Host, whatever Host came with it (RFC 9112 3.2.2). */
+    req = "GET http://other.example:8080/p?q=1 HTTP/1.1\r\nHost: t\r\n\r\n";
+    got = echoed(fd, req, strlen(req), &q, &body, &blen);
+    if (q.authority || q.path_len != 2 || memcmp(q.path, "/p", 2) != 0)
+        fail_msg("absolute-form went upstream as %.80s", got);
+    if (strcmp(joined(&q, "Host", v, sizeof v), "other.example:8080") != 0)
+        fail_msg("absolute-form: Host \"%s\" upstream, want \"other.example:8080\": %.300s", v,
+                 got);
+    free(got);
+    /* A target with userinfo is refused, not forwarded (RFC 9110 4.2.4). */
+    int asked = ld(&s->fake->requests);
+    http_expect(fd, "GET http://u@other.example/ HTTP/1.1\r\nHost: t\r\n\r\n", 400, NULL);
+    assert_int_equal(ld(&s->fake->requests), asked);
     close(fd);
 }
 

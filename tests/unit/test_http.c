@@ -154,6 +154,7 @@ static int parse_guarded(const char *in, size_t len, size_t max_head, http_reque
         if (!(req->path_len == 1 && req->path[0] == '/'))
             expect_within(in, g, r, req->path, req->path_len);
         expect_within(in, g, r, req->query, req->query_len);
+        expect_within(in, g, r, req->authority, req->authority_len);
         assert_true(req->num_headers <= HTTP_MAX_HEADERS);
         for (size_t i = 0; i < req->num_headers; i++) {
             expect_within(in, g, r, req->headers[i].name, req->headers[i].name_len);
@@ -481,9 +482,14 @@ static const struct host_case host_cases[] = {
     {"GET / HTTP/1.1", "X: 1\r\nHost: a\r\nY: 2\r\n", 0},
     {"GET / HTTP/1.0", "", 0}, /* 1.0 needs none */
     {"GET / HTTP/1.0", "Host: a\r\n", 0},
-    {"GET / HTTP/2.0", "", 0},           /* not 1.x: 505 elsewhere */
-    {"GET / HTTP/1.1", "", 400},         /* missing */
-    {"GET http://a/ HTTP/1.1", "", 400}, /* absolute-form too */
+    {"GET / HTTP/2.0", "", 0},                       /* not 1.x: 505 elsewhere */
+    {"GET / HTTP/1.1", "", 400},                     /* missing */
+    {"GET http://a/ HTTP/1.1", "", 400},             /* absolute-form too */
+    {"GET http://a:8/x HTTP/1.1", "Host: b\r\n", 0}, /* the proxy sends a:8 as Host */
+    {"GET http://[::1]:8/ HTTP/1.1", "Host: b\r\n", 0},
+    {"GET http:///x HTTP/1.1", "Host: b\r\n", 400},   /* no host in the target */
+    {"GET http://u@a/ HTTP/1.1", "Host: a\r\n", 400}, /* userinfo */
+    {"GET http://a%zz/ HTTP/1.1", "Host: a\r\n", 400},
     {"GET / HTTP/1.2", "", 400},
     {"GET / HTTP/1.1", "Hostname: a\r\n", 400},
     {"GET / HTTP/1.1", "Host: a\r\nHost: a\r\n", 400}, /* repeated, even equal */
@@ -512,6 +518,36 @@ static void test_host(void **state)
         int r = http_check_host(&req);
         if (r != c->ret)
             fail_msg("Host check of \"%s\" + \"%s\" = %d, want %d", c->line, c->headers, r, c->ret);
+    }
+}
+
+/* An absolute-form target's authority is kept (a proxy sends it as Host);
+ * origin-form has none. */
+static void test_authority(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *line, *authority;
+    } cases[] = {
+        {"GET http://a.example:8080/p?q HTTP/1.1", "a.example:8080"},
+        {"GET http://a.example HTTP/1.1", "a.example"},
+        {"GET http://a.example?x=1 HTTP/1.1", "a.example"},
+        {"GET https://[::1]:9/ HTTP/1.1", "[::1]:9"},
+        {"GET http:///p HTTP/1.1", ""},
+        {"GET /p HTTP/1.1", NULL},
+        {"OPTIONS * HTTP/1.1", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        http_request_t req;
+        parse_with(cases[i].line, "Host: h\r\n", &req);
+        const char *want = cases[i].authority;
+        if (!want ? req.authority != NULL
+                  : !req.authority || req.authority_len != strlen(want) ||
+                        memcmp(req.authority, want, req.authority_len) != 0)
+            fail_msg("\"%s\": authority \"%.*s\", want %s%s%s", cases[i].line,
+                     req.authority ? (int)req.authority_len : 4,
+                     req.authority ? req.authority : "NULL", want ? "\"" : "", want ? want : "NULL",
+                     want ? "\"" : "");
     }
 }
 
@@ -843,6 +879,7 @@ int main(void)
         cmocka_unit_test(test_body_framing),
         cmocka_unit_test(test_keep_alive),
         cmocka_unit_test(test_host),
+        cmocka_unit_test(test_authority),
         cmocka_unit_test(test_find_header_and_token),
         cmocka_unit_test(test_chunked),
         cmocka_unit_test(test_chunked_trailer_limit),
