@@ -1803,16 +1803,11 @@ static void test_no_splice(void **state)
     assert_true(metric(s, "proxy_upstream_spliced_bytes_total") == 0);
 }
 
-/* --splice: clients stalled in long answers hold pipes, but never the descriptors a
- * client within the cap needs: under 256 descriptors the default cap is 64
- * clients (each with an upstream connection: 128), which leaves 64 for
- * pipes. 62 clients that do not read 10 MB answers, then 2 more: all 64
- * answered. (Pipes beyond their share used to take the last clients'
- * descriptors: 502 and 503.) */
-static void test_descriptor_budget(void **state)
+/* server-epoll, and the proxy in front of it under a limit of 256
+ * descriptors (prlimit; the test is skipped without it), with `flag` (NULL:
+ * none). */
+static void start_proxy_256(struct px *s, const char *flag)
 {
-    struct px *s = px(state);
-    enum { STALLED = 62, MORE = 2 };
     if (access("/usr/bin/prlimit", X_OK) != 0)
         skip();
     start_epoll(s);
@@ -1828,19 +1823,39 @@ static void test_descriptor_budget(void **state)
                           up,
                           "--threads",
                           "1",
-                          "--splice",
+                          flag,
                           NULL};
     s->pid = tproc_start(argv, &s->port);
     assert_true(s->pid > 0);
-    int fds[STALLED];
+}
+
+/* n clients that ask for 10 MB answers and read only their heads: each
+ * holds its upstream connection (and, spliced, a pipe). */
+static void stall_clients(struct px *s, int *fds, int n)
+{
     char head[4096];
-    for (int i = 0; i < STALLED; i++) {
+    for (int i = 0; i < n; i++) {
         fds[i] = tconn_must(s->port);
         send_str(fds[i], "GET /stream?n=10000000 HTTP/1.1\r\nHost: t\r\n\r\n");
-        ssize_t n = read_head(fds[i], head, sizeof head, T);
-        if (n < 0 || strncmp(head, "HTTP/1.1 200", 12) != 0)
-            fail_msg("stalled client %d: no 200 head (%s)", i, n < 0 ? strerror((int)-n) : head);
+        ssize_t r = read_head(fds[i], head, sizeof head, T);
+        if (r < 0 || strncmp(head, "HTTP/1.1 200", 12) != 0)
+            fail_msg("stalled client %d: no 200 head (%s)", i, r < 0 ? strerror((int)-r) : head);
     }
+}
+
+/* --splice: clients stalled in long answers hold pipes, but never the descriptors a
+ * client within the cap needs: under 256 descriptors the default cap is 64
+ * clients (each with an upstream connection: 128), which leaves 64 for
+ * pipes. 62 clients that do not read 10 MB answers, then 2 more: all 64
+ * answered. (Pipes beyond their share used to take the last clients'
+ * descriptors: 502 and 503.) */
+static void test_descriptor_budget(void **state)
+{
+    struct px *s = px(state);
+    enum { STALLED = 62, MORE = 2 };
+    start_proxy_256(s, "--splice");
+    int fds[STALLED];
+    stall_clients(s, fds, STALLED);
     tsleep_ms(SETTLE); /* their pipes fill */
     int more[MORE];
     for (int i = 0; i < MORE; i++) /* all at once: 64 clients */
@@ -1863,34 +1878,11 @@ static void test_default_cap_copying(void **state)
 {
     struct px *s = px(state);
     enum { CAP = (256 - 64) / 2 };
-    if (access("/usr/bin/prlimit", X_OK) != 0)
-        skip();
-    start_epoll(s);
-    char up[32];
-    snprintf(up, sizeof up, "127.0.0.1:%d", s->up_port);
-    snprintf(s->label, sizeof s->label, "upstream=\"%s\"", up);
-    const char *argv[] = {"/usr/bin/prlimit",
-                          "--nofile=256:256",
-                          tproc_bin("server-proxy"),
-                          "--port",
-                          "0",
-                          "--upstream",
-                          up,
-                          "--threads",
-                          "1",
-                          NULL};
-    s->pid = tproc_start(argv, &s->port);
-    assert_true(s->pid > 0);
+    start_proxy_256(s, NULL);
     int fds[CAP];
-    char head[4096];
-    for (int i = 0; i < CAP; i++) {
-        fds[i] = tconn_must(s->port);
-        send_str(fds[i], "GET /stream?n=10000000 HTTP/1.1\r\nHost: t\r\n\r\n");
-        ssize_t n = read_head(fds[i], head, sizeof head, T);
-        if (n < 0 || strncmp(head, "HTTP/1.1 200", 12) != 0)
-            fail_msg("stalled client %d: no 200 head (%s)", i, n < 0 ? strerror((int)-n) : head);
-    }
+    stall_clients(s, fds, CAP);
     int more = tconn_must(s->port); /* refused on arrival, before it asks */
+    char head[4096];
     ssize_t n = read_head(more, head, sizeof head, T);
     if (n < 0 || strncmp(head, "HTTP/1.1 503", 12) != 0)
         fail_msg("client %d: no 503 (%s)", CAP + 1, n < 0 ? strerror((int)-n) : head);
