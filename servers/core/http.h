@@ -75,7 +75,8 @@ int http_body_framing(const http_header_t *h, size_t n, int64_t *content_length,
 /* The Host rule of RFC 9112 section 3.2, for a server: 400 when an HTTP/1.1
  * (or later 1.x) request has no Host field, when any request has more than
  * one, or when its value is not `uri-host [ ":" port ]` (RFC 3986; empty is
- * allowed). Returns 0 or 400. Kept out of http_parse_request, which frames
+ * allowed); and when an absolute-form target's authority is empty or not
+ * such a value (userinfo: RFC 9110 4.2.1, 4.2.4). Returns 0 or 400. Kept out of http_parse_request, which frames
  * messages of every version alike: HTTP/1.0 needs no Host. */
 int http_check_host(const http_request_t *req);
 
