@@ -116,12 +116,14 @@ static lg_sec_t *sec_at(loop_t *l, int64_t now)
     return &th->st.secs.v[s];
 }
 
-static void count_error(loop_t *l, int cls, const char *text)
+/* Count an error of class cls, if now is in the window. Returns whether it
+ * was counted. */
+static int count_error(loop_t *l, int cls, const char *text)
 {
     lg_stats_t *st = &l->th->st;
     lg_sec_t *sec = sec_at(l, l->now);
     if (!sec)
-        return; /* warm-up, or the drain after the end */
+        return 0; /* warm-up, or the drain after the end */
     st->errors[cls]++;
     if (sec)
         sec->errors++;
@@ -129,6 +131,7 @@ static void count_error(loop_t *l, int cls, const char *text)
         snprintf(st->first[cls], LG_ERR_TEXT, "%s", text);
         st->first_us[cls] = l->now;
     }
+    return 1;
 }
 
 /* A response arrived for slot s with verdict `outcome`. */
@@ -177,10 +180,20 @@ static void conn_connect(loop_t *l, conn_t *c);
  * increment mode their values go to the unacknowledged sums. */
 static void conn_close(loop_t *l, conn_t *c, int cls, const char *text)
 {
-    if (cls >= 0)
-        count_error(l, cls, text);
+    lg_stats_t *st = &l->th->st;
+    int counted = cls >= 0 && count_error(l, cls, text);
+    /* The run is ending: what is still in flight (cut off by the end, or
+     * timed out past the window, where no error counts) is reported apart
+     * (lg_stats_t.unfinished), so that no request vanishes unreported. */
+    if (!counted && (l->stopping || l->now >= l->run->end_us)) {
+        for (unsigned i = 0; i < c->count; i++) {
+            int64_t age = l->now - c->ring[(c->head + i) % l->o->pipeline].intended_us;
+            st->unfinished++;
+            if (age > st->unfinished_oldest_us)
+                st->unfinished_oldest_us = age;
+        }
+    }
     if (l->w->incr_keys) {
-        lg_stats_t *st = &l->th->st;
         for (unsigned i = 0; i < c->count; i++) {
             const slot_t *s = &c->ring[(c->head + i) % l->o->pipeline];
             st->unacked[s->key] += s->value;
@@ -624,6 +637,9 @@ int engine_stats_merge(lg_stats_t *dst, const lg_stats_t *src, unsigned keys)
     }
     if (src->finish_us > dst->finish_us)
         dst->finish_us = src->finish_us;
+    dst->unfinished += src->unfinished;
+    if (src->unfinished_oldest_us > dst->unfinished_oldest_us)
+        dst->unfinished_oldest_us = src->unfinished_oldest_us;
     return 0;
 }
 

@@ -60,6 +60,12 @@ typedef struct lg_stats {
     int64_t *acked, *unacked; /* increment mode: sums per key */
     uint64_t acked_requests, unacked_requests;
     int64_t finish_us; /* when the thread stopped */
+    /* Requests still unanswered when the thread stopped (cut off by the end
+     * of the run, or never answered), and the longest any of them had
+     * waited then, from its intended send: the latencies leave them out, so
+     * an age over the longest latency means the tail is understated. */
+    uint64_t unfinished;
+    int64_t unfinished_oldest_us;
 } lg_stats_t;
 
 /* What every thread shares, read-only once the threads start (except stop). */

@@ -277,7 +277,7 @@ static int json_slot(void *ctx, int64_t slot, double len, const lg_sec_t *sum, c
 /* What the merged document sums, run by run. */
 typedef struct totals {
     hist_t lat, unc;
-    json_int_t requests;
+    json_int_t requests, unfinished, unfinished_oldest_us;
     double rps, start, end;
     json_t *errors, *first, *config, *cpu, *scen, *incr, *files;
     int rate_null, requests_null, no_incr;
@@ -306,6 +306,13 @@ static int add_result(merge_t *m, totals_t *t, const char *file, json_t *j, hist
         return rc;
     t->requests += json_integer_value(req);
     t->rps += json_number_value(rps);
+    /* Absent from an older loadgen's file: that agent counted none. */
+    json_t *u = json_object_get(j, "unfinished");
+    json_int_t n = json_integer_value(json_object_get(u, "requests"));
+    json_int_t oldest = json_integer_value(json_object_get(u, "oldest_us"));
+    t->unfinished += n;
+    if (oldest > t->unfinished_oldest_us)
+        t->unfinished_oldest_us = oldest;
     if (json_array_size(t->files) == 0 || start < t->start)
         t->start = start;
     if (start + json_number_value(dur) > t->end)
@@ -363,6 +370,10 @@ static json_t *build(totals_t *t, json_t *secs)
     json_object_foreach(t->errors, key, v) total += json_integer_value(v);
     json_object_set_new(j, "errors_total", json_integer(total));
     json_object_set(j, "errors_first", t->first);
+    json_t *u = json_object();
+    json_object_set_new(u, "requests", json_integer(t->unfinished));
+    json_object_set_new(u, "oldest_us", json_integer(t->unfinished_oldest_us));
+    json_object_set_new(j, "unfinished", u);
     if (t->rate_null)
         json_object_set_new(t->config, "rate", json_null());
     if (t->requests_null)

@@ -69,6 +69,15 @@ void report_human(const lg_report_t *r, FILE *f)
         if (st->errors[k])
             fprintf(f, "    %-10s %10llu  (first: %s)\n", lg_err_names[k],
                     (unsigned long long)st->errors[k], st->first[k]);
+    /* Cut off by the end of a run, requests are younger than most answers;
+     * one older than every answer is a latency the table could not show. */
+    if (st->unfinished && (uint64_t)st->unfinished_oldest_us > st->lat.max) {
+        char b[32];
+        fprintf(f,
+                "  %llu unanswered at the end, the oldest for %s: longer than any latency above\n",
+                (unsigned long long)st->unfinished,
+                fmt_us((double)st->unfinished_oldest_us, b, sizeof b));
+    }
     fprintf(f, "Requests/sec: %12.2f\n",
             r->duration_s > 0 ? (double)st->requests / r->duration_s : 0);
     if (st->requests)
@@ -308,6 +317,10 @@ static json_t *build(const lg_report_t *r)
     json_object_set_new(j, "latency_us", report_latency_json(&st->lat));
     json_object_set_new(j, "latency_uncorrected_us", report_latency_json(uncorrected(r)));
     errors_json(j, st);
+    json_t *u = json_object();
+    json_object_set_new(u, "requests", json_integer((json_int_t)st->unfinished));
+    json_object_set_new(u, "oldest_us", json_integer((json_int_t)st->unfinished_oldest_us));
+    json_object_set_new(j, "unfinished", u);
     json_object_set_new(j, "config", config_json(r));
     json_object_set_new(j, "per_second", per_second_json(&st->secs));
     json_object_set_new(j, "loadgen_cpu", loadgen_cpu_json(r));

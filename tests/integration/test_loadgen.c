@@ -263,6 +263,10 @@ static void test_epoll_http(void **state)
     j = load_json(json_path);
     assert_true(jint(j, "requests") > 1000);
     assert_no_errors(j);
+    /* Cut off by the end: at most the requests in flight, none older than
+     * the run. */
+    assert_true(jint(j, "unfinished.requests") <= 2 * 8);
+    assert_true(jint(j, "unfinished.oldest_us") < 500000);
     json_decref(j);
 
     snprintf(args, sizeof args, "-c1 -d300ms -q --json %s http://127.0.0.1:%d/nope", json_path,
@@ -279,6 +283,7 @@ static void test_epoll_http(void **state)
     assert_int_equal(run_loadgen(args, 10000, err, sizeof err, NULL), 0);
     j = load_json(json_path);
     assert_int_equal(jint(j, "requests"), 500);
+    assert_int_equal(jint(j, "unfinished.requests"), 0); /* -n waits for its answers */
     json_decref(j);
     stop_server(srv);
 }
@@ -454,9 +459,10 @@ static void test_never_answers(void **state)
     snprintf(args, sizeof args, "-c2 -d2s --timeout 500ms -q --json %s http://127.0.0.1:%d/",
              json_path, port);
     int rc = run_loadgen(args, 15000, err, sizeof err, &wall);
-    assert_int_equal(tproc_stop(fake, 3000), 128 + SIGTERM); /* SIGTERM's default action */
-    if (rc != 0)
+    if (rc != 0) {
+        tproc_stop(fake, 3000);
         fail_msg("loadgen exited %d: %s", rc, err);
+    }
     json_t *j = load_json(json_path);
     print_message("silent server: %lld timeouts, run took %lld ms\n", jint(j, "errors.timeout"),
                   (long long)wall);
@@ -464,6 +470,25 @@ static void test_never_answers(void **state)
     assert_true(jint(j, "errors.timeout") >= 4); /* 2 connections, a timeout every 0.5 s */
     assert_non_null(strstr(json_string_value(jget(j, "errors_first.timeout")), "500 ms"));
     assert_true(wall < 3500); /* the run ends on time */
+    json_decref(j);
+
+    /* A timeout longer than the run: no answer, no error, and the two
+     * requests in flight since the start must still be reported (they
+     * once vanished: "0 requests, 0 errors"). */
+    snprintf(args, sizeof args, "-c2 -d1500ms --timeout 10s -q --json %s http://127.0.0.1:%d/",
+             json_path, port);
+    rc = run_loadgen(args, 15000, err, sizeof err, &wall);
+    assert_int_equal(tproc_stop(fake, 3000), 128 + SIGTERM);
+    if (rc != 0)
+        fail_msg("loadgen exited %d: %s", rc, err);
+    j = load_json(json_path);
+    print_message("silent server, 10 s timeout: %lld unfinished, the oldest %lld us\n",
+                  jint(j, "unfinished.requests"), jint(j, "unfinished.oldest_us"));
+    assert_int_equal(jint(j, "requests"), 0);
+    assert_int_equal(jint(j, "errors_total"), 0);
+    assert_int_equal(jint(j, "unfinished.requests"), 2);
+    assert_true(jint(j, "unfinished.oldest_us") >= 1400000);
+    assert_true(wall < 5000);
     json_decref(j);
 }
 
@@ -693,12 +718,15 @@ static void test_three_agents(void **state)
     json_t *m = load_json(path);
     hist_t *uni = calloc(1, sizeof *uni), *h = calloc(1, sizeof *h), *lg = calloc(1, sizeof *lg);
     assert_true(uni && h && lg);
-    long long requests = 0, first = 0, last = 0;
+    long long requests = 0, first = 0, last = 0, unfinished = 0, oldest = 0;
     for (int k = 0; k < AGENTS; k++) {
         snprintf(path, sizeof path, "%s-%d.json", base, k);
         json_t *j = load_json(path);
         assert_no_errors(j);
         requests += jint(j, "requests");
+        unfinished += jint(j, "unfinished.requests");
+        if (jint(j, "unfinished.oldest_us") > oldest)
+            oldest = jint(j, "unfinished.oldest_us");
         long long start = jint(j, "window_start_ms");
         first = k == 0 || start < first ? start : first;
         last = k == 0 || start > last ? start : last;
@@ -712,6 +740,8 @@ static void test_three_agents(void **state)
     if (last - first > 250)
         fail_msg("agents started %lld ms apart", last - first);
     assert_int_equal(jint(m, "requests"), requests);
+    assert_int_equal(jint(m, "unfinished.requests"), unfinished); /* summed */
+    assert_int_equal(jint(m, "unfinished.oldest_us"), oldest);    /* the longest */
     assert_int_equal(jint(m, "merged.agents"), AGENTS);
     double rps = json_number_value(jget(m, "rps"));
     double dur = json_number_value(jget(m, "duration_s"));
