@@ -212,14 +212,78 @@ static int row_cmp(const void *a, const void *b)
     return c ? c : (x->len > y->len) - (x->len < y->len);
 }
 
+/* A row's place in sort_rows: its key's first 8 bytes, and its index. */
+struct svc_order {
+    uint64_t pre;
+    size_t i;
+};
+
+/* A key's first 8 bytes, big-endian, zero-padded. Where two keys' differ,
+ * they are in row_cmp's order, a shorter key or a NUL included (its zeros
+ * meet a byte that is at least as large); keys that share them tie. */
+static uint64_t key_prefix(const char *k, size_t len)
+{
+    uint64_t p = 0;
+    for (size_t i = 0; i < 8; i++)
+        p = p << 8 | (i < len ? (unsigned char)k[i] : 0u);
+    return p;
+}
+
+/* rows[0..n) into out[0..n) in row_cmp's order, by a radix sort of the
+ * prefixes (a pass per byte in which they differ: 10,000 keys "k0".."k9999"
+ * take 4), then qsort for each run of equal prefixes. a and b hold n
+ * each. qsort alone cost 1,600 instructions a row, a quarter of the
+ * writer's, in calls to row_cmp and memcmp. */
+static void sort_rows(const db_row_t *rows, db_row_t *out, struct svc_order *a, struct svc_order *b,
+                      size_t n)
+{
+    size_t count[8][256] = {{0}}; /* 16 KiB of the writer's stack */
+    for (size_t i = 0; i < n; i++) {
+        a[i] = (struct svc_order){key_prefix(rows[i].key, rows[i].len), i};
+        for (int d = 0; d < 8; d++)
+            count[d][a[i].pre >> (8 * d) & 0xff]++;
+    }
+    for (int d = 0; d < 8; d++) { /* least significant first: each pass is stable */
+        size_t *c = count[d];
+        if (c[a[0].pre >> (8 * d) & 0xff] == n)
+            continue; /* one byte for all */
+        for (size_t k = 0, pos = 0; k < 256; k++) {
+            size_t t = c[k];
+            c[k] = pos;
+            pos += t;
+        }
+        for (size_t i = 0; i < n; i++)
+            b[c[a[i].pre >> (8 * d) & 0xff]++] = a[i];
+        struct svc_order *t = a;
+        a = b;
+        b = t;
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = rows[a[i].i];
+    for (size_t i = 0, j; i < n; i = j) {
+        for (j = i + 1; j < n && a[j].pre == a[i].pre; j++)
+            ;
+        if (j - i > 1)
+            qsort(out + i, j - i, sizeof *out, row_cmp);
+    }
+}
+
 int svc_write_sums(svc_t *svc, const agg_t *m, uint64_t *applied, uint64_t *rows)
 {
     size_t n = 0;
     if (m->len > svc->rows_cap) {
-        db_row_t *r = realloc(svc->rows, m->len * sizeof *r);
-        if (!r)
+        /* Two halves: the rows as the map holds them, then in key order. */
+        db_row_t *r = malloc(2 * m->len * sizeof *r);
+        struct svc_order *o = malloc(2 * m->len * sizeof *o);
+        if (!r || !o) {
+            free(r);
+            free(o);
             return -ENOMEM;
+        }
+        free(svc->rows);
+        free(svc->order);
         svc->rows = r;
+        svc->order = o;
         svc->rows_cap = m->len;
     }
     agg_entry_t *e;
@@ -235,10 +299,13 @@ int svc_write_sums(svc_t *svc, const agg_t *m, uint64_t *applied, uint64_t *rows
      * tree to each row. In random order, 16 rows over 10,000 keys were 16
      * pages: a 4 KiB pwrite per row. Sorted, buffered mode's writer went
      * from 1.4-1.8 to 0.7-0.8 us of CPU per POST. */
-    if (n > 1) /* rows is NULL until a batch has had a row */
-        qsort(svc->rows, n, sizeof *svc->rows, row_cmp);
+    db_row_t *sorted = NULL;
+    if (n > 0) { /* rows is NULL until a batch has had a row */
+        sorted = svc->rows + svc->rows_cap;
+        sort_rows(svc->rows, sorted, svc->order, svc->order + svc->rows_cap, n);
+    }
     *rows += n;
-    return db_add_rows(svc->db, svc->rows, n);
+    return db_add_rows(svc->db, sorted, n);
 }
 
 /* Close the fast path and take every window again, so that every

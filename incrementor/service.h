@@ -115,24 +115,26 @@ typedef struct svc {
     svc_cfg_t cfg;
     int nthreads;
     svc_thread_t *threads;
-    int fast_open;  /* atomic: fast acknowledgements allowed (see flush.c) */
-    int loops_gone; /* atomic: reactor_run returned, answer nobody */
-    int kick;       /* atomic: a request was deferred since the last flush began */
+    int fast_open;       /* atomic: fast acknowledgements allowed (see flush.c) */
+    int loops_gone;      /* atomic: reactor_run returned, answer nobody */
+    int kick;            /* atomic: a request was deferred since the last flush began */
+    session_canned_t ok; /* the 200 of an increment acknowledged at once */
 
     /* The writer. */
     db_t *db;
     pthread_t writer, checkpointer;
     db_t *ckpt;
     pthread_mutex_t wlock;
-    pthread_cond_t wcond;  /* wakes the writer */
-    pthread_cond_t ccond;  /* wakes the checkpointer */
-    int ckpt_kick;         /* under wlock: the WAL is long, checkpoint now */
-    int stop;              /* under wlock: flush what is left and exit */
-    svc_window_t *spare;   /* writer: empty windows to hand out */
-    svc_window_t *pending; /* writer: taken, not yet committed */
-    agg_t w;               /* writer: the batch of one transaction */
-    db_row_t *rows;        /* writer: its rows in key order (svc_write_sums) */
-    size_t rows_cap;
+    pthread_cond_t wcond;    /* wakes the writer */
+    pthread_cond_t ccond;    /* wakes the checkpointer */
+    int ckpt_kick;           /* under wlock: the WAL is long, checkpoint now */
+    int stop;                /* under wlock: flush what is left and exit */
+    svc_window_t *spare;     /* writer: empty windows to hand out */
+    svc_window_t *pending;   /* writer: taken, not yet committed */
+    agg_t w;                 /* writer: the batch of one transaction */
+    db_row_t *rows;          /* writer: its rows, then in key order (svc_write_sums) */
+    struct svc_order *order; /* writer: svc_write_sums's sort */
+    size_t rows_cap;         /* of each half of rows, and of order */
     int exit_status;
 
     /* Durable: the syncer makes committed batches durable (flush.c). */

@@ -191,9 +191,8 @@ int http_parse_response(const char *buf, size_t len, size_t max_head, http_respo
 
 const http_header_t *http_find_header(const http_header_t *h, size_t n, const char *name)
 {
-    size_t len = strlen(name);
     for (size_t i = 0; i < n; i++)
-        if (h[i].name_len == len && strncasecmp(h[i].name, name, len) == 0)
+        if (http_name_is(h[i].name, h[i].name_len, name))
             return &h[i];
     return NULL;
 }
@@ -222,7 +221,7 @@ int http_body_framing(const http_header_t *h, size_t n, int64_t *content_length,
     int64_t cl = -1;
     int te = 0;
     for (size_t i = 0; i < n; i++) {
-        if (h[i].name_len == 14 && strncasecmp(h[i].name, "content-length", 14) == 0) {
+        if (http_name_is(h[i].name, h[i].name_len, "Content-Length")) {
             int64_t v = 0;
             if (h[i].value_len == 0 || h[i].value_len > 18)
                 return 400;
@@ -235,7 +234,7 @@ int http_body_framing(const http_header_t *h, size_t n, int64_t *content_length,
             if (cl >= 0 && cl != v)
                 return 400;
             cl = v;
-        } else if (h[i].name_len == 17 && strncasecmp(h[i].name, "transfer-encoding", 17) == 0) {
+        } else if (http_name_is(h[i].name, h[i].name_len, "Transfer-Encoding")) {
             /* Only "chunked" alone: anything else cannot be framed safely. */
             if (te || h[i].value_len != 7 || strncasecmp(h[i].value, "chunked", 7) != 0)
                 return 501;
@@ -309,7 +308,7 @@ int http_check_host(const http_request_t *req)
     const http_header_t *host = NULL;
     for (size_t i = 0; i < req->num_headers; i++) {
         const http_header_t *h = &req->headers[i];
-        if (h->name_len == 4 && strncasecmp(h->name, "host", 4) == 0) {
+        if (http_name_is(h->name, h->name_len, "Host")) {
             if (host)
                 return 400;
             host = h;
@@ -345,7 +344,7 @@ int http_check_request(int parsed, const http_request_t *req, int64_t *content_l
 
 int http_keep_alive(const http_request_t *req)
 {
-    const http_header_t *c = http_find_header(req->headers, req->num_headers, "connection");
+    const http_header_t *c = http_find_header(req->headers, req->num_headers, "Connection");
     if (req->major == 1 && req->minor >= 1)
         return !(c && http_has_token(c->value, c->value_len, "close"));
     return c && http_has_token(c->value, c->value_len, "keep-alive");

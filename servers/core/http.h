@@ -12,6 +12,8 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <strings.h>
 #include <sys/types.h>
 
 /* Negative errnos, as every failure in this code base (see the README's
@@ -58,6 +60,16 @@ int http_parse_request(const char *buf, size_t len, size_t max_head, http_reques
 
 /* Parse a response head from buf[0..len). Same returns as http_parse_request. */
 int http_parse_response(const char *buf, size_t len, size_t max_head, http_response_t *res);
+
+/* Is the field name `name` (len bytes) `canon`, case-blind (RFC 9110
+ * 5.1)? canon is spelled as the RFCs do, which nearly every sender copies:
+ * a memcmp decides then, and the case-blind compare (four times its cost)
+ * runs only on a miss. */
+static inline int http_name_is(const char *name, size_t len, const char *canon)
+{
+    size_t n = strlen(canon);
+    return len == n && (memcmp(name, canon, n) == 0 || strncasecmp(name, canon, n) == 0);
+}
 
 /* The first header named `name` (case-insensitive), or NULL. */
 const http_header_t *http_find_header(const http_header_t *h, size_t n, const char *name);

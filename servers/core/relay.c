@@ -388,22 +388,18 @@ static void fail_front(conn_t *c, int status, const char *why)
 
 /* ---- requests: client -> upstream ---- */
 
-static int is(const char *p, size_t n, const char *s)
-{
-    return strlen(s) == n && strncasecmp(p, s, n) == 0;
-}
-
 /* Is this field for the hop between two HTTP nodes only (RFC 9110 7.6.1):
  * Connection and the fields it names, Keep-Alive, Proxy-Connection, TE,
  * Upgrade? Transfer-Encoding is relayed: bodies pass with their framing. */
 static int hop_by_hop(const http_header_t *h, const http_header_t *all, size_t n)
 {
-    if (is(h->name, h->name_len, "connection") || is(h->name, h->name_len, "keep-alive") ||
-        is(h->name, h->name_len, "proxy-connection") || is(h->name, h->name_len, "te") ||
-        is(h->name, h->name_len, "upgrade"))
+    if (http_name_is(h->name, h->name_len, "Connection") ||
+        http_name_is(h->name, h->name_len, "Keep-Alive") ||
+        http_name_is(h->name, h->name_len, "Proxy-Connection") ||
+        http_name_is(h->name, h->name_len, "TE") || http_name_is(h->name, h->name_len, "Upgrade"))
         return 1;
     for (size_t i = 0; i < n; i++) {
-        if (!is(all[i].name, all[i].name_len, "connection"))
+        if (!http_name_is(all[i].name, all[i].name_len, "Connection"))
             continue;
         char token[64];
         if (h->name_len >= sizeof token)
@@ -444,9 +440,9 @@ enum { SKIP_FRAMING = 1, SKIP_HOST = 2 }; /* put_fields' `skip` */
  * Transfer-Encoding with SKIP_FRAMING, Host with SKIP_HOST? */
 static int skipped(const http_header_t *h, unsigned skip)
 {
-    return ((skip & SKIP_FRAMING) && (is(h->name, h->name_len, "content-length") ||
-                                      is(h->name, h->name_len, "transfer-encoding"))) ||
-           ((skip & SKIP_HOST) && is(h->name, h->name_len, "host"));
+    return ((skip & SKIP_FRAMING) && (http_name_is(h->name, h->name_len, "Content-Length") ||
+                                      http_name_is(h->name, h->name_len, "Transfer-Encoding"))) ||
+           ((skip & SKIP_HOST) && http_name_is(h->name, h->name_len, "Host"));
 }
 
 /* Write the end-to-end fields of a head at w: the hop-by-hop ones left out,
@@ -461,9 +457,9 @@ static char *put_fields(char *w, const http_header_t *h, size_t n, unsigned skip
 {
     size_t last_via = n, last_xff = n;
     for (size_t i = 0; i < n; i++) {
-        if (is(h[i].name, h[i].name_len, "via"))
+        if (http_name_is(h[i].name, h[i].name_len, "Via"))
             last_via = i;
-        else if (xff && is(h[i].name, h[i].name_len, "x-forwarded-for"))
+        else if (xff && http_name_is(h[i].name, h[i].name_len, "X-Forwarded-For"))
             last_xff = i;
     }
     for (size_t i = 0; i < n; i++) {
@@ -837,7 +833,7 @@ static int relay_head(conn_t *c)
         return 1;
     }
     c->answered = 1;
-    const http_header_t *conn = http_find_header(res.headers, res.num_headers, "connection");
+    const http_header_t *conn = http_find_header(res.headers, res.num_headers, "Connection");
     c->rsp_keep = res.minor >= 1
                       ? !(conn && http_has_token(conn->value, conn->value_len, "close"))
                       : conn && http_has_token(conn->value, conn->value_len, "keep-alive");

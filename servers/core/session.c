@@ -780,6 +780,36 @@ void session_respond(session_t *s, int status, const char *content_type, const v
     http_answer(s, MC_EXT, status, content_type, body, len, NULL);
 }
 
+int session_canned_init(session_canned_t *c, int status, const char *content_type, const void *body,
+                        size_t len)
+{
+    const char *ctype = content_type ? content_type : "text/plain";
+    int n = snprintf(c->bytes, sizeof c->bytes,
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n\r\n", status,
+                     http_reason(status), ctype, len);
+    if (n < 0 || (size_t)n + len > sizeof c->bytes)
+        return -E2BIG;
+    memcpy(c->bytes + n, body, len);
+    c->len = (size_t)n + len;
+    c->status = status;
+    c->content_type = ctype;
+    c->body = body;
+    c->body_len = len;
+    return 0;
+}
+
+void session_respond_canned(session_t *s, const session_canned_t *c)
+{
+    /* The same test as http_answer's for a head without a Connection
+     * field; whatever else, it builds the answer. */
+    if (!s->closing && s->keep_alive && !s->http10 && !s->head_only) {
+        out_put(s, c->bytes, c->len);
+        metrics_request(MC_EXT, metrics_status_slot(c->status));
+        return;
+    }
+    http_answer(s, MC_EXT, c->status, c->content_type, c->body, c->body_len, NULL);
+}
+
 void session_defer(session_t *s)
 {
     s->op = OP_DEFER;

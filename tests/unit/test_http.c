@@ -560,6 +560,14 @@ static void test_find_header_and_token(void **state)
     assert_non_null(h);
     assert_memory_equal(h->value, "1", 1);
     assert_null(http_find_header(req.headers, req.num_headers, "X"));
+    /* The fast path (memcmp on the canonical spelling) and the case-blind
+     * one decide alike. */
+    assert_true(http_name_is("Content-Length", 14, "Content-Length"));
+    assert_true(http_name_is("content-LENGTH", 14, "Content-Length"));
+    assert_false(http_name_is("Content-Lengtx", 14, "Content-Length"));
+    assert_false(http_name_is("Content-Length", 13, "Content-Length"));
+    assert_false(http_name_is("Content-Lengths", 15, "Content-Length"));
+    assert_true(http_name_is("te", 2, "TE"));
     assert_true(http_has_token(" a , b,c ", 9, "B"));
     assert_true(http_has_token("a,,c", 4, "c"));
     assert_false(http_has_token("ab", 2, "a"));

@@ -247,6 +247,12 @@ static void test_content_kind(void **state)
         {"application/json", REQ_JSON},
         {"application/json;charset=utf-8", REQ_JSON},
         {"application/jsonx", 0},
+        {"application/json ; charset=utf-8", REQ_JSON},
+        {"APPLICATION/JSON", REQ_JSON},
+        {"application/jso", 0},
+        {"application/x-www-form-urlencode", 0},
+        {"application/x-www-form-urlencodedx", 0},
+        {" application/json", 0},
         {"text/plain", 0},
         {"multipart/form-data", 0},
         {"", 0},
@@ -610,6 +616,52 @@ static void add_one(db_t *d, const char *key, int64_t delta)
     assert_int_equal(db_commit(d), 0);
 }
 
+/* The int64 guard by the table's make: a new table is STRICT and needs no
+ * trigger; one made by an earlier version keeps its CHECK and gets none;
+ * one with neither gets the triggers. Each refuses a write that would
+ * leave int64. */
+static void test_int64_guard_by_table(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *name, *table, *triggers;
+    } cases[] = {
+        {"guard-new", NULL, "0"},
+        {"guard-check",
+         "CREATE TABLE counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL"
+         " CHECK(typeof(value) = 'integer')) WITHOUT ROWID",
+         "0"},
+        {"guard-none", "CREATE TABLE counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL)", "2"},
+        {"guard-strict",
+         "CREATE TABLE counters(key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT", "0"},
+        {"guard-strict-any",
+         "CREATE TABLE counters(key TEXT PRIMARY KEY, value ANY NOT NULL) STRICT", "2"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *path = db_file(cases[i].name);
+        char err[512], got[32];
+        db_t *d = NULL;
+        int64_t v = 0;
+        if (cases[i].table)
+            assert_int_equal(tincr_db_exec(path, cases[i].table), 0);
+        assert_int_equal(db_open_writer(&d, path, DB_BUFFERED, err, sizeof err), 0);
+        assert_int_equal(tincr_db_text(path,
+                                       "SELECT count(*) FROM sqlite_master WHERE type = 'trigger'"
+                                       " AND name LIKE 'incrementor_int64_%'",
+                                       got, sizeof got),
+                         0);
+        assert_string_equal(got, cases[i].triggers);
+        add_one(d, "k", INT64_MAX);
+        assert_int_equal(db_begin(d), 0);
+        assert_true(db_add(d, "k", 1, 1) < 0);
+        db_rollback(d);
+        assert_int_equal(db_value(d, "k", 1, &v), 1);
+        assert_true(v == INT64_MAX);
+        assert_string_equal(value_type(path, "k"), "integer");
+        db_close(d);
+    }
+}
+
 /* 'red' (some counter outside +-DB_GREEN) is exact whoever writes: our
  * UPSERTs both ways across the edge, another program's UPDATE, INSERT and
  * DELETE; it is asked of the partial index (the query plan says so); and a
@@ -768,11 +820,17 @@ static void test_write_sums_in_key_order(void **state)
     db_rollback(svc.db);
     assert_true(none == 0 && no_rows == 0);
     enum { N = 3 * DB_ROWS + 7 };
-    char key[16];
+    char key[32];
     for (int i = 0; i < N; i++) {
-        /* Scrambled, with keys that prefix others ("k1", "k10") and a byte
-         * past ASCII. */
-        int n = snprintf(key, sizeof key, i % 5 ? "k%d" : "k%d\xe9", (i * 37) % N);
+        /* Scrambled, with keys that prefix others ("k1", "k10"), a byte
+         * past ASCII, and keys longer than the 8 bytes the sort looks at
+         * first, some sharing them. */
+        int n = snprintf(key, sizeof key,
+                         i % 7 == 0    ? "shared prefix %d"
+                         : i % 11 == 0 ? "shared prefix%d"
+                         : i % 5       ? "k%d"
+                                       : "k%d\xe9",
+                         (i * 37) % N);
         agg_entry_t *e = agg_get(&m, key, (size_t)n);
         assert_non_null(e);
         e->sum = i + 1;
@@ -797,8 +855,37 @@ static void test_write_sums_in_key_order(void **state)
              N);
     assert_int_equal(tincr_db_text(path, sql, got, sizeof got), 0);
     assert_string_equal(got, "0");
+
+    /* Keys of 1 to 12 bytes over three byte values: long runs of shared
+     * prefixes, and every one of the first 8 bytes deciding somewhere. */
+    agg_free(&m);
+    agg_init(&m);
+    assert_int_equal(tincr_db_exec(path, "DELETE FROM log"), 0);
+    uint64_t x = 12345;
+    for (int i = 0; i < 2000; i++) {
+        x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+        size_t len = 1 + (size_t)(x >> 60) % 12;
+        for (size_t k = 0; k < len; k++)
+            key[k] = "ab\xe9"[(x >> (4 * k)) % 3];
+        agg_entry_t *e = agg_get(&m, key, len);
+        assert_non_null(e);
+        e->sum = 1;
+        e->count = 1;
+    }
+    uint64_t applied = 0, nrows = 0;
+    assert_int_equal(db_begin(svc.db), 0);
+    assert_int_equal(svc_write_sums(&svc, &m, &applied, &nrows), 0);
+    assert_int_equal(db_commit(svc.db), 0);
+    assert_true(nrows == m.len && nrows > 500);
+    assert_int_equal(tincr_db_text(path,
+                                   "SELECT count(*) FROM log a JOIN log b ON b.rowid = a.rowid + 1"
+                                   " WHERE b.k <= a.k",
+                                   got, sizeof got),
+                     0);
+    assert_string_equal(got, "0");
     agg_free(&m);
     free(svc.rows);
+    free(svc.order);
     db_close(svc.db);
 }
 
@@ -934,6 +1021,7 @@ int main(void)
         cmocka_unit_test_teardown(test_db_writers_one_pid, db_teardown),
         cmocka_unit_test_teardown(test_db_add_never_real, db_teardown),
         cmocka_unit_test_teardown(test_db_red, db_teardown),
+        cmocka_unit_test_teardown(test_int64_guard_by_table, db_teardown),
         cmocka_unit_test_teardown(test_db_add_rows, db_teardown),
         cmocka_unit_test_teardown(test_write_sums_in_key_order, db_teardown),
         cmocka_unit_test_teardown(test_db_checkpoint_restarts_wal, db_teardown),

@@ -110,6 +110,62 @@ static char *repeat(const char *s, size_t n, size_t *len)
     return r;
 }
 
+/* An extension answering /canned with session_respond_canned and /plain
+ * with session_respond, alike otherwise. */
+static const char canned_body[] = "{\"ok\":true}\n";
+
+static int canned_ext(session_t *s, const http_request_t *req, const char *body, size_t len,
+                      void *ctx)
+{
+    (void)body;
+    (void)len;
+    if (req->path_len == 7 && memcmp(req->path, "/canned", 7) == 0)
+        session_respond_canned(s, ctx);
+    else
+        session_respond(s, 200, "application/json", canned_body, sizeof canned_body - 1);
+    return 1;
+}
+
+/* A canned answer is, byte for byte, what session_respond sends: its bytes
+ * on keep-alive HTTP/1.1, and the answer built for HTTP/1.0 (a Connection
+ * field) and HEAD (no body). */
+static void test_canned_answer(void **state)
+{
+    (void)state;
+    static session_canned_t c;
+    assert_int_equal(
+        session_canned_init(&c, 200, "application/json", canned_body, sizeof canned_body - 1), 0);
+    static const struct {
+        const char *req, *want;
+    } cases[] = {
+        {"GET %s HTTP/1.1\r\nHost: a\r\n\r\n",
+         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n"
+         "{\"ok\":true}\n"},
+        {"GET %s HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n"
+         "Connection: keep-alive\r\n\r\n{\"ok\":true}\n"},
+        {"HEAD %s HTTP/1.1\r\nHost: a\r\n\r\n",
+         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        for (int canned = 0; canned < 2; canned++) {
+            struct pair p;
+            pair_open(&p);
+            p.cfg.ext = canned_ext;
+            p.cfg.ext_ctx = &c;
+            char req[128];
+            int n = snprintf(req, sizeof req, cases[i].req, canned ? "/canned" : "/plain");
+            char *got = exchange(&p, req, (size_t)n, strlen(cases[i].want), 0);
+            assert_string_equal(got, cases[i].want);
+            free(got);
+            pair_close(&p);
+        }
+    }
+    /* Too long for its bytes: refused, not cut. */
+    static char big[sizeof c.bytes];
+    assert_int_equal(session_canned_init(&c, 200, NULL, big, sizeof big), -E2BIG);
+}
+
 /* A large request body grows the input buffer to hold it. */
 static void test_large_body_given_back(void **state)
 {
@@ -216,6 +272,7 @@ static void test_write_budget(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_canned_answer),
         cmocka_unit_test(test_large_body_given_back),
         cmocka_unit_test(test_piled_answers_given_back),
         cmocka_unit_test(test_small_buffers_kept),
