@@ -310,6 +310,9 @@ static int add_result(merge_t *m, totals_t *t, const char *file, json_t *j, hist
     json_t *u = json_object_get(j, "unfinished");
     json_int_t n = json_integer_value(json_object_get(u, "requests"));
     json_int_t oldest = json_integer_value(json_object_get(u, "oldest_us"));
+    if (u && (!json_is_integer(json_object_get(u, "requests")) ||
+              !json_is_integer(json_object_get(u, "oldest_us")) || n < 0 || oldest < 0))
+        return fail(m, file, "unfinished is not {requests, oldest_us} of counts");
     t->unfinished += n;
     if (oldest > t->unfinished_oldest_us)
         t->unfinished_oldest_us = oldest;

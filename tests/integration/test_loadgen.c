@@ -828,6 +828,17 @@ static void test_merge_bad_input(void **state)
              " \"latency_uncorrected_us\": {\"histogram\": \"%s\"}}",
              other, other);
     write_file(b, doc);
+    /* A result of this loadgen's (an empty histogram of its parameters)
+     * whose unfinished requests are not a count. */
+    static const char empty[] = "HISTFAAAAB942pNpmSzMwMDAyAABTFAazL82eQmD/QeoCABVaQSH";
+    char bad_unfinished[1024];
+    snprintf(bad_unfinished, sizeof bad_unfinished,
+             "{\"requests\": 0, \"rps\": 0.0, \"duration_s\": 1.0, \"window_start_ms\": 0,"
+             " \"config\": {}, \"per_second\": [],"
+             " \"latency_us\": {\"histogram\": \"%s\"},"
+             " \"latency_uncorrected_us\": {\"histogram\": \"%s\"},"
+             " \"unfinished\": {\"requests\": -1, \"oldest_us\": 0}}",
+             empty, empty);
     write_file(c, "#[BaseTime: 0.000 (seconds since epoch)]\n0.000,1.000,0.005,HISTFAAA\n");
     struct {
         const char *content; /* of a; NULL: a is missing */
@@ -839,6 +850,7 @@ static void test_merge_bad_input(void **state)
         {"{\"requests\": 1}", "not a loadgen JSON result", 2},
         {"[1,2]", "", 2},
         {"hello", "", 2},
+        {bad_unfinished, "unfinished", 2},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         unlink(a);
