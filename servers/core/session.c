@@ -789,7 +789,8 @@ int session_canned_init(session_canned_t *c, int status, const char *content_typ
                      http_reason(status), ctype, len);
     if (n < 0 || (size_t)n + len > sizeof c->bytes)
         return -E2BIG;
-    memcpy(c->bytes + n, body, len);
+    if (len)
+        memcpy(c->bytes + n, body, len);
     c->len = (size_t)n + len;
     c->status = status;
     c->content_type = ctype;
