@@ -394,6 +394,7 @@ def figures(run, duration=None):
     nerr = sum(v for k, v in errs.items() if isinstance(v, int))
     req = run.get("requests") or 0
     gen = run.get("loadgen_cpu") or {}
+    unf = run.get("unfinished") or {}  # absent from older loadgens' files
     # No answer at all is a 0% success rate (the requests were still
     # waiting when the run ended), and has no latency to speak of.
     none = not req
@@ -409,6 +410,8 @@ def figures(run, duration=None):
         "max_us": None if none else lat.get("max"),
         "loadgen_cpu_per_req_us": gen.get("cpu_per_request_us"),
         "loadgen_cpus_busy": cpus_busy(run),
+        "unfinished": unf.get("requests"),
+        "unfinished_oldest_us": unf.get("oldest_us"),
     }
     if srv:
         user, system = srv.get("user_s"), srv.get("system_s")

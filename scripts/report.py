@@ -66,6 +66,13 @@ def rows_for(summary, scenario):
                    else "its CPU was busy")
             notes.append(f"{subject(label, r)}: the link emulator was the limit ({why}), "
                          "not the server")
+        # Requests the run left unanswered, one of them older than every
+        # latency in the row: a tail the row cannot show (loadgen's
+        # `unfinished`; cut off by the end, they are as young as answers).
+        unf, oldest = r["figures"].get("unfinished"), r["figures"].get("unfinished_oldest_us")
+        if r["ok"] and unf and oldest is not None and oldest > (r["figures"].get("max_us") or 0):
+            notes.append(f"{subject(label, r)}: {unf} requests unanswered at the end, the oldest "
+                         f"for {oldest / 1000:.0f} ms: longer than any latency in its row")
         bp = r["figures"].get("breaking_point")
         if bp:
             notes.append(f"{label}: breaking point: {bp}")

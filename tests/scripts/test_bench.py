@@ -79,6 +79,24 @@ class Figures(unittest.TestCase):
         notes = report.rows_for({"runs": [run]}, "wan")[3]
         self.assertTrue(any("812 packets dropped" in n for n in notes), notes)
 
+    def test_unfinished_older_than_every_answer_noted(self):
+        # loadgen's unfinished requests become figures; one older than the
+        # row's longest latency gets a note under the table, young ones
+        # (cut off by the end of the run) do not.
+        run = {"requests": 10, "rps": 5.0, "errors": {}, "latency_us": {"p99": 900, "max": 1000},
+               "unfinished": {"requests": 2, "oldest_us": 1500000}}
+        f = H.figures(run)
+        self.assertEqual((f["unfinished"], f["unfinished_oldest_us"]), (2, 1500000))
+        rec = {"design": "epoll", "scenario": "wan", "point": "100ms", "ok": True, "reason": None,
+               "loadgen_bound": False, "link_bound": False, "figures": f, "file": None}
+        notes = report.rows_for({"runs": [rec]}, "wan")[3]
+        self.assertTrue(any("2 requests unanswered at the end, the oldest for 1500 ms" in n
+                            for n in notes), notes)
+        run["unfinished"]["oldest_us"] = 800
+        rec["figures"] = H.figures(run)
+        self.assertFalse(any("unanswered" in n for n in report.rows_for({"runs": [rec]}, "wan")[3]))
+        self.assertIsNone(H.figures({"requests": 1, "latency_us": {}})["unfinished"])
+
     def test_loadgen_bound_when_its_cpu_is_saturated(self):
         run = {"requests": 1000, "duration_s": 2.0, "loadgen_cpu": {"user_s": 1.2, "system_s": 0.7}}
         self.assertTrue(H.loadgen_bound(run, "1"))
