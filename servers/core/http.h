@@ -71,7 +71,8 @@ static inline int http_name_is(const char *name, size_t len, const char *canon)
     return len == n && (memcmp(name, canon, n) == 0 || strncasecmp(name, canon, n) == 0);
 }
 
-/* The first header named `name` (case-insensitive), or NULL. */
+/* The first header named `name` (case-insensitive, http_name_is: pass the
+ * RFC spelling, "Content-Type"), or NULL. */
 const http_header_t *http_find_header(const http_header_t *h, size_t n, const char *name);
 
 /* Does the comma-separated header value contain `token` (case-insensitive)? */
