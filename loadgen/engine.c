@@ -185,17 +185,15 @@ static void conn_close(loop_t *l, conn_t *c, int cls, const char *text)
     /* The run is ending: what is still in flight (cut off by the end, or
      * timed out past the window, where no error counts) is reported apart
      * (lg_stats_t.unfinished), so that no request vanishes unreported. */
-    if (!counted && (l->stopping || l->now >= l->run->end_us)) {
-        for (unsigned i = 0; i < c->count; i++) {
-            int64_t age = l->now - c->ring[(c->head + i) % l->o->pipeline].intended_us;
+    int ending = !counted && (l->stopping || l->now >= l->run->end_us);
+    for (unsigned i = 0; i < c->count; i++) {
+        const slot_t *s = &c->ring[(c->head + i) % l->o->pipeline];
+        if (ending) {
             st->unfinished++;
-            if (age > st->unfinished_oldest_us)
-                st->unfinished_oldest_us = age;
+            if (l->now - s->intended_us > st->unfinished_oldest_us)
+                st->unfinished_oldest_us = l->now - s->intended_us;
         }
-    }
-    if (l->w->incr_keys) {
-        for (unsigned i = 0; i < c->count; i++) {
-            const slot_t *s = &c->ring[(c->head + i) % l->o->pipeline];
+        if (l->w->incr_keys) {
             st->unacked[s->key] += s->value;
             st->unacked_requests++;
         }
