@@ -13,7 +13,9 @@
  *     heads (hop-by-hop fields out, Via and X-Forwarded-For in) and bodies
  *     -> the upstream; the upstream -> answers, likewise -> the client.
  *     Pipelined requests go on, in order, on the borrowed connection, so
- *     their answers come back in order;
+ *     their answers come back in order; behind a long answer, a near
+ *     upstream gets the next one only once that answer is in, so that one
+ *     client's answers do not go out in one burst ahead of the others';
  *   - backpressure: each buffer has a ceiling, and a side is read only
  *     while the buffer its bytes go to has room, so a slow client slows its
  *     upstream's reading (TCP does the rest), not the proxy's memory;

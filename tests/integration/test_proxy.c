@@ -60,6 +60,7 @@ enum fake_mode {
     F_DIE_ON_SECOND, /* answers a connection's first request, closes on reading its second */
     F_BIG_HEAD,      /* answers "ok\n" with a head of PAD_LEN bytes and more */
     F_RAW,           /* answers each request with the bytes of fake.raw, whatever they are */
+    F_LONG,          /* answers LONG_BODY bytes, the last after SETTLE ms (see fake_long_answer) */
 };
 
 #define FAKE_CONNS    256
@@ -67,6 +68,7 @@ enum fake_mode {
 #define FAKE_POLL_MS  20
 #define HALF_ANNOUNCE 100000 /* F_HALF's Content-Length; it sends half */
 #define PAD_LEN       6000   /* F_BIG_HEAD's X-Pad value: a head over 4 KiB, under 8 KiB */
+#define LONG_BODY     65536  /* F_LONG's answers: long enough for the proxy to call them long */
 
 struct fake;
 
@@ -90,6 +92,7 @@ struct fake {
     int bodies;      /* requests received whole, head and body */
     int open;        /* connections open now */
     int bad;         /* what the proxy sent did not parse, or too many connections */
+    int early;       /* F_LONG: requests that came before the answer ahead of them was sent */
     const char *raw; /* F_RAW's answer, set by the test (atomically) */
 };
 
@@ -215,6 +218,27 @@ static int fake_answer(struct fake *f, int fd, const char *buf, size_t hl, size_
     return rc ? rc : fake_send(f, fd, buf, hl + body);
 }
 
+/* F_LONG's answer to a request, rest bytes of buf having come after it:
+ * LONG_BODY bytes, the last held back for SETTLE ms. A request behind this
+ * one that came before that byte was sent on while this answer was not
+ * in: it counts in early. */
+static int fake_long_answer(struct fake *f, int fd, size_t rest)
+{
+    char head[96], *body = malloc(LONG_BODY);
+    int n = snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", LONG_BODY);
+    if (!body)
+        return -ENOMEM;
+    memset(body, 'l', LONG_BODY);
+    int rc = fake_send(f, fd, head, (size_t)n);
+    rc = rc ? rc : fake_send(f, fd, body, LONG_BODY - 1);
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    if (rc == 0 && (rest > 0 || poll(&pf, 1, SETTLE) > 0))
+        inc(&f->early, 1);
+    rc = rc ? rc : fake_send(f, fd, body + LONG_BODY - 1, 1);
+    free(body);
+    return rc;
+}
+
 /* Read on until the proxy closes or the fake stops, dropping what comes. */
 static void fake_drain(struct fake *f, int fd, char **buf, size_t *cap)
 {
@@ -308,7 +332,8 @@ static void *fake_conn_main(void *arg)
         if (!whole)
             break;
         inc(&f->bodies, 1);
-        if (fake_answer(f, fd, buf, (size_t)hl, body) < 0)
+        if ((f->mode == F_LONG ? fake_long_answer(f, fd, len - (size_t)hl - raw)
+                               : fake_answer(f, fd, buf, (size_t)hl, body)) < 0)
             break;
         served++;
         len -= (size_t)hl + raw;
@@ -1687,6 +1712,36 @@ static void test_near_upstream_rcvbuf(void **state)
     close(fd);
 }
 
+/* Behind a long answer, a near upstream gets the next request only once
+ * that answer is in, however deep the client pipelines: no client's answers
+ * leave the upstream in one burst ahead of the other clients'. */
+static void test_near_upstream_long_answers_one_by_one(void **state)
+{
+    struct px *s = px(state);
+    enum { PIPELINED = 3 };
+    start_fake(s, F_LONG, NULL, NULL, NULL, NULL);
+    int fd = tconn_must(s->port);
+    for (int round = 0; round < 2; round++) { /* the first teaches the proxy: long answers */
+        int n = round ? PIPELINED : 1;
+        for (int i = 0; i < n; i++)
+            send_str(fd, "GET /long HTTP/1.1\r\nHost: t\r\n\r\n");
+        for (int i = 0; i < n; i++) {
+            thttp_resp_t r = {0};
+            int rc = thttp_read(fd, &r, 0, T);
+            if (rc < 0 || r.status != 200 || r.body_len != LONG_BODY)
+                fail_msg("long answer %d of %d: %d, %zu bytes (%s)", i + 1, n, r.status, r.body_len,
+                         rc < 0 ? strerror(-rc) : "read");
+            thttp_free(&r);
+        }
+    }
+    assert_int_equal(ld(&s->fake->requests), 1 + PIPELINED);
+    if (ld(&s->fake->early) != 0)
+        fail_msg("%d of %d pipelined requests reached the upstream before the long answer ahead "
+                 "of them was in",
+                 ld(&s->fake->early), PIPELINED);
+    close(fd);
+}
+
 static void test_backpressure(void **state)
 {
     struct px *s = px(state);
@@ -1960,6 +2015,7 @@ int main(void)
         TEST(test_client_abort),
         TEST(test_backpressure),
         TEST(test_near_upstream_rcvbuf),
+        TEST(test_near_upstream_long_answers_one_by_one),
         TEST(test_idle_gives_back_pipe),
         TEST(test_descriptor_budget),
         TEST(test_default_cap_copying),
