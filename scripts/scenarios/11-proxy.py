@@ -39,13 +39,15 @@ PART:
 At 20 ms, c64 points sit at the links' ceiling (64 requests per round
 trip), and what moved them between runs was where the emulator of the 0 ms
 client link ran (bin/world-link, SCHED_FIFO, placed by the scheduler). On
-the proxies' CPU, it made server-proxy's p50 21.5-22.4 ms against HAProxy's
-20.4-20.7 in the same world (nginx was like ours); moved to the other CPU
-(taskset, between runs), 20.35-20.48, and back, 21.6 again. Why HAProxy does
-not mind was not found. Pinning every link off the proxies' CPU raised each
-proxy's CPU per request on this VM, whose idle CPUs halt (server-proxy's for
-GET /: 19-26 us against 9-15), so the links stay where the scheduler puts
-them: req/s over the best anchor at 20ms-hello-c64 was 0.94-1.02 run to run.
+the proxies' CPU, each answer a proxy writes wakes it at once, and a burst
+of 64 answers took server-proxy 1.3 ms; the clients' next requests waited
+for the burst's end and left together, keeping the clients in lockstep:
+p50 21.5-22.4 ms against HAProxy's 20.4-20.7 (nginx was like ours). Since
+server-proxy serves a new request within a burst (servers/proxy.c's
+catch_up), 20.5-20.9 ms there, as HAProxy. Pinning every link off the
+proxies' CPU raised each proxy's CPU per request on this VM, whose idle CPUs
+halt (server-proxy's for GET /: 19-26 us against 9-15), so the links stay
+where the scheduler puts them.
 
 The world parts need root, network namespaces and TUN; without them, and
 without bin/server-proxy, nginx or haproxy, the variants are results with

@@ -1422,6 +1422,13 @@ void relay_event(relay_loop_t *L, void *ptr, unsigned ev)
     }
 }
 
+int relay_starts(const void *ptr)
+{
+    const end_t *e = ptr;
+    const conn_t *c = ptr; /* a client's end comes first in its conn_t */
+    return e->kind == K_CLIENT && c->qlen == 0 && c->fwd == F_HEAD;
+}
+
 int relay_timeout(const relay_loop_t *L)
 {
     return timers_timeout(&L->timers, time_now_ms());

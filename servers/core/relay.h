@@ -40,6 +40,11 @@ void relay_accept(relay_loop_t *L, int fd);
 /* epoll reported `events` for ptr, a socket the relay registered. */
 void relay_event(relay_loop_t *L, void *ptr, unsigned events);
 
+/* Is ptr, a socket the relay registered, a client with nothing in flight:
+ * would its event start a request? Such an event may be served ahead of
+ * older ones (servers/proxy.c's catch_up). */
+int relay_starts(const void *ptr);
+
 /* How long L may wait (ms, -1 = forever): until its next deadline. */
 int relay_timeout(const relay_loop_t *L);
 
