@@ -1712,6 +1712,33 @@ static void test_near_upstream_rcvbuf(void **state)
     close(fd);
 }
 
+/* More clients than a wait of the loop takes events at once (256), all
+ * asking at once, three times: every answer comes. Within a batch, the
+ * loop serves some events ahead of others (catch_up); none may be lost. */
+static void test_more_clients_than_a_batch(void **state)
+{
+    struct px *s = px(state);
+    enum { CLIENTS = 400, ROUNDS = 3 };
+    start_real(s, "1");
+    int fds[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++)
+        fds[i] = tconn_must(s->port);
+    for (int r = 0; r < ROUNDS; r++) {
+        for (int i = 0; i < CLIENTS; i++)
+            send_str(fds[i], "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+        for (int i = 0; i < CLIENTS; i++) {
+            thttp_resp_t a = {0};
+            int rc = thttp_read(fds[i], &a, 0, T);
+            if (rc < 0 || a.status != 200 || strcmp(a.body, HELLO_BODY) != 0)
+                fail_msg("round %d, client %d of %d: %d %s", r + 1, i + 1, CLIENTS, a.status,
+                         rc < 0 ? strerror(-rc) : a.body);
+            thttp_free(&a);
+        }
+    }
+    for (int i = 0; i < CLIENTS; i++)
+        close(fds[i]);
+}
+
 /* Behind a long answer, a near upstream gets the next request only once
  * that answer is in, however deep the client pipelines: no client's answers
  * leave the upstream in one burst ahead of the other clients'. */
@@ -1997,6 +2024,7 @@ int main(void)
         TEST(test_stream_bodies),
         TEST(test_stream_bodies_spliced),
         TEST(test_pipelined),
+        TEST(test_more_clients_than_a_batch),
         TEST(test_http10_and_close),
         TEST(test_forwarded_headers),
         TEST(test_request_bodies),
