@@ -83,8 +83,10 @@ static void accept_all(loop_t *L)
  * A client's next request, come meanwhile, waited for the burst's end and
  * went on with the others': 64 closed-loop clients stayed in lockstep, each
  * request waiting for the others' answers (bench's 20ms-1k-c64, that CPU
- * placement, 3 rounds: p50 21.5-22.4 ms and 2,859-3,015 req/s; served at
- * once, 20.6-20.7 ms and 3,085-3,099, HAProxy 20.6-20.7 and 3,089-3,101).
+ * placement, 3 rounds: p50 21.9-22.0 ms and 2,901-2,949 req/s; served at
+ * once, 20.6-20.9 ms and 3,038-3,095, HAProxy 20.5-20.9 and 3,082-3,119).
+ * Between two looks, 8 events: looking after each 2 or 4 did no better
+ * there, and costs a system call more per few events on a busy loop.
  * Only requests go first: taking every new event first kept a pipelining
  * client's older events waiting (loopback, 16 pipelined: p99 1.7-2.5 ms
  * against 1.3). */

@@ -939,10 +939,10 @@ static int relay(conn_t *c)
  * a fixed receive buffer. Autotuned, a pooled connection that carries
  * long answers back to back grew to tcp_rmem's maximum (32 MiB here): 64
  * clients x 16 pipelined 1 MiB answers went at 1.2k a second, loadgen
- * paying 353-367 us an answer;
- * with this, 1.7-2.4k and 196-308 us (2 rounds). Set once connected: set
- * before, it would also shrink the window scale of the handshake, and no
- * far upstream could get a large window (set before, on loopback: 2.6-2.9k).
+ * paying 353-367 us an answer; with this, 1.7-2.4k and 196-308 us (2
+ * rounds). Set once connected: set before, it would also shrink the window
+ * scale of the handshake, and no far upstream could get a large window (set
+ * before, on loopback: 2.6-2.9k).
  * 256 KiB still lets one connection carry 2 Gbit/s at 1 ms. A far upstream
  * keeps the autotuning: its window must cover the round trip (256 KiB at
  * 20 ms would cap an answer at 13 MB/s). Best effort: left autotuned, the
