@@ -33,6 +33,12 @@ PART:
         emulator busy (0.7 to 0.9 of a core), which then decides the figures,
         and a 1 s run may see no answer at all.
   q0.5  the same over links of 0 ms, the proxy host under a 0.5-CPU quota
+        (periods of 100 ms). Each proxy's run says in how many periods the
+        quota stopped it (`throttled_periods`): on 2 cores, few or none at
+        c64, the emulators, the upstream and loadgen filling the machine
+        before a proxy reaches its half core (the host at 0.42 of a core
+        behind server-proxy, 0.43-0.44 behind HAProxy, for GET /): those
+        points compare proxies that share their CPU with a link's emulator.
 --quick: hello only, 0ms at c64 and pipelined, 20ms and q0.5 at c64: about
 30 s. Without --quick, 16 points: about 8 minutes with server-proxy built.
 
@@ -78,7 +84,7 @@ COLUMNS = [
     ("p99 us", "*", "p99_us"), ("errors", "*", "errors"),
     ("CPU/best anchor", "*", "cpu_to_best_anchor"), ("req/s / best anchor", "*", "rps_to_best_anchor"),
     ("p99/best anchor", "*", "p99_to_best_anchor"),
-    ("link CPU", "*", "link_cpu"),
+    ("link CPU", "*", "link_cpu"), ("quota stops", "*", "throttled_periods"),
 ]
 BEST = (6, "min")  # the point where server-proxy's CPU per request is furthest below the anchors'
 VARIANTS = ("direct", "proxy", "proxy-nopool", "nginx", "haproxy")
@@ -220,8 +226,13 @@ def side_by_side(bench, servers, point, path, shape, client, hgrm):
 
         def go(rnd):
             h = bench.tmp / f"{NAME}-{name}-{point}-{rnd}.hgrm" if hgrm else None
-            return bench.loadgen(args + [bench.url(srv, path)], srv, budget=bench.tp_dur * 3 + 40, hgrm=h,
-                                 client=client), h
+            quota = srv.host.limits["cpu_quota"] if srv.host else None
+            throttled = srv.host.throttled() if quota else None
+            run = bench.loadgen(args + [bench.url(srv, path)], srv, budget=bench.tp_dur * 3 + 40, hgrm=h,
+                                client=client)
+            if quota:  # did the quota bind at all?
+                run["scenario_figures"] = {"throttled_periods": srv.host.throttled() - throttled}
+            return run, h
         return go
     got = bench.alternate({name: job(name) for name in servers})
     recs = {name: bench.keep_median(name, NAME, point, tries) for name, tries in got.items()}

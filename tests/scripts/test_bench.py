@@ -505,6 +505,10 @@ class Proxy(unittest.TestCase):
                 if point.startswith("0ms"):
                     self.assertGreater(f["server_cpu_per_req_us"], 0, (v, point))
                 self.assertLessEqual(f["p50_us"], f["p99_us"], (v, point))
+                if point.startswith("q0.5"):
+                    # the quota's host is the proxy's: direct has none
+                    self.assertEqual("throttled_periods" in f, v != "direct", (v, point))
+                    self.assertGreaterEqual(f.get("throttled_periods", 0), 0, (v, point))
                 if point.startswith("20ms"):
                     # every variant crosses the 20 ms link once per request at least
                     self.assertGreaterEqual(f["p50_us"], 19000, (v, point))
