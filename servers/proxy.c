@@ -76,6 +76,8 @@ static void accept_all(loop_t *L)
 /* Within a batch of *n events: take those that came since it was taken.
  * A client's that starts a request is served now; the others join the
  * batch's end (the wait takes no more than the batch has room for).
+ * Returns how many were served: a look that served none is the batch's
+ * last (see loop_main).
  *
  * Why: behind a far upstream, answers come in bursts, and a burst of 64
  * took the loop 1.3 ms when the client link's emulator shared its CPU (each
@@ -90,17 +92,21 @@ static void accept_all(loop_t *L)
  * Only requests go first: taking every new event first kept a pipelining
  * client's older events waiting (loopback, 16 pipelined: p99 1.7-2.5 ms
  * against 1.3). */
-static void catch_up(relay_loop_t *R, struct epoll_event *evs, int *n)
+static int catch_up(relay_loop_t *R, struct epoll_event *evs, int *n)
 {
     int base = *n, m = BATCH - base > 0 ? epoll_wait(R->ep, evs + base, BATCH - base, 0) : 0;
+    int served = 0;
     for (int j = 0; j < m; j++) { /* *n <= base + j: no event is overwritten before it is read */
         struct epoll_event ev = evs[base + j];
         void *p = ev.data.ptr;
-        if (p != &listener && p != &stopper && relay_starts(p))
+        if (p != &listener && p != &stopper && relay_starts(p)) {
             relay_event(R, p, ev.events);
-        else
+            served++;
+        } else {
             evs[(*n)++] = ev;
+        }
     }
+    return served;
 }
 
 /* One loop: the epoll design's, over the listener, the stop, and the
@@ -125,6 +131,12 @@ static void *loop_main(void *arg)
             timeout = 100;
         int n = epoll_wait(R->ep, evs, BATCH, timeout);
         time_update();
+        /* Looking again pays while it finds requests: behind a far
+         * upstream's 64 KiB answers most looks found only the answers'
+         * events, and looking on cost 87 us of CPU an answer against 81
+         * without looks; stopping at the first fruitless one, 83 (medians
+         * of 5 alternating rounds), and 20ms-1k-c64 kept its gain. */
+        int looking = 1;
         for (int i = 0; i < n; i++) {
             void *p = evs[i].data.ptr;
             if (p == &listener) {
@@ -139,8 +151,8 @@ static void *loop_main(void *arg)
             } else {
                 relay_event(R, p, evs[i].events);
             }
-            if ((i + 1) % CATCH_UP_N == 0 && i + 1 < n)
-                catch_up(R, evs, &n);
+            if (looking && (i + 1) % CATCH_UP_N == 0 && i + 1 < n)
+                looking = catch_up(R, evs, &n) > 0;
         }
         relay_timers(R);
     }
