@@ -23,7 +23,19 @@ alone, or the upstream's for direct.
 
 A point is PART-BODY-SHAPE. BODY: GET / (`hello`, 13 bytes), or
 /stream?n=N of 1 KiB, 64 KiB, 1 MiB (`1k`, `64k`, `1m`). SHAPE: 64
-connections closed loop (`c64`) or 16 requests in flight on each (`pipe16`).
+connections closed loop (`c64`) or 16 requests in flight on each (`pipe16`),
+or open loop at one rate for all (`rate`, hello only, right after each
+part's hello-c64): 0.6 of the lowest req/s server-proxy, nginx and HAProxy
+had there (`target_rps`), which each of them holds, and which leaves the
+core loadgen shares with the upstream some room (at 0.8 it was full, on
+loopback, and so the queue before it). Its p99 is the one that
+compares latency: in a closed loop a faster proxy answers more requests a
+second, and the cores it shares with loadgen, the upstream and the links
+queue more of them; and latencies are measured from each intended send
+(loadgen's -R), so a proxy that stalls is not excused by the requests it
+held back. (q0.5, GET /: server-proxy's closed-loop p99 3.2-3.7 ms against
+HAProxy's 2.6-3.8 at 36k against 31-33k req/s; open loop at 25k, 1.7 ms
+against 4.4, and at 30k, 2.9 ms against 30, HAProxy no longer holding it.)
 PART:
   0ms   on loopback: every body, both shapes
   20ms  hosts (scripts/world.py) client, proxy and upstream: client to proxy
@@ -39,8 +51,9 @@ PART:
         before a proxy reaches its half core (the host at 0.42 of a core
         behind server-proxy, 0.43-0.44 behind HAProxy, for GET /): those
         points compare proxies that share their CPU with a link's emulator.
---quick: hello only, 0ms at c64 and pipelined, 20ms and q0.5 at c64: about
-30 s. Without --quick, 16 points: about 8 minutes with server-proxy built.
+Every part also has hello-rate. --quick: hello only, 0ms at c64 and
+pipelined, 20ms and q0.5 at c64: about 45 s. Without --quick, 19 points:
+about 9 minutes with server-proxy built (3 rounds).
 
 At 20 ms, c64 points sit at the links' ceiling (64 requests per round
 trip), and what moved them between runs was where the emulator of the 0 ms
@@ -63,8 +76,8 @@ does not run (a result with the reason). --designs does not apply.
 The rows of proxy and proxy-nopool add their req/s over the best anchor's
 and their CPU per request over the best anchor's at the same point (the
 issue's goals: at least 1 and at most 0.8), and their p99 over the best
-anchor's (the goal: at most 1); CPU per request and p99 are each the
-median of the variant's rounds. summary.json's anchor_configs holds the exact
+anchor's (the goal: at most 1, at the rate points); CPU per request and
+p99 are each the median of the variant's rounds. summary.json's anchor_configs holds the exact
 configuration of every anchor (and server-proxy's command line) by part.
 """
 
@@ -85,11 +98,13 @@ COLUMNS = [
     ("CPU/best anchor", "*", "cpu_to_best_anchor"), ("req/s / best anchor", "*", "rps_to_best_anchor"),
     ("p99/best anchor", "*", "p99_to_best_anchor"),
     ("link CPU", "*", "link_cpu"), ("quota stops", "*", "throttled_periods"),
+    ("target req/s", "*", "target_rps"),
 ]
 BEST = (6, "min")  # the point where server-proxy's CPU per request is furthest below the anchors'
 VARIANTS = ("direct", "proxy", "proxy-nopool", "nginx", "haproxy")
 BODIES = {"hello": "/", "1k": "/stream?n=1024", "64k": "/stream?n=65536", "1m": "/stream?n=1048576"}
 PIPELINE = 16
+RATE_SHARE = 0.6  # the rate points' open-loop rate: this share of the slowest proxy's hello-c64 req/s
 RTT_MS = 20
 QUOTA = 0.5
 
@@ -152,8 +167,12 @@ def run(bench, designs):
                 continue
             servers = start(bench, stack, part, variants, proxy_host, upstream_host)
             for body, shape in points:
-                side_by_side(bench, servers, f"{part}-{body}-{shape}", BODIES[body], shape, client,
-                             hgrm=(body, shape) == ("hello", "c64"))
+                recs = side_by_side(bench, servers, f"{part}-{body}-{shape}", BODIES[body], shape, client,
+                                    hgrm=(body, shape) == ("hello", "c64"))
+                rate = equal_rate(recs) if (body, shape) == ("hello", "c64") else None
+                if rate:
+                    side_by_side(bench, servers, f"{part}-hello-rate", BODIES["hello"], "rate", client,
+                                 hgrm=False, rate=rate)
 
 
 def hosts(bench, part, rtt, quota):
@@ -213,12 +232,24 @@ def start(bench, stack, part, variants, proxy_host, upstream_host):
     return servers
 
 
-def side_by_side(bench, servers, point, path, shape, client, hgrm):
+def equal_rate(recs):
+    """The open-loop rate of a part's rate point: RATE_SHARE of the lowest
+    req/s of server-proxy, nginx and HAProxy at hello-c64 (their kept runs),
+    a rate each of them holds; None when none of them ran."""
+    rates = [recs[v]["figures"].get("rps") for v in ("proxy", *anchors.KINDS) if recs.get(v)]
+    rates = [r for r in rates if r]
+    return int(RATE_SHARE * min(rates)) if rates else None
+
+
+def side_by_side(bench, servers, point, path, shape, client, hgrm, rate=None):
     """One point through every variant in alternating rounds, each one's
-    median run kept; then server-proxy's figures over the anchors'."""
+    median run kept; then server-proxy's figures over the anchors'. With a
+    rate, open loop at that rate. Returns variant -> record (None: failed)."""
     extra = ["--warmup", "0.2s", "--timeout", "10s"]
     if shape == "pipe16":
         extra += ["--pipeline", str(PIPELINE)]
+    if rate:
+        extra += ["-R", str(rate)]
     args = bench.base(64, extra, dur=bench.tp_dur)
 
     def job(name):
@@ -236,7 +267,12 @@ def side_by_side(bench, servers, point, path, shape, client, hgrm):
         return go
     got = bench.alternate({name: job(name) for name in servers})
     recs = {name: bench.keep_median(name, NAME, point, tries) for name, tries in got.items()}
+    if rate:
+        for rec in recs.values():
+            if rec:
+                rec["figures"]["target_rps"] = rate
     to_anchors(recs)
+    return recs
 
 
 def to_anchors(recs):

@@ -486,12 +486,12 @@ class Proxy(unittest.TestCase):
         else:  # said so, not failed
             for v in ("proxy", "proxy-nopool"):
                 self.assertIn("not built", runs[(v, "-")]["reason"])
-        points = ["0ms-hello-c64", "0ms-hello-pipe16"]
+        points = ["0ms-hello-c64", "0ms-hello-pipe16", "0ms-hello-rate"]
         if WORLD_WHY:
             for v in variants:
                 self.assertTrue(runs[(v, "20ms")]["reason"].startswith("skipped: "), runs[(v, "20ms")])
         else:
-            points += ["20ms-hello-c64", "q0.5-hello-c64"]
+            points += ["20ms-hello-c64", "q0.5-hello-c64", "20ms-hello-rate", "q0.5-hello-rate"]
         for v in variants:
             for point in points:
                 r = runs.get((v, point))
@@ -516,6 +516,15 @@ class Proxy(unittest.TestCase):
                     self.assertGreaterEqual(f["link_tun_drops"], 0)
             if v.startswith("proxy"):
                 self.assertIn("cpu_to_best_anchor", runs[(v, "0ms-hello-c64")]["figures"])
+        # Every variant of a rate point ran open loop at one rate: 0.6 of the
+        # slowest proxy's hello-c64 req/s, which direct, closed, would pass.
+        for part in [p.removesuffix("-hello-rate") for p in points if p.endswith("-rate")]:
+            closed = [runs[(v, f"{part}-hello-c64")]["figures"]["rps"] for v in ("proxy", "nginx", "haproxy")
+                      if (v, f"{part}-hello-c64") in runs]
+            for v in variants:
+                f = runs[(v, f"{part}-hello-rate")]["figures"]
+                self.assertEqual(f["target_rps"], int(0.6 * min(closed)), (v, part))
+                self.assertLessEqual(f["rps"], 1.05 * f["target_rps"], (v, part))
         configs = summary["anchor_configs"]
         for text in ("master_process off;", "access_log off;", "keepalive 64;",
                      "proxy_http_version 1.1;", 'proxy_set_header Connection "";'):
