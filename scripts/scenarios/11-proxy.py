@@ -33,9 +33,10 @@ compares latency: in a closed loop a faster proxy answers more requests a
 second, and the cores it shares with loadgen, the upstream and the links
 queue more of them; and latencies are measured from each intended send
 (loadgen's -R), so a proxy that stalls is not excused by the requests it
-held back. (q0.5, GET /: server-proxy's closed-loop p99 3.2-3.7 ms against
-HAProxy's 2.6-3.8 at 36k against 31-33k req/s; open loop at 25k, 1.7 ms
-against 4.4, and at 30k, 2.9 ms against 30, HAProxy no longer holding it.)
+held back. (q0.5, GET /, 4-6 alternating rounds: server-proxy's
+closed-loop p99 3.2-3.7 ms against HAProxy's 2.6-3.8, at 36k req/s against
+31-33k; open loop, at 16.7k 0.54 ms against 1.2 (nginx 1.9), at 25k 1.7
+against 4.4, at 30k 2.9 against 30, HAProxy no longer holding that rate.)
 PART:
   0ms   on loopback: every body, both shapes
   20ms  hosts (scripts/world.py) client, proxy and upstream: client to proxy
@@ -77,8 +78,9 @@ The rows of proxy and proxy-nopool add their req/s over the best anchor's
 and their CPU per request over the best anchor's at the same point (the
 issue's goals: at least 1 and at most 0.8), and their p99 over the best
 anchor's (the goal: at most 1, at the rate points); CPU per request and
-p99 are each the median of the variant's rounds. summary.json's anchor_configs holds the exact
-configuration of every anchor (and server-proxy's command line) by part.
+p99 are each the median of the variant's rounds. summary.json's
+anchor_configs holds the exact configuration of every anchor (and
+server-proxy's command line) by part.
 """
 
 import contextlib

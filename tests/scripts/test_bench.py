@@ -524,7 +524,7 @@ class Proxy(unittest.TestCase):
             for v in variants:
                 f = runs[(v, f"{part}-hello-rate")]["figures"]
                 self.assertEqual(f["target_rps"], int(0.6 * min(closed)), (v, part))
-                self.assertLessEqual(f["rps"], 1.05 * f["target_rps"], (v, part))
+                self.assertLessEqual(f["rps"], 1.2 * f["target_rps"], (v, part))  # closed loop: 1/0.6 of it or more
         configs = summary["anchor_configs"]
         for text in ("master_process off;", "access_log off;", "keepalive 64;",
                      "proxy_http_version 1.1;", 'proxy_set_header Connection "";'):
