@@ -26,9 +26,9 @@ A point is PART-BODY-SHAPE. BODY: GET / (`hello`, 13 bytes), or
 connections closed loop (`c64`) or 16 requests in flight on each (`pipe16`),
 or open loop at one rate for all (`rate`, hello only, right after each
 part's hello-c64): 0.6 of the lowest req/s server-proxy, nginx and HAProxy
-had there (`target_rps`), which each of them holds, and which leaves the
-core loadgen shares with the upstream some room (at 0.8 it was full, on
-loopback, and so the queue before it). Its p99 is the one that
+had there (`target_rps`): a rate each of them holds, and which leaves
+room on the core loadgen shares with the upstream (at 0.8, on loopback,
+that core was full, and its queue made the p99s). Its p99 is the one that
 compares latency: in a closed loop a faster proxy answers more requests a
 second, and the cores it shares with loadgen, the upstream and the links
 queue more of them; and latencies are measured from each intended send
