@@ -93,6 +93,6 @@ def run(bench, designs):
             for name in jobs}
     for mode in MODES:
         if recs.get(mode):
-            recs[mode]["figures"]["cpu_to_get"] = H.round_ratio(got, mode, GET, "server_cpu_per_req_us")
+            recs[mode]["figures"]["cpu_to_get"] = H.round_ratio(got, mode, [GET], "server_cpu_per_req_us")
     if recs.get("durable"):
-        recs["durable"]["figures"]["to_buffered"] = H.round_ratio(got, "durable", "buffered", "rps")
+        recs["durable"]["figures"]["to_buffered"] = H.round_ratio(got, "durable", ["buffered"], "rps")

@@ -78,9 +78,9 @@ The rows of proxy and proxy-nopool add their req/s over the best anchor's
 and their CPU per request over the best anchor's at the same point (the
 issue's goals: at least 1 and at most 0.8), and their p99 over the best
 anchor's (the goal: at most 1, at the rate points); each ratio is taken
-against each anchor round by round, the median over the rounds
-(harness.round_ratio: this machine's speed drifts, a round's runs are
-seconds apart), and the one against the better anchor kept. summary.json's
+round by round, against the better of nginx and HAProxy in that round,
+and is the median over the rounds (harness.round_ratio: this machine's
+speed drifts, a round's runs are seconds apart). summary.json's
 anchor_configs holds the exact configuration of every anchor (and
 server-proxy's command line) by part.
 """
@@ -279,19 +279,17 @@ def side_by_side(bench, servers, point, path, shape, client, hgrm, rate=None):
 
 
 def to_anchors(recs, got):
-    """server-proxy's req/s, CPU per request and p99 over each anchor's,
-    each the median over rounds of the ratio within a round (got:
-    bench.alternate's); of the two anchors', the one against the better
-    anchor (the lower req/s ratio, the higher CPU and p99 ratios) goes into
-    its record's figures. Not against the better anchor of each round:
-    the lower of two noisy p99s is biased low."""
+    """server-proxy's req/s, CPU per request and p99 over the best anchor's
+    (the higher req/s, the lower CPU and p99), each the median over rounds
+    of its run's figure over the best of the anchors' runs in the same round
+    (got: bench.alternate's), into its record's figures."""
     kinds = [k for k in anchors.KINDS if k in got]
     for v in ("proxy", "proxy-nopool"):
-        if not recs.get(v):
+        if not recs.get(v) or not kinds:
             continue
-        for key, figure, worst in (("rps_to_best_anchor", "rps", min),
-                                   ("cpu_to_best_anchor", "server_cpu_per_req_us", max),
-                                   ("p99_to_best_anchor", "p99_us", max)):
-            ratios = [r for r in (H.round_ratio(got, v, k, figure) for k in kinds) if r is not None]
-            if ratios:
-                recs[v]["figures"][key] = worst(ratios)
+        for key, figure, best in (("rps_to_best_anchor", "rps", max),
+                                  ("cpu_to_best_anchor", "server_cpu_per_req_us", min),
+                                  ("p99_to_best_anchor", "p99_us", min)):
+            ratio = H.round_ratio(got, v, kinds, figure, best)
+            if ratio is not None:
+                recs[v]["figures"][key] = ratio
