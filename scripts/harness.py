@@ -17,7 +17,6 @@ import re
 import resource
 import shutil
 import signal
-import statistics
 import sqlite3
 import subprocess
 import sys
@@ -425,26 +424,6 @@ def figures(run, duration=None):
             "threads_max": srv.get("threads_max"),
         })
     return f
-
-
-def round_ratio(got, a, bs, figure, best=min):
-    """The median over rounds of a's figure over the best (min or max) of
-    bs' in the same round (got: a bench's alternate(), name -> runs in round
-    order), over the rounds where a and one of bs ran and that best is not
-    0; None without such a round. A round's runs are seconds apart: this
-    machine's speed drifts over tens of seconds, for every process at once
-    (loadgen's own CPU per request 5.9 us in some rounds, 7.4-8.1 in
-    others), and a ratio within rounds cancels what a ratio of medians
-    keeps (server-proxy's CPU per GET / over HAProxy's, 8 alternating
-    rounds: 0.80 within rounds, 0.88 from the medians)."""
-    ratios = []
-    for i, (ra, _) in enumerate(got[a]):
-        theirs = [got[b][i][0] for b in bs if i < len(got[b])]
-        ys = [y for y in (figures(r).get(figure) for r in theirs if isinstance(r, dict)) if y is not None]
-        x = figures(ra).get(figure) if isinstance(ra, dict) else None
-        if x is not None and ys and best(ys):
-            ratios.append(x / best(ys))
-    return statistics.median(ratios) if ratios else None
 
 
 def tenant_metrics(port, tenant):

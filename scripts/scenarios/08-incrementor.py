@@ -16,6 +16,7 @@ A round whose database differs from the acknowledged sums fails its mode,
 whatever the other rounds say."""
 
 import json
+import statistics
 
 import harness as H
 
@@ -38,6 +39,19 @@ GET = "GET /"
 def row(run):
     """A row per mode (the point: buffered, durable), and epoll's GET /."""
     return f"{run['design']} {run['point']}"
+
+
+def round_ratio(got, a, b, figure):
+    """The median over rounds of a's figure over b's, in the rounds where
+    both ran and b's is not 0 (got: bench.alternate's, name -> runs in
+    round order); None without such a round."""
+    ratios = []
+    for (ra, _), (rb, _) in zip(got[a], got[b]):
+        if isinstance(ra, dict) and isinstance(rb, dict):
+            x, y = H.figures(ra).get(figure), H.figures(rb).get(figure)
+            if x is not None and y:
+                ratios.append(x / y)
+    return statistics.median(ratios) if ratios else None
 
 
 def post_job(bench, exe, mode):
@@ -93,6 +107,6 @@ def run(bench, designs):
             for name in jobs}
     for mode in MODES:
         if recs.get(mode):
-            recs[mode]["figures"]["cpu_to_get"] = H.round_ratio(got, mode, [GET], "server_cpu_per_req_us")
+            recs[mode]["figures"]["cpu_to_get"] = round_ratio(got, mode, GET, "server_cpu_per_req_us")
     if recs.get("durable"):
-        recs["durable"]["figures"]["to_buffered"] = H.round_ratio(got, "durable", ["buffered"], "rps")
+        recs["durable"]["figures"]["to_buffered"] = round_ratio(got, "durable", "buffered", "rps")

@@ -77,15 +77,14 @@ does not run (a result with the reason). --designs does not apply.
 The rows of proxy and proxy-nopool add their req/s over the best anchor's
 and their CPU per request over the best anchor's at the same point (the
 issue's goals: at least 1 and at most 0.8), and their p99 over the best
-anchor's (the goal: at most 1, at the rate points); each ratio is taken
-round by round, against the better of nginx and HAProxy in that round,
-and is the median over the rounds (harness.round_ratio: this machine's
-speed drifts, a round's runs are seconds apart). summary.json's
+anchor's (the goal: at most 1, at the rate points); CPU per request and
+p99 are each the median of the variant's rounds. summary.json's
 anchor_configs holds the exact configuration of every anchor (and
 server-proxy's command line) by part.
 """
 
 import contextlib
+import statistics
 
 import anchors
 import harness as H
@@ -274,22 +273,40 @@ def side_by_side(bench, servers, point, path, shape, client, hgrm, rate=None):
         for rec in recs.values():
             if rec:
                 rec["figures"]["target_rps"] = rate
-    to_anchors(recs, got)
+    to_anchors(recs)
     return recs
 
 
-def to_anchors(recs, got):
-    """server-proxy's req/s, CPU per request and p99 over the best anchor's
-    (the higher req/s, the lower CPU and p99), each the median over rounds
-    of its run's figure over the best of the anchors' runs in the same round
-    (got: bench.alternate's), into its record's figures."""
-    kinds = [k for k in anchors.KINDS if k in got]
+def to_anchors(recs):
+    """server-proxy's req/s over the best anchor's (the higher), from the
+    kept runs (each the median by req/s); its CPU per request and its p99
+    over the best anchor's (the lower), each the median of its rounds': the
+    kept run's CPU per request and p99 are one round's, which on a shared
+    machine swing by half from round to round."""
+    kept = [recs[k]["figures"] for k in anchors.KINDS if recs.get(k)]
+    rates = [f["rps"] for f in kept if f.get("rps")]
+    costs = [c for c in (median_of_rounds(recs[k], "server_cpu_per_req_us") for k in anchors.KINDS
+                         if recs.get(k)) if c]
+    tails = [p for p in (median_p99(recs[k]) for k in anchors.KINDS if recs.get(k)) if p]
     for v in ("proxy", "proxy-nopool"):
-        if not recs.get(v) or not kinds:
-            continue
-        for key, figure, best in (("rps_to_best_anchor", "rps", max),
-                                  ("cpu_to_best_anchor", "server_cpu_per_req_us", min),
-                                  ("p99_to_best_anchor", "p99_us", min)):
-            ratio = H.round_ratio(got, v, kinds, figure, best)
-            if ratio is not None:
-                recs[v]["figures"][key] = ratio
+        f = recs[v]["figures"] if recs.get(v) else {}
+        if rates and f.get("rps"):
+            f["rps_to_best_anchor"] = f["rps"] / max(rates)
+        cost = median_of_rounds(recs[v], "server_cpu_per_req_us") if recs.get(v) else None
+        if costs and cost:
+            f["cpu_to_best_anchor"] = cost / min(costs)
+        mine = median_p99(recs[v]) if recs.get(v) else None
+        if tails and mine:
+            f["p99_to_best_anchor"] = mine / min(tails)
+
+
+def median_of_rounds(rec, figure):
+    """The median of a record's rounds' values of figure (its own with one
+    round)."""
+    got = [x for x in (rec.get("rounds") or {}).get(figure) or [] if x]
+    return statistics.median(got) if got else rec["figures"].get(figure)
+
+
+def median_p99(rec):
+    """The median of a record's rounds' p99s."""
+    return median_of_rounds(rec, "p99_us")

@@ -449,28 +449,24 @@ class Proxy(unittest.TestCase):
                 self.assertFalse(os.path.exists(f"/proc/{px.pid}"), kind)
         self.assertEqual(list(work.iterdir()), [])  # its directory removed
 
-    def test_ratios_to_best_anchor_pair_each_round(self):
+    def test_cpu_and_p99_to_best_anchor_are_medians_of_rounds(self):
         sc = next(sc for sc in H.scenarios() if sc.NAME == "proxy")
 
-        def run(rps, cpu, p99):
-            return {"rps": rps, "requests": 100, "server": {"cpu_per_request_us": cpu}, "latency_us": {"p99": p99}}
-        # Round by round server-proxy's CPU is 0.5, 0.6 and 0.8 of the better
-        # anchor's in that round (median 0.6; HAProxy failed round 3); from
-        # the medians over rounds it would be 12 / 22.5. req/s: 100/95,
-        # 80/75, 60/50; p99: 5/4, 9/10, 4/8.
-        fail = (H.HarnessError("x"), None)
-        got = {"proxy": [(run(100, 10, 5), None), (run(80, 12, 9), None), (run(60, 24, 4), None)],
-               "proxy-nopool": [fail] * 3,
-               "nginx": [(run(90, 20, 6), None), (run(70, 30, 10), None), (run(50, 30, 8), None)],
-               "haproxy": [(run(95, 25, 4), None), (run(75, 20, 12), None), fail]}
-        recs = {v: {"figures": {}} for v in got}
-        sc.to_anchors(recs, got)
-        f = recs["proxy"]["figures"]
-        self.assertAlmostEqual(f["cpu_to_best_anchor"], 0.6)
-        self.assertAlmostEqual(f["rps_to_best_anchor"], 80 / 75)
-        self.assertAlmostEqual(f["p99_to_best_anchor"], 0.9)
-        self.assertEqual(recs["proxy-nopool"]["figures"], {})  # no round ran: no ratio
-        self.assertEqual(recs["nginx"]["figures"], {})  # the anchors get none
+        def rec(p99s, kept, cpus=(), kept_cpu=1.0):
+            return {"figures": {"rps": 1.0, "server_cpu_per_req_us": kept_cpu, "p99_us": kept},
+                    "rounds": {"p99_us": p99s, "server_cpu_per_req_us": list(cpus)}}
+        # The kept runs' p99s would say 3 against 2, and their CPU 18
+        # against 21 (0.86): the rounds' medians say 20 against 25 (nginx)
+        # and 30 (HAProxy), and 16 against 24 (nginx) and 25 (HAProxy).
+        recs = {"proxy": rec([40, 20, 3, 10, 21], 3, [18, 16, 15, 17, 9], 18), "proxy-nopool": rec([50], 50),
+                "nginx": rec([25, 2, 26, 24, 90], 2, [24, 30, 23, 25, 21], 30),
+                "haproxy": rec([30, 30, 31], 30, [21, 25, 26], 21)}
+        sc.to_anchors(recs)
+        self.assertAlmostEqual(recs["proxy"]["figures"]["p99_to_best_anchor"], 20 / 25)
+        self.assertAlmostEqual(recs["proxy-nopool"]["figures"]["p99_to_best_anchor"], 50 / 25)
+        self.assertAlmostEqual(recs["proxy"]["figures"]["cpu_to_best_anchor"], 16 / 24)
+        self.assertAlmostEqual(recs["proxy-nopool"]["figures"]["cpu_to_best_anchor"], 1 / 24)  # one round: its own
+        self.assertEqual(sc.median_p99(rec([4, 1, 3, 2], 9)), 2.5)
 
     def test_quick_run_side_by_side(self):
         out = Path(tempfile.mkdtemp())
@@ -560,11 +556,11 @@ class Incrementor(unittest.TestCase):
                "durable": [(r(50, 16), None), (r(30, 18), None), (r(60, 20), None),
                            (H.HarnessError("x"), None)],
                "GET /": [(r(120, 8), None), (r(120, 6), None), (r(120, 7), None), (r(120, 4), None)]}
-        self.assertAlmostEqual(H.round_ratio(got, "durable", ["buffered"], "rps"), 0.5)
+        self.assertAlmostEqual(self.SC.round_ratio(got, "durable", "buffered", "rps"), 0.5)
         # 8/8, 9/6, 7/7, 8/4: median of 1, 1.5, 1, 2
-        self.assertAlmostEqual(H.round_ratio(got, "buffered", ["GET /"], "server_cpu_per_req_us"), 1.25)
-        self.assertIsNone(H.round_ratio({"a": [(H.HarnessError("x"), None)], "b": [(r(1, 1), None)]},
-                                        "a", ["b"], "rps"))
+        self.assertAlmostEqual(self.SC.round_ratio(got, "buffered", "GET /", "server_cpu_per_req_us"), 1.25)
+        self.assertIsNone(self.SC.round_ratio({"a": [(H.HarnessError("x"), None)], "b": [(r(1, 1), None)]},
+                                              "a", "b", "rps"))
 
     @unittest.skipUnless((H.BIN / "incrementor").exists(), "the incrementor is not built")
     def test_an_inexact_round_fails_its_mode(self):
