@@ -263,16 +263,15 @@ def side_by_side(bench, servers, point, path, shape, client, hgrm, rate=None):
             throttled = srv.host.throttled() if quota else None
             run = bench.loadgen(args + [bench.url(srv, path)], srv, budget=bench.tp_dur * 3 + 40, hgrm=h,
                                 client=client)
+            figures = {"target_rps": rate} if rate else {}
             if quota:  # did the quota bind at all?
-                run["scenario_figures"] = {"throttled_periods": srv.host.throttled() - throttled}
+                figures["throttled_periods"] = srv.host.throttled() - throttled
+            if figures:
+                run["scenario_figures"] = figures
             return run, h
         return go
     got = bench.alternate({name: job(name) for name in servers})
     recs = {name: bench.keep_median(name, NAME, point, tries) for name, tries in got.items()}
-    if rate:
-        for rec in recs.values():
-            if rec:
-                rec["figures"]["target_rps"] = rate
     to_anchors(recs)
     return recs
 
