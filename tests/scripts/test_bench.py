@@ -452,13 +452,17 @@ class Proxy(unittest.TestCase):
     def test_cpu_and_p99_to_best_anchor_are_medians_of_rounds(self):
         sc = next(sc for sc in H.scenarios() if sc.NAME == "proxy")
 
-        def rec(p99s, kept, cpus=(), kept_cpu=1.0):
-            return {"figures": {"rps": 1.0, "server_cpu_per_req_us": kept_cpu, "p99_us": kept},
-                    "rounds": {"p99_us": p99s, "server_cpu_per_req_us": list(cpus)}}
+        def rec(p99s, kept, cpus=(), kept_cpu=1.0, kernel=()):
+            return {"figures": {"rps": 1.0, "server_cpu_per_req_us": kept_cpu, "p99_us": kept,
+                                "server_system_per_req_us": kept_cpu / 2},
+                    "rounds": {"p99_us": p99s, "server_cpu_per_req_us": list(cpus),
+                               "server_system_per_req_us": list(kernel)}}
         # The kept runs' p99s would say 3 against 2, and their CPU 18
         # against 21 (0.86): the rounds' medians say 20 against 25 (nginx)
         # and 30 (HAProxy), and 16 against 24 (nginx) and 25 (HAProxy).
-        recs = {"proxy": rec([40, 20, 3, 10, 21], 3, [18, 16, 15, 17, 9], 18), "proxy-nopool": rec([50], 50),
+        # Its floor: the median of its rounds' system CPU, 12, over the same 24.
+        recs = {"proxy": rec([40, 20, 3, 10, 21], 3, [18, 16, 15, 17, 9], 18, [15, 12, 11, 16, 8]),
+                "proxy-nopool": rec([50], 50),
                 "nginx": rec([25, 2, 26, 24, 90], 2, [24, 30, 23, 25, 21], 30),
                 "haproxy": rec([30, 30, 31], 30, [21, 25, 26], 21)}
         sc.to_anchors(recs)
@@ -466,6 +470,8 @@ class Proxy(unittest.TestCase):
         self.assertAlmostEqual(recs["proxy-nopool"]["figures"]["p99_to_best_anchor"], 50 / 25)
         self.assertAlmostEqual(recs["proxy"]["figures"]["cpu_to_best_anchor"], 16 / 24)
         self.assertAlmostEqual(recs["proxy-nopool"]["figures"]["cpu_to_best_anchor"], 1 / 24)  # one round: its own
+        self.assertAlmostEqual(recs["proxy"]["figures"]["cpu_floor_to_best_anchor"], 12 / 24)
+        self.assertAlmostEqual(recs["proxy-nopool"]["figures"]["cpu_floor_to_best_anchor"], 0.5 / 24)
         self.assertEqual(sc.median_p99(rec([4, 1, 3, 2], 9)), 2.5)
 
     def test_quick_run_side_by_side(self):
@@ -515,7 +521,10 @@ class Proxy(unittest.TestCase):
                     self.assertIn("link_cpu", f)
                     self.assertGreaterEqual(f["link_tun_drops"], 0)
             if v.startswith("proxy"):
-                self.assertIn("cpu_to_best_anchor", runs[(v, "0ms-hello-c64")]["figures"])
+                f = runs[(v, "0ms-hello-c64")]["figures"]
+                # kernel time alone, each round's at most its CPU time: so are their medians
+                self.assertGreater(f["cpu_floor_to_best_anchor"], 0, v)
+                self.assertLessEqual(f["cpu_floor_to_best_anchor"], f["cpu_to_best_anchor"], v)
         # Every variant of a rate point ran open loop at one rate: 0.6 of the
         # slowest proxy's hello-c64 req/s, which direct, closed, would pass.
         for part in [p.removesuffix("-hello-rate") for p in points if p.endswith("-rate")]:
