@@ -84,8 +84,8 @@ best anchor's CPU per request: the CPU ratio it would read with no time in
 user space. A request's kernel work (its system calls, TCP segments, and
 the wake-ups of the processes it is sent to) is the same behind every
 proxy, and on a 2-core VM with retpolines it is most of a small request's
-cost: for GET /, 10-13 us of server-proxy's 12-15 against the best
-anchor's 13-17 at c64, and 16-19 us of its 18-20 against 20-24 at the rate
+cost: for GET /, 10-13 us of server-proxy's 11-15 against the best
+anchor's 13-17 at c64, and 16-19 us of its 18-21 against 20-25 at the rate
 points, where every proxy sleeps and is woken between requests. A floor
 near 0.8 puts that goal beyond what user-space work can win.
 summary.json's
