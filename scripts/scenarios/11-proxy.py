@@ -88,9 +88,8 @@ cost: for GET /, 10-13 us of server-proxy's 11-15 against the best
 anchor's 13-17 at c64, and 16-19 us of its 18-21 against 20-25 at the rate
 points, where every proxy sleeps and is woken between requests. A floor
 near 0.8 puts that goal beyond what user-space work can win.
-summary.json's
-anchor_configs holds the exact configuration of every anchor (and
-server-proxy's command line) by part.
+summary.json's anchor_configs holds the exact configuration of every
+anchor (and server-proxy's command line) by part.
 """
 
 import contextlib
@@ -301,16 +300,18 @@ def to_anchors(recs):
                          if recs.get(k)) if c]
     tails = [p for p in (median_p99(recs[k]) for k in anchors.KINDS if recs.get(k)) if p]
     for v in ("proxy", "proxy-nopool"):
-        f = recs[v]["figures"] if recs.get(v) else {}
+        if not recs.get(v):
+            continue
+        f = recs[v]["figures"]
         if rates and f.get("rps"):
             f["rps_to_best_anchor"] = f["rps"] / max(rates)
-        cost = median_of_rounds(recs[v], "server_cpu_per_req_us") if recs.get(v) else None
+        cost = median_of_rounds(recs[v], "server_cpu_per_req_us")
         if costs and cost:
             f["cpu_to_best_anchor"] = cost / min(costs)
-        kernel = median_of_rounds(recs[v], "server_system_per_req_us") if recs.get(v) else None
+        kernel = median_of_rounds(recs[v], "server_system_per_req_us")
         if costs and kernel is not None:
             f["cpu_floor_to_best_anchor"] = kernel / min(costs)
-        mine = median_p99(recs[v]) if recs.get(v) else None
+        mine = median_p99(recs[v])
         if tails and mine:
             f["p99_to_best_anchor"] = mine / min(tails)
 
